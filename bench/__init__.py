@@ -1,0 +1,1 @@
+"""edgekit.bench: measure latency and throughput per device, and compare devices."""

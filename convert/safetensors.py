@@ -1,0 +1,210 @@
+"""Read and write safetensors files, validating everything before trusting it.
+
+Written by hand rather than with the ``safetensors`` package for two reasons:
+numpy has no bfloat16, so bf16 tensors must be handled as raw 16-bit words, and
+a corrupt file must produce an error naming the file and the tensor (bad header
+length, offsets out of range, dtype or shape not matching the byte count)
+instead of a Rust panic. Tensors are read with ``pread`` in bounded chunks, not
+memory-mapped, so converting a model never holds the whole checkpoint in RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import CorruptFile, UnsupportedModel
+
+# Bytes per element of the dtypes a checkpoint may hold.
+DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+FLOAT_DTYPES = ("BF16", "F16", "F32")
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor's bytes live: file, absolute byte offset, dtype and shape."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
+    """Parse and validate one safetensors file's header; return its tensors and metadata."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CorruptFile(f"{path.name} is too short to be a safetensors file ({size} bytes)", "Download it again.")
+            (n,) = struct.unpack("<Q", head)
+            if n < 2 or n > MAX_HEADER or 8 + n > size:
+                raise CorruptFile(
+                    f"{path.name}: bad safetensors header length {n} for a file of {size} bytes",
+                    "The file is truncated or not safetensors; download it again.",
+                )
+            raw = f.read(n)
+    except OSError as exc:
+        raise CorruptFile(f"can't read {path}: {exc.strerror}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("not an object")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptFile(f"{path.name}: the safetensors header is not valid JSON ({exc})", "Download it again.") from exc
+
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + n
+    data_size = size - data_start
+    tensors: dict[str, TensorRef] = {}
+    for name, entry in header.items():
+        where = f"{path.name}, tensor {name!r}"
+        try:
+            dtype = entry["dtype"]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFile(f"{where}: malformed header entry ({exc})", "Download it again.") from exc
+        if dtype not in DTYPE_SIZES:
+            raise UnsupportedModel(f"{where}: dtype {dtype} is not supported", "Use a bf16, f16 or f32 checkpoint.")
+        if any(d < 0 for d in shape):
+            raise CorruptFile(f"{where}: negative dimension in shape {list(shape)}")
+        if not 0 <= begin <= end <= data_size:
+            raise CorruptFile(
+                f"{where}: data offsets [{begin}, {end}) lie outside the {data_size} data bytes",
+                "The file is truncated or corrupt; download it again.",
+            )
+        expected = math.prod(shape) * DTYPE_SIZES[dtype]
+        if end - begin != expected:
+            raise CorruptFile(
+                f"{where}: {end - begin} bytes do not match dtype {dtype} with shape {list(shape)} ({expected} bytes)",
+                "The file is corrupt; download it again.",
+            )
+        tensors[name] = TensorRef(name, path, dtype, shape, data_start + begin, end - begin)
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+class WeightSet:
+    """All tensors of a checkpoint, across one or many safetensors shards."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        self.files = [Path(f) for f in files]
+        self.tensors: dict[str, TensorRef] = {}
+        for file in self.files:
+            refs, _ = read_header(file)
+            for name, ref in refs.items():
+                if name in self.tensors:
+                    raise CorruptFile(f"tensor {name!r} appears in both {self.tensors[name].file.name} and {file.name}")
+                self.tensors[name] = ref
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __getitem__(self, name: str) -> TensorRef:
+        return self.tensors[name]
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    @property
+    def dtype(self) -> str:
+        """The dominant floating dtype of the checkpoint (by bytes)."""
+        totals: dict[str, int] = {}
+        for ref in self.tensors.values():
+            totals[ref.dtype] = totals.get(ref.dtype, 0) + ref.nbytes
+        return max(totals, key=totals.__getitem__) if totals else "F32"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ref.nbytes for ref in self.tensors.values())
+
+
+def read_raw(ref: TensorRef) -> np.ndarray:
+    """Read a tensor's bytes as stored: uint16 words for BF16, native dtype otherwise."""
+    np_dtype = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
+                "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}[ref.dtype]
+    out = np.empty(ref.n_elements, dtype=np_dtype)
+    buf = memoryview(out.view(np.uint8))
+    fd = os.open(ref.file, os.O_RDONLY)
+    try:
+        done = 0
+        while done < ref.nbytes:
+            n = os.preadv(fd, [buf[done : done + (64 << 20)]], ref.offset + done)
+            if n <= 0:
+                raise CorruptFile(f"{ref.file.name}, tensor {ref.name!r}: file ends before the tensor's data",
+                                  "The file is truncated; download it again.")
+            done += n
+    finally:
+        os.close(fd)
+    return out.reshape(ref.shape)
+
+
+def bf16_to_f32(words: np.ndarray) -> np.ndarray:
+    """Widen bf16 words (uint16) to float32 exactly."""
+    return (words.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Round float32 to bf16 words (uint16), nearest-even, keeping NaN a NaN."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+def read_f32(ref: TensorRef) -> np.ndarray:
+    """Read a floating tensor as float32."""
+    raw = read_raw(ref)
+    if ref.dtype == "BF16":
+        return bf16_to_f32(raw)
+    return raw.astype(np.float32, copy=False)
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], metadata: dict[str, str] | None = None) -> None:
+    """Write ``{name: (dtype, array)}`` as safetensors; BF16 arrays are uint16 words."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    arrays: list[np.ndarray] = []
+    for name, (dtype, array) in tensors.items():
+        array = np.ascontiguousarray(array)
+        nbytes = array.nbytes
+        if nbytes != math.prod(array.shape) * DTYPE_SIZES[dtype]:
+            raise ValueError(f"{name}: array itemsize does not match dtype {dtype}")
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+        arrays.append(array)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for array in arrays:
+            f.write(array.tobytes())
+
+
+def iter_rows(ref: TensorRef, rows_per_chunk: int) -> Iterator[np.ndarray]:
+    """Yield a 2-D+ tensor's rows in chunks as float32 (bounded memory)."""
+    arr = read_raw(ref)
+    for start in range(0, ref.shape[0] if ref.shape else 1, max(1, rows_per_chunk)):
+        chunk = arr[start : start + rows_per_chunk]
+        yield bf16_to_f32(chunk) if ref.dtype == "BF16" else chunk.astype(np.float32, copy=False)

@@ -135,24 +135,34 @@ class WeightSet:
         return sum(ref.nbytes for ref in self.tensors.values())
 
 
-def read_raw(ref: TensorRef) -> np.ndarray:
-    """Read a tensor's bytes as stored: uint16 words for BF16, native dtype otherwise."""
-    np_dtype = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
-                "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}[ref.dtype]
-    out = np.empty(ref.n_elements, dtype=np_dtype)
+_NP_DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_raw(ref: TensorRef, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a tensor's bytes as stored (uint16 words for BF16), optionally only rows [start, stop)."""
+    shape = ref.shape
+    offset, nbytes = ref.offset, ref.nbytes
+    if rows is not None and shape:
+        start, stop = rows
+        row_bytes = ref.nbytes // shape[0] if shape[0] else 0
+        offset += start * row_bytes
+        nbytes = (stop - start) * row_bytes
+        shape = (stop - start, *shape[1:])
+    out = np.empty(nbytes // DTYPE_SIZES[ref.dtype], dtype=_NP_DTYPES[ref.dtype])
     buf = memoryview(out.view(np.uint8))
     fd = os.open(ref.file, os.O_RDONLY)
     try:
         done = 0
-        while done < ref.nbytes:
-            n = os.preadv(fd, [buf[done : done + (64 << 20)]], ref.offset + done)
+        while done < nbytes:
+            n = os.preadv(fd, [buf[done : done + (64 << 20)]], offset + done)
             if n <= 0:
-                raise CorruptFile(f"{ref.file.name}, tensor {ref.name!r}: file ends before the tensor's data",
+                raise CorruptFile(f"{ref.file.name}, tensor {ref.name!r}: the file ends before the tensor's data",
                                   "The file is truncated; download it again.")
             done += n
     finally:
         os.close(fd)
-    return out.reshape(ref.shape)
+    return out.reshape(shape)
 
 
 def bf16_to_f32(words: np.ndarray) -> np.ndarray:
@@ -200,11 +210,3 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], me
         f.write(blob)
         for array in arrays:
             f.write(array.tobytes())
-
-
-def iter_rows(ref: TensorRef, rows_per_chunk: int) -> Iterator[np.ndarray]:
-    """Yield a 2-D+ tensor's rows in chunks as float32 (bounded memory)."""
-    arr = read_raw(ref)
-    for start in range(0, ref.shape[0] if ref.shape else 1, max(1, rows_per_chunk)):
-        chunk = arr[start : start + rows_per_chunk]
-        yield bf16_to_f32(chunk) if ref.dtype == "BF16" else chunk.astype(np.float32, copy=False)

@@ -1,0 +1,325 @@
+"""``convert()``: a Hugging Face checkpoint to one or more GGUF files.
+
+source -> config + arch table -> validated weights -> vocab -> streamed float
+GGUF -> llama.cpp quantizer -> atomic rename. The checkpoint is read once, however
+many types are asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+
+from edgekit.convert.archs import Arch, arch_for
+from edgekit.convert.atomic import atomic_output, check_free_space, check_writable, scratch_file
+from edgekit.convert.hparams import HParams, read_hparams
+from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
+from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize
+from edgekit.convert.safetensors import WeightSet
+from edgekit.convert.vocab import Vocab, load_vocab, write_vocab
+from edgekit.convert.writer import FLOAT_OUT, TensorPlan, write_gguf
+from edgekit.errors import EdgekitError, MissingFiles, UnsupportedModel
+from edgekit.progress import ProgressFn
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Per-block tensors every Llama-family layer must have.
+REQUIRED_BLOCK = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
+@dataclass(frozen=True)
+class ConvertedFile:
+    """One GGUF file that :func:`convert` wrote."""
+
+    path: Path
+    type: str
+    size: int
+    n_params: int = 0
+    tensor_types: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def sha256(self) -> str:
+        """The file's SHA-256 (computed on demand: it reads the whole file)."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(8 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def as_dict(self, with_sha256: bool = True) -> dict:
+        out = {"path": str(self.path), "type": self.type, "size": self.size, "n_params": self.n_params}
+        if with_sha256:
+            out["sha256"] = self.sha256()
+        return out
+
+
+@dataclass
+class Checkpoint:
+    """A validated HF checkpoint, ready to convert."""
+
+    directory: Path
+    config: dict
+    arch: Arch
+    hparams: HParams
+    weights: WeightSet
+    vocab: Vocab
+    repo_id: str | None = None
+    url: str | None = None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (following the shard index); refuse pickles."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        missing = [n for n in names if not (directory / n).is_file()]
+        if missing:
+            raise MissingFiles(f"{directory} lacks the weight shards {', '.join(missing)}",
+                               "Download the missing shards listed in model.safetensors.index.json.")
+        return [directory / n for n in names]
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnsupportedModel(
+            f"{directory} has only PyTorch pickle weights ({', '.join(pickles[:3])}); edgekit never unpickles them "
+            "because loading a pickle can run arbitrary code",
+            "Convert them to safetensors first, or use a revision of the model that has .safetensors files.",
+        )
+    raise MissingFiles(f"{directory} has no model weights (*.safetensors)", "Point at a complete checkpoint directory.")
+
+
+def open_checkpoint(directory: Path, repo_id: str | None = None, url: str | None = None) -> Checkpoint:
+    """Read and validate everything about a checkpoint before any output is written."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MissingFiles(f"{directory} is not a directory", "Pass a checkpoint directory or a Hub repo id (owner/name).")
+    if not (directory / "config.json").is_file():
+        raise MissingFiles(f"{directory} has no config.json", "Point at a Hugging Face checkpoint directory.")
+    config = _read_json(directory / "config.json")
+    arch = arch_for(config)
+    hparams = read_hparams(config)
+    files = weight_files(directory)
+    weights = WeightSet(files)
+    token_config = dict(config)
+    if (directory / "generation_config.json").is_file():
+        generation = _read_json(directory / "generation_config.json")
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            token_config.setdefault(key, generation.get(key))
+    vocab = load_vocab(directory, hparams.vocab_size, token_config)
+    return Checkpoint(directory, config, arch, hparams, weights, vocab, repo_id, url)
+
+
+def plan_tensors(ckpt: Checkpoint, out_type: str) -> list[TensorPlan]:
+    """Map every checkpoint tensor to its GGUF name and storage type; refuse unknown tensors."""
+    hp = ckpt.hparams
+    names = gguf.get_tensor_name_map(ckpt.arch.gguf_arch, hp.n_layer)
+    plans: list[TensorPlan] = []
+    for hf_name, ref in ckpt.weights.tensors.items():
+        if hf_name.endswith(ckpt.arch.skip_suffixes):
+            continue
+        if hf_name == "lm_head.weight" and hp.tied_embeddings:
+            continue  # llama.cpp reuses token_embd when output.weight is absent
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UnsupportedModel(f"tensor {hf_name!r} in {ref.file.name} has no GGUF equivalent for {ckpt.arch.hf_name}")
+        if ref.dtype not in ("BF16", "F16", "F32"):
+            raise UnsupportedModel(f"{ref.file.name}, tensor {hf_name!r}: dtype {ref.dtype} can't be converted",
+                                   "Use a bf16, f16 or f32 checkpoint.")
+        heads = 0
+        if ckpt.arch.permute_qk and ".attn_q." in name:
+            heads = hp.n_head
+        elif ckpt.arch.permute_qk and ".attn_k." in name:
+            heads = hp.n_head_kv
+        # 1-D tensors (norms, biases) stay F32, as llama.cpp's converter keeps them.
+        storage = "F32" if len(ref.shape) < 2 else out_type
+        plans.append(TensorPlan(name, ref, storage, heads))
+    _check_complete(ckpt, {p.name for p in plans})
+    return plans
+
+
+def _check_complete(ckpt: Checkpoint, present: set[str]) -> None:
+    hp = ckpt.hparams
+    needed = ["token_embd.weight", "output_norm.weight"]
+    if not hp.tied_embeddings:
+        needed.append("output.weight")
+    needed += [f"blk.{i}.{part}.weight" for i in range(hp.n_layer) for part in REQUIRED_BLOCK]
+    missing = [n for n in needed if n not in present]
+    if missing:
+        raise MissingFiles(f"the checkpoint lacks {len(missing)} tensors, first {missing[0]}",
+                           "The weights are incomplete; download all shards again.")
+
+
+def _write_hparams(writer: gguf.GGUFWriter, ckpt: Checkpoint) -> None:
+    hp = ckpt.hparams
+    writer.add_context_length(hp.n_ctx_train)
+    writer.add_embedding_length(hp.n_embd)
+    writer.add_block_count(hp.n_layer)
+    writer.add_feed_forward_length(hp.n_ff)
+    writer.add_head_count(hp.n_head)
+    writer.add_head_count_kv(hp.n_head_kv)
+    writer.add_rope_freq_base(hp.rope_theta)
+    writer.add_layer_norm_rms_eps(hp.rms_eps)
+    if ckpt.arch.write_rope_dims:
+        writer.add_rope_dimension_count(hp.head_dim)
+    if ckpt.arch.write_vocab_size:
+        writer.add_vocab_size(len(ckpt.vocab.tokens))
+    if hp.head_dim != hp.n_embd // hp.n_head:
+        writer.add_key_length(hp.head_dim)
+        writer.add_value_length(hp.head_dim)
+    scaling = hp.rope_scaling
+    kind = scaling.get("rope_type")
+    if kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(scaling.get("original_max_position_embeddings", hp.n_ctx_train)))
+    elif kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind not in (None, "default"):
+        raise UnsupportedModel(f"rope scaling type {kind!r} is not supported", "Supported: yarn, linear.")
+
+
+def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):
+    def setup(writer: gguf.GGUFWriter) -> None:
+        writer.add_type(gguf.GGUFType.MODEL)
+        meta.set_gguf_meta_model(writer)
+        writer.add_string("edgekit.converter", CONVERTER)
+        _write_hparams(writer, ckpt)
+        writer.add_file_type(file_type)
+        write_vocab(writer, ckpt.vocab)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    return setup
+
+
+def _parse_types(quant: str | Sequence[str]) -> list[str]:
+    names = quant.split(",") if isinstance(quant, str) else list(quant)
+    types = []
+    for name in (n.strip().lower() for n in names):
+        if not name:
+            continue
+        quant_type(name)  # validates, raising with the list of known types
+        if name not in types:
+            types.append(name)
+    if not types:
+        raise EdgekitError("no output type given", "Pass e.g. -q q4_k_m,q8_0.")
+    return types
+
+
+def _base_type(types: list[str], source_dtype: str) -> str:
+    """The float type the checkpoint is written as once; quantized outputs are made from it."""
+    floats = [t for t in types if t in FLOAT_TYPES]
+    preferred = {"BF16": "bf16", "F16": "f16"}.get(source_dtype, "f16")
+    if preferred in floats:
+        return preferred
+    return floats[0] if floats else preferred
+
+
+def _estimate_bytes(n_params: int, type_name: str) -> int:
+    return int(n_params * QUANT_TYPES[type_name].bits_per_weight / 8) + (16 << 20)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    quant: str | Sequence[str] = ("q4_k_m",),
+    *,
+    force: bool = False,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> list[ConvertedFile]:
+    """Convert a Hugging Face checkpoint to GGUF, once per requested type.
+
+    Args:
+        src: a checkpoint directory, or a Hub repo id ``owner/name[@revision]``.
+        out: an output directory (default: the current one), or a ``.gguf`` path
+            when exactly one type is asked for.
+        quant: types, as a list or comma-separated: f32, f16, bf16, q8_0, q6_k,
+            q5_k_m, q4_k_m, q4_0, ... (see ``QUANT_TYPES``).
+        force: overwrite existing outputs.
+        threads: threads for llama.cpp's quantizer (default: all cores).
+        progress: ``progress(stage, done, total)`` callback.
+
+    Returns:
+        The files written, in the order of ``quant``.
+    """
+    types = _parse_types(quant)
+    if Path(src).is_dir():
+        ckpt = open_checkpoint(Path(src))
+    else:
+        from edgekit.convert.source import resolve_source  # huggingface_hub only when needed
+
+        source = resolve_source(str(src), progress=progress)
+        ckpt = open_checkpoint(source.path, source.repo_id, source.url)
+
+    base = _base_type(types, ckpt.weights.dtype)
+    plans = plan_tensors(ckpt, base.upper())
+    n_params = sum(p.ref.n_elements for p in plans)
+    meta = model_metadata(ckpt.directory, n_params, ckpt.repo_id, ckpt.url)
+
+    out_path = Path(out) if out is not None else Path.cwd()
+    if out_path.suffix == ".gguf":
+        if len(types) != 1:
+            raise EdgekitError(f"{out_path} names one file but {len(types)} types were asked for",
+                               "Pass a directory with -o when converting to several types.")
+        targets = {types[0]: out_path}
+    else:
+        targets = {t: out_path / default_filename(meta, quant_type(t).name) for t in types}
+    for target in targets.values():
+        check_writable(target, force)
+    directory = next(iter(targets.values())).parent
+    directory.mkdir(parents=True, exist_ok=True)
+    needed = sum(_estimate_bytes(n_params, t) for t in types)
+    if base not in targets:
+        needed += _estimate_bytes(n_params, base)
+    check_free_space(directory, needed)
+
+    written: list[ConvertedFile] = []
+    setup = _setup(ckpt, meta, quant_type(base).ftype)
+
+    def finish(path: Path, type_name: str) -> None:
+        written.append(ConvertedFile(path, quant_type(type_name).name, path.stat().st_size, n_params))
+
+    # Other float types are written from the checkpoint directly, not requantized.
+    for t in types:
+        if t in FLOAT_TYPES and t != base:
+            with atomic_output(targets[t]) as tmp:
+                other = plan_tensors(ckpt, t.upper())
+                write_gguf(tmp, _setup(ckpt, meta, quant_type(t).ftype), other, ckpt.arch.gguf_name, progress)
+            finish(targets[t], t)
+
+    if base in targets:
+        with atomic_output(targets[base]) as tmp:
+            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress)
+        base_file = targets[base]
+        finish(base_file, base)
+        _quantize_all(base_file, types, targets, n_params, threads, progress, finish)
+    else:
+        with scratch_file(directory, f".{base}.gguf") as tmp:
+            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress)
+            _quantize_all(tmp, types, targets, n_params, threads, progress, finish)
+    order = {t: i for i, t in enumerate(types)}
+    return sorted(written, key=lambda f: order[f.type.lower()])
+
+
+def _quantize_all(base_file: Path, types, targets, n_params, threads, progress, finish) -> None:
+    for t in types:
+        if t in FLOAT_TYPES:
+            continue
+        with atomic_output(targets[t]) as tmp:
+            quantize(base_file, tmp, t, threads=threads, expected_bytes=_estimate_bytes(n_params, t),
+                     progress=progress, stage=f"quantize {quant_type(t).name}")
+        finish(targets[t], t)

@@ -1,0 +1,189 @@
+"""Per-tensor quantization: apply a recipe (or one plain type) with llama.cpp's own quantizer.
+
+llama.cpp's ``llama_model_quantize`` takes a NULL-terminated array of
+``{regex, ggml_type}`` overrides (``tt_overrides``) plus explicit types for the
+token embedding and the output. We resolve every tensor's type ourselves (see
+:mod:`edgekit.convert.recipes`), pass one exact-name override per tensor and
+set ``pure`` so llama.cpp's own mixture logic never second-guesses the recipe.
+This keeps llama.cpp's multi-threaded kernels, metadata handling and alignment.
+
+:func:`perturbed_f16` builds the fair test weights for measuring recipes: it
+dequantizes a GGUF and adds Gaussian noise so the weights sit off the source's
+quantization grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+from pathlib import Path
+
+from edgekit.errors import CorruptFile, QuantizeError
+from edgekit.progress import ProgressFn, report
+
+__all__ = ["quantize_with_recipe", "quantize_plain", "perturbed_f16", "tensor_types"]
+
+# llama_ftype values for the recipe's "base" type; they only set general.file_type
+# because every tensor gets an explicit override.
+_FTYPES = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12,
+    "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32,
+}
+_FTYPE_OF_TYPE = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
+
+
+def tensor_types(path: str | Path) -> dict[str, str]:
+    """Return ``{tensor name: ggml type name}`` of a GGUF file (read with gguf's reader)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # gguf raises ValueError/struct errors on bad files
+        raise CorruptFile(f"{path} is not a readable GGUF file: {exc}",
+                          "Re-create it with `edgekit convert`.") from exc
+    return {t.name: t.tensor_type.name for t in reader.tensors}
+
+
+def _tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], int]:
+    """(name -> shape in ggml order, name -> type name, block count) of a GGUF."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:
+        raise CorruptFile(f"{path} is not a readable GGUF file: {exc}",
+                          "Re-create it with `edgekit convert`.") from exc
+    shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    arch_field = reader.get_field("general.architecture")
+    n_layer = 0
+    if arch_field is not None:
+        field = reader.get_field(f"{arch_field.contents()}.block_count")
+        n_layer = int(field.contents()) if field is not None else 0
+    if not n_layer:
+        n_layer = 1 + max((int(m.group(1)) for n in shapes if (m := re.match(r"blk\.(\d+)\.", n))), default=-1)
+    return shapes, types, n_layer
+
+
+def _run_llama_quantize(src: Path, dst: Path, ftype: int, overrides: dict[str, str] | None,
+                        threads: int | None) -> None:
+    """Call llama_model_quantize into a temp file beside ``dst``, then rename it atomically."""
+    import gguf
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or os.cpu_count() or 1
+    keep = []  # the C strings must outlive the call
+    if overrides is not None:
+        params.pure = True
+        entries = [(name, ty) for name, ty in overrides.items() if name not in ("token_embd.weight", "output.weight")]
+        arr = (llama_cpp.llama_model_tensor_override * (len(entries) + 1))()
+        for i, (name, ty) in enumerate(entries):
+            pattern = ("^" + re.escape(name) + "$").encode()
+            keep.append(pattern)
+            arr[i].pattern = pattern
+            arr[i].type = int(gguf.GGMLQuantizationType[ty])
+        arr[len(entries)].pattern = None
+        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        if "token_embd.weight" in overrides:
+            params.token_embedding_type = int(gguf.GGMLQuantizationType[overrides["token_embd.weight"]])
+        if "output.weight" in overrides:
+            params.output_tensor_type = int(gguf.GGMLQuantizationType[overrides["output.weight"]])
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.exists():
+            raise QuantizeError(f"llama.cpp could not quantize {src} (code {rc}).",
+                                "Check that the source is an F16/BF16/F32 GGUF written by edgekit convert.")
+        os.replace(tmp, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        del keep
+
+
+def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
+                         progress: ProgressFn | None = None, threads: int | None = None) -> Path:
+    """Quantize an F16/BF16/F32 GGUF with a named recipe from :data:`edgekit.convert.recipes.RECIPES`.
+
+    Every tensor gets the type the recipe resolves for it (after falling back when
+    a type's block doesn't divide the row). The result is written to a temp file
+    and renamed onto ``dst`` atomically. Returns ``dst``.
+    """
+    from edgekit.convert.recipes import get_recipe, resolve_types
+
+    src, dst = Path(src_gguf), Path(dst)
+    rec = get_recipe(recipe)
+    if not src.is_file():
+        raise QuantizeError(f"{src} does not exist.", "Convert the checkpoint to an F16 GGUF first.")
+    report(progress, "quantize", 0, 1)
+    shapes, types, n_layer = _tensor_shapes(src)
+    bad = sorted({t for t in types.values() if t not in ("F32", "F16", "BF16")})
+    if bad:
+        raise QuantizeError(f"{src} holds already-quantized tensors ({', '.join(bad)}); recipes need F16/BF16/F32 input.",
+                            "Quantize from the F16 GGUF that `edgekit convert -q f16` writes.")
+    plan = resolve_types(rec, shapes, n_layer)
+    base = _FTYPE_OF_TYPE.get(rec.base, rec.base)
+    _run_llama_quantize(src, dst, _FTYPES.get(base, 2), plan, threads)
+    report(progress, "quantize", 1, 1)
+    return dst
+
+
+def quantize_plain(src_gguf: str | Path, dst: str | Path, qtype: str, threads: int | None = None) -> Path:
+    """Quantize with one llama.cpp ftype (e.g. ``"Q4_K_M"``) using llama.cpp's own mixture rules."""
+    key = qtype.upper()
+    if key not in _FTYPES:
+        raise QuantizeError(f"Unknown quantization type {qtype!r}.", f"Use one of: {', '.join(_FTYPES)}.")
+    _run_llama_quantize(Path(src_gguf), Path(dst), _FTYPES[key], None, threads)
+    return Path(dst)
+
+
+def perturbed_f16(src_gguf: str | Path, dst: str | Path, noise: float = 0.05, seed: int = 0) -> Path:
+    """Dequantize a GGUF to F16 and add Gaussian noise (``noise`` x each weight matrix's std).
+
+    Weights taken from a quantized file sit exactly on its quantization grid, which
+    flatters that type (and any type sharing the grid) when measuring. Noise at ~5%
+    of each tensor's std moves them off it. 1-D tensors (norms) stay F32 and exact.
+    """
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    src, dst = Path(src_gguf), Path(dst)
+    reader = GGUFReader(str(src))
+    arch = reader.get_field("general.architecture").contents()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    writer = GGUFWriter(str(tmp), arch)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        value = 1 if field.name == "general.file_type" else field.contents()
+        sub = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, field.types[0], sub_type=sub)
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for t in reader.tensors:
+        w = dequantize(t.data, t.tensor_type).astype(np.float32)
+        if w.ndim >= 2:
+            w = w + rng.normal(0.0, noise * float(w.std()), size=w.shape).astype(np.float32)
+            w = w.astype(np.float16)
+        arrays.append(w)
+        ty = GGMLQuantizationType.F16 if w.dtype == np.float16 else GGMLQuantizationType.F32
+        writer.add_tensor_info(t.name, w.shape, w.dtype, w.nbytes, ty)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for w in arrays:
+            writer.write_tensor_data(w)
+        writer.close()
+        os.replace(tmp, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return dst

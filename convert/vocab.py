@@ -1,0 +1,235 @@
+"""tokenizer.json (byte-level BPE) to the GGUF vocabulary.
+
+llama.cpp does not run the HF pre-tokenizer itself; it picks one of its built-in
+pre-tokenizers by the name in ``tokenizer.ggml.pre``. llama.cpp's own converter
+chooses that name by hashing how a test string tokenizes, so any edited or
+retrained vocabulary is refused. edgekit instead reads the pre-tokenizer's
+*definition* (its split regexes) from tokenizer.json and maps it through
+:data:`PRE_TOKENIZERS`, so a new vocabulary with a known pre-tokenizer converts.
+The tests prove llama.cpp then tokenizes exactly as the HF tokenizer does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from edgekit.errors import MissingFiles, UnsupportedModel
+
+_QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Markers for pre-tokenizer steps that are not a Split regex.
+DIGITS_EACH = "<Digits individual>"
+BYTE_LEVEL_REGEX = "<ByteLevel use_regex>"
+
+# The sequence of splits a tokenizer.json pre-tokenizer performs -> llama.cpp's name for it.
+PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
+    (_QWEN2,): "qwen2",  # Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen
+    (_LLAMA3,): "llama-bpe",  # Llama 3.x
+    (_QWEN35,): "qwen35",  # Qwen3.5
+    (DIGITS_EACH, BYTE_LEVEL_REGEX): "smollm",  # SmolLM, SmolLM2, StarCoder-style
+    (BYTE_LEVEL_REGEX,): "gpt-2",  # GPT-2 style
+}
+
+# Texts llama.cpp and chat templates use to end a turn.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+@dataclass
+class Vocab:
+    """Everything the GGUF needs to reproduce the HF tokenizer."""
+
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    pre: str
+    special_ids: dict[str, int]
+    add_bos: bool
+    add_eos: bool
+    chat_template: str | None
+
+
+def _pre_steps(pre: dict | None) -> tuple[str, ...]:
+    """Flatten a tokenizer.json ``pre_tokenizer`` into the splits it performs."""
+    if pre is None:
+        raise UnsupportedModel("tokenizer.json has no pre_tokenizer, so it is not a byte-level BPE tokenizer")
+    kind = pre.get("type")
+    if kind == "Sequence":
+        steps: list[str] = []
+        for sub in pre.get("pretokenizers", []):
+            steps.extend(_pre_steps(sub))
+        return tuple(steps)
+    if kind == "Split":
+        pattern = pre.get("pattern", {})
+        if "Regex" not in pattern or pre.get("invert") or pre.get("behavior") != "Isolated":
+            raise UnsupportedModel(f"tokenizer.json pre-tokenizer Split {json.dumps(pre)[:120]} is not supported")
+        return (pattern["Regex"],)
+    if kind == "Digits":
+        if not pre.get("individual_digits"):
+            raise UnsupportedModel("tokenizer.json pre-tokenizer Digits(individual_digits=false) is not supported")
+        return (DIGITS_EACH,)
+    if kind == "ByteLevel":
+        if pre.get("add_prefix_space"):
+            raise UnsupportedModel("tokenizer.json ByteLevel(add_prefix_space=true) is not supported")
+        return (BYTE_LEVEL_REGEX,) if pre.get("use_regex", True) else ()
+    raise UnsupportedModel(f"tokenizer.json pre-tokenizer type {kind!r} is not supported")
+
+
+def detect_pre(tokenizer: dict) -> str:
+    """Return llama.cpp's pre-tokenizer name for a tokenizer.json, or refuse clearly."""
+    model = tokenizer.get("model") or {}
+    if model.get("type") != "BPE":
+        raise UnsupportedModel(f"tokenizer model {model.get('type')!r} is not supported", "edgekit converts byte-level BPE tokenizers.")
+    normalizer = tokenizer.get("normalizer")
+    if normalizer is not None and normalizer.get("type") not in ("NFC",):
+        raise UnsupportedModel(f"tokenizer.json normalizer {normalizer.get('type')!r} is not supported")
+    steps = _pre_steps(tokenizer.get("pre_tokenizer"))
+    name = PRE_TOKENIZERS.get(steps)
+    if name is None:
+        shown = " then ".join(s[:60] for s in steps)
+        raise UnsupportedModel(
+            f"the tokenizer's pre-tokenizer ({shown}) has no llama.cpp equivalent",
+            f"Supported pre-tokenizers: {', '.join(sorted(set(PRE_TOKENIZERS.values())))}.",
+        )
+    return name
+
+
+def _looks_special(text: str) -> bool:
+    return (text.startswith("<|") and text.endswith("|>")) or text in ("<pad>", "<mask>", "<s>", "</s>", "<unk>")
+
+
+def _token_text(value: object) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
+
+
+def chat_template_of(directory: Path, tokenizer_config: dict) -> str | None:
+    """The chat template from tokenizer_config.json, else chat_template.jinja."""
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    if not template and (directory / "chat_template.jinja").is_file():
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    return template or None
+
+
+def load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
+    """Read tokenizer.json (+ tokenizer_config.json, chat_template.jinja) from a checkpoint dir."""
+    directory = Path(directory)
+    tok_path = directory / "tokenizer.json"
+    if not tok_path.is_file():
+        present = [p for p in ("vocab.json", "merges.txt", "tokenizer.model") if (directory / p).is_file()]
+        extra = f" (found only {', '.join(present)})" if present else ""
+        raise MissingFiles(
+            f"{directory} has no tokenizer.json{extra}",
+            "Copy tokenizer.json and tokenizer_config.json from the base model into the checkpoint directory.",
+        )
+    tokenizer = _read_json(tok_path)
+    tok_config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+    pre = detect_pre(tokenizer)
+
+    model = tokenizer["model"]
+    by_id: dict[int, str] = {int(i): t for t, i in model.get("vocab", {}).items()}
+    special: set[int] = set()
+    for added in tokenizer.get("added_tokens", []):
+        by_id[int(added["id"])] = added["content"]
+        if added.get("special") or _looks_special(added["content"]):
+            special.add(int(added["id"]))
+    added_ids = {int(a["id"]) for a in tokenizer.get("added_tokens", [])}
+    if by_id and max(by_id) >= n_vocab:
+        n_vocab = max(by_id) + 1
+
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(n_vocab):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif i in special:
+            tokens.append(text)
+            types.append(gguf.TokenType.CONTROL)
+        elif i in added_ids:
+            tokens.append(text)
+            types.append(gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(text)
+            types.append(gguf.TokenType.NORMAL)
+
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    ids = {t: i for i, t in enumerate(tokens)}
+
+    def lookup(key: str, config_key: str) -> int | None:
+        text = _token_text(tok_config.get(key))
+        if text is not None and text in ids:
+            return ids[text]
+        value = config.get(config_key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return int(value) if isinstance(value, int) and 0 <= value < n_vocab else None
+
+    special_ids = {
+        "bos": lookup("bos_token", "bos_token_id"),
+        "eos": lookup("eos_token", "eos_token_id"),
+        "pad": lookup("pad_token", "pad_token_id"),
+        "unk": lookup("unk_token", "unk_token_id"),
+    }
+    # The end-of-turn token a chat template closes each message with: marking it
+    # keeps a chat fine-tune from generating past the end of its answer.
+    for text in END_OF_TURN[:-1]:
+        if text in ids and ids[text] != special_ids["eos"]:
+            special_ids["eot"] = ids[text]
+            break
+    add_bos = bool(tok_config.get("add_bos_token", _post_processor_adds_bos(tokenizer)))
+    return Vocab(
+        tokens=tokens,
+        types=[int(t) for t in types],
+        merges=merges,
+        pre=pre,
+        special_ids={k: v for k, v in special_ids.items() if v is not None},
+        add_bos=add_bos,
+        add_eos=bool(tok_config.get("add_eos_token", False)),
+        chat_template=chat_template_of(directory, tok_config),
+    )
+
+
+def _post_processor_adds_bos(tokenizer: dict) -> bool:
+    """True when tokenizer.json's TemplateProcessing puts a special token first (Llama 3 style)."""
+    post = tokenizer.get("post_processor") or {}
+    processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    for proc in processors:
+        if proc.get("type") == "TemplateProcessing":
+            single = proc.get("single") or []
+            return bool(single) and "SpecialToken" in single[0]
+    return False
+
+
+def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
+    """Add the vocabulary keys to a GGUF writer."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    writer.add_token_merges(vocab.merges)
+    adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "pad": writer.add_pad_token_id,
+              "unk": writer.add_unk_token_id, "eot": writer.add_eot_token_id}
+    for key, token_id in vocab.special_ids.items():
+        adders[key](token_id)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)

@@ -1,0 +1,34 @@
+"""``edgekit convert``: a Hugging Face checkpoint to GGUF files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.cli import app
+
+
+@app.command()
+def convert(
+    src: Annotated[str, typer.Argument(help="Checkpoint directory or Hub repo id owner/name[@revision].")],
+    quant: Annotated[str, typer.Option("-q", "--quant", help="Output types, comma-separated: f16, bf16, q8_0, q4_k_m, ...")] = "q4_k_m",
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory, or a .gguf path for one type.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="Quantizer threads (default: all cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary: path, type, size, sha256.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Convert a Hugging Face checkpoint to GGUF, quantized with llama.cpp's quantizer."""
+    from edgekit.convert import convert as run_convert
+    from edgekit.progress import rich_progress
+
+    with rich_progress(enabled=not quiet and not as_json, unit_bytes=True) as progress:
+        files = run_convert(src, out=out, quant=quant, force=force, threads=threads, progress=progress)
+    if as_json:
+        print(json.dumps({"outputs": [f.as_dict() for f in files]}, indent=2))
+        return
+    for f in files:
+        typer.echo(f"wrote {f.path}  {f.type}  {f.size / 2**20:.1f} MiB")

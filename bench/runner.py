@@ -1,0 +1,358 @@
+"""The grid sweep: every list parameter is crossed like llama-bench, each test warmed up then repeated.
+
+:func:`run` is a generator that yields one record per finished test, so a caller
+that writes each record as it arrives keeps everything completed before a Ctrl-C.
+One model load serves every test with the same load settings (model, KV types,
+flash attention, threads); tests run in order of depth so a filled depth is
+saved once and restored for the next repetitions, as llama-bench does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import BenchError
+from edgekit.progress import ProgressFn, report
+
+from . import measure, records, roofline
+
+__all__ = ["Grid", "SUITES", "Case", "Group", "plan", "run", "suite_grid", "parse_kv", "ENGINES"]
+
+ENGINES = ("edgekit", "llama-cpp-python")
+_QUANT_KV = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to measure. Every tuple is swept as a grid."""
+
+    models: tuple[str, ...]
+    n_prompt: tuple[int, ...] = (512,)
+    n_gen: tuple[int, ...] = (128,)
+    depths: tuple[int, ...] = (0,)
+    kv_cache: tuple[str, ...] = ("f16",)  # "f16" or "K/V" such as "q8_0/f16"
+    threads: tuple[int, ...] = ()  # () = physical cores
+    flash_attn: tuple[bool, ...] = (True,)
+    reps: int = 5
+    warmup: bool = True
+    n_batch: int = 512
+    n_ubatch: int = 512
+    chat: bool = True
+    chat_gen: int = 128
+    engine: str = "edgekit"
+    llama_bench: str | None = None  # path of a llama-bench binary to interleave with
+
+
+# Suites set the grid's defaults; explicit CLI options override them.
+SUITES: dict[str, dict[str, Any]] = {
+    # Under a minute for the 0.5B Q4_0 on a 2-core machine.
+    "quick": {"n_prompt": (512,), "n_gen": (128,), "depths": (0, 1024), "reps": 3},
+    "standard": {"n_prompt": (512,), "n_gen": (128,), "depths": (0, 4096, 16384), "reps": 5},
+    # Up to 32k tokens of context (the 0.5B's training context is 32768; the depth leaves room for the test).
+    "long": {"n_prompt": (512,), "n_gen": (128,), "depths": (0, 4096, 16384, 32000), "reps": 3},
+}
+
+
+def suite_grid(models: Sequence[str], suite: str = "standard", **overrides: Any) -> Grid:
+    """A Grid from a suite's defaults with ``overrides`` (None values ignored)."""
+    if suite not in SUITES:
+        raise BenchError(f"unknown suite {suite!r}", f"Use one of: {', '.join(SUITES)}.")
+    base = Grid(models=tuple(models), **SUITES[suite])
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_kv(spec: str) -> tuple[str, str]:
+    """``"q8_0"`` -> (q8_0, q8_0); ``"q8_0/f16"`` -> (q8_0, f16). Unknown types raise BenchError."""
+    parts = spec.lower().split("/")
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(p not in roofline.KV_TYPE_BYTES for p in parts):
+        raise BenchError(f"unknown KV cache type {spec!r}",
+                         f"Use one of {', '.join(roofline.KV_TYPE_BYTES)}, or K/V like q8_0/f16.")
+    return parts[0], parts[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test: pp (n_prompt > 0), tg (n_gen > 0) or a chat turn, at a depth."""
+
+    test: str
+    n_prompt: int
+    n_gen: int
+    n_depth: int
+
+
+@dataclass
+class Group:
+    """Tests that share one model load."""
+
+    model: str
+    type_k: str
+    type_v: str
+    flash_attn: bool
+    threads: int
+    n_ctx: int
+    cases: list[Case] = field(default_factory=list)
+
+
+def _default_threads() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def plan(grid: Grid) -> tuple[list[Group], list[str]]:
+    """Expand the grid into load groups; also return why any combination was skipped."""
+    if not grid.models:
+        raise BenchError("no model given", "Pass one or more GGUF files: edgekit bench MODEL.gguf")
+    if grid.reps < 1:
+        raise BenchError(f"repetitions must be at least 1 (got {grid.reps})", "Pass -r 1 or more.")
+    if grid.engine not in ENGINES:
+        raise BenchError(f"unknown engine {grid.engine!r}", f"Use one of: {', '.join(ENGINES)}.")
+    for model in grid.models:
+        _check_model(model)
+    threads = grid.threads or (_default_threads(),)
+    if any(t < 1 for t in threads):
+        raise BenchError("thread counts must be at least 1", "Pass --threads like 1,2,4.")
+    depths = sorted(set(grid.depths))
+    if any(d < 0 for d in depths):
+        raise BenchError("depths must be 0 or more", "Pass -d like 0,4096.")
+    cases = [Case("pp", p, 0, d) for d in depths for p in grid.n_prompt if p > 0]
+    cases += [Case("tg", 0, n, d) for d in depths for n in grid.n_gen if n > 0]
+    cases.sort(key=lambda c: c.n_depth)
+    if grid.chat and grid.chat_gen > 0:
+        cases.append(Case("chat", 0, grid.chat_gen, 0))
+    groups: list[Group] = []
+    skipped: list[str] = []
+    for model, kv, t, fa in itertools.product(grid.models, grid.kv_cache, threads, grid.flash_attn):
+        type_k, type_v = parse_kv(kv)
+        if type_v in _QUANT_KV and not fa:
+            skipped.append(f"{Path(model).name} KV {type_k}/{type_v} with flash attention off: llama.cpp needs "
+                           "flash attention for a quantized V cache")
+            continue
+        # Room for the deepest test plus a chat turn (its prompt is under 128 tokens), in whole KV pages.
+        need = max([c.n_depth + c.n_prompt + c.n_gen for c in cases] + [128 + grid.chat_gen])
+        n_ctx = -(-need // 256) * 256
+        groups.append(Group(model, type_k, type_v, fa, t, n_ctx, list(cases)))
+    return groups, skipped
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.endswith(".gguf") or os.sep in model or model.startswith(".")
+
+
+def _check_model(model: str) -> None:
+    if _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise BenchError(f"model not found: {model}", "Pass the path of a GGUF file (or a model name edgekit knows).")
+        if path.is_file() and path.suffix.lower() != ".gguf":
+            raise BenchError(f"not a GGUF file: {model}", "edgekit bench measures GGUF models; convert it first.")
+
+
+def _units(group: Group, grid: Grid) -> int:
+    per = grid.reps + (1 if grid.warmup else 0)
+    return len(group.cases) * per
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+
+class _Loaded:
+    """A loaded model: the edgekit Model (or a raw Llama), its llama.cpp context and model facts."""
+
+    def __init__(self, group: Group, grid: Grid) -> None:
+        self.model: Any = None
+        measure.reset_peak_rss()
+        t0 = time.perf_counter()
+        if grid.engine == "edgekit":
+            self.model = _load_edgekit(group, grid)
+            self.llama = getattr(self.model, "llama", None)
+            if self.llama is None:
+                raise BenchError("this edgekit Model does not expose its llama.cpp context (Model.llama)",
+                                 "Use --engine llama-cpp-python meanwhile.")
+        else:
+            self.llama = _load_raw(group, grid)
+            self.model = _RawChat(self.llama)
+        self.load_s = float(getattr(self.model, "load_s", 0.0) or 0.0) or (time.perf_counter() - t0)
+        self.rss = measure.rss_bytes()
+        import ctypes
+
+        import llama_cpp
+
+        buf = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.llama.model, buf, 256)
+        self.model_type = buf.value.decode(errors="replace")
+        self.model_size = int(llama_cpp.llama_model_size(self.llama.model))
+        self.model_n_params = int(llama_cpp.llama_model_n_params(self.llama.model))
+        self.metadata = dict(getattr(self.llama, "metadata", {}) or {})
+        self.n_ctx = int(llama_cpp.llama_n_ctx(self.llama.ctx))
+        fa = getattr(self.model, "flash_attn", None)
+        self.flash_attn = group.flash_attn if fa is None else bool(fa)
+        self.ctx = measure.Context(self.llama, group.threads)
+
+    def close(self) -> None:
+        closer = getattr(self.model, "close", None)
+        if callable(closer):
+            closer()
+        elif self.llama is not None and hasattr(self.llama, "close"):
+            self.llama.close()
+
+
+def _load_edgekit(group: Group, grid: Grid) -> Any:
+    import edgekit
+
+    return edgekit.load(group.model, n_ctx=group.n_ctx, kv_cache=f"{group.type_k}/{group.type_v}",
+                        threads=group.threads, flash_attn=group.flash_attn, n_batch=grid.n_batch,
+                        n_ubatch=grid.n_ubatch, gpu_layers=0, seed=1234)
+
+
+def _ggml_type(name: str) -> int:
+    import llama_cpp
+
+    return int(getattr(llama_cpp, f"GGML_TYPE_{name.upper()}"))
+
+
+def _load_raw(group: Group, grid: Grid) -> Any:
+    """llama-cpp-python's Llama with the same settings: the "no wrapper" baseline."""
+    import llama_cpp
+
+    from edgekit.errors import ModelLoadError
+
+    try:
+        return llama_cpp.Llama(str(group.model), n_ctx=group.n_ctx, n_batch=grid.n_batch, n_ubatch=grid.n_ubatch,
+                               n_threads=group.threads, n_threads_batch=group.threads, flash_attn=group.flash_attn,
+                               type_k=_ggml_type(group.type_k), type_v=_ggml_type(group.type_v), n_gpu_layers=0,
+                               seed=1234, verbose=False)
+    except ValueError as exc:
+        raise ModelLoadError(f"llama.cpp could not load {group.model}: {exc}",
+                             "Check that the file is a complete GGUF.") from None
+
+
+class _RawChat:
+    """stream_chat for the raw Llama engine, via llama-cpp-python's own chat formatting."""
+
+    def __init__(self, llama: Any) -> None:
+        self.llama = llama
+
+    def reset(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llama.ctx), True)
+        self.llama.reset()
+
+    def stream_chat(self, messages: list[dict], **sampling: Any) -> Iterator[Any]:
+        n = 0
+        for chunk in self.llama.create_chat_completion(messages, stream=True, temperature=sampling["temperature"],
+                                                        max_tokens=sampling["max_tokens"], seed=sampling.get("seed")):
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                n += 1
+                yield text
+        yield _RawStats(gen_tokens=n)
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+@dataclass
+class _RawStats:
+    gen_tokens: int
+    prompt_tokens: int = 0
+
+
+# -- the sweep ---------------------------------------------------------------------------------------------
+
+def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any] | None = None,
+        bandwidth: float | None = None) -> Iterator[dict[str, Any]]:
+    """Run the grid; yield one record (dict, see :mod:`edgekit.bench.records`) per finished test.
+
+    With ``grid.llama_bench`` set, each pp/tg test is followed by the same test in llama-bench;
+    its record (engine "llama-bench") is yielded right after ours, and ours carries the ratio.
+    """
+    groups, _ = plan(grid)
+    if device is None:
+        from edgekit.device import fingerprint
+
+        device = fingerprint()
+    if bandwidth is None:
+        bandwidth = roofline.bandwidth(device["device_id"])
+    total = sum(_units(g, grid) for g in groups)
+    done = 0
+    report(progress, "bench", 0, total)
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        report(progress, "bench", done, total)
+
+    for group in groups:
+        loaded = _Loaded(group, grid)
+        try:
+            for case in group.cases:
+                if grid.warmup:
+                    tick()  # the warm-up is one unit of work for the ETA
+                rec = _run_case(loaded, group, grid, case, device, bandwidth, tick)
+                if grid.llama_bench and case.test != "chat":
+                    from .llama_bench import run_case as run_llama_bench
+
+                    theirs = run_llama_bench(grid.llama_bench, group, grid, case, device)
+                    rec["llama_bench_ts"] = theirs["avg_ts"]
+                    rec["ratio_vs_llama_bench"] = rec["avg_ts"] / theirs["avg_ts"] if theirs["avg_ts"] else None
+                    yield rec
+                    yield theirs
+                else:
+                    yield rec
+        finally:
+            loaded.close()
+
+
+def _common(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "engine": grid.engine, "test": case.test, "n_prompt": case.n_prompt, "n_gen": case.n_gen,
+        "n_depth": case.n_depth, "build_commit": None, "cpu_info": device.get("cpu_model"), "gpu_info": "",
+        "backends": "CPU", "model_filename": str(group.model), "model_type": loaded.model_type,
+        "model_size": loaded.model_size, "model_n_params": loaded.model_n_params, "n_batch": grid.n_batch,
+        "n_ubatch": grid.n_ubatch, "n_threads": group.threads, "type_k": group.type_k, "type_v": group.type_v,
+        "n_gpu_layers": 0, "flash_attn": int(loaded.flash_attn), "n_ctx": loaded.n_ctx, "reps": grid.reps,
+        "warmup": grid.warmup, "load_s": loaded.load_s, "rss_bytes": loaded.rss,
+        "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "edgekit_version": device.get("edgekit"), "llama_cpp_python": device.get("llama_cpp_python"),
+        "device_id": device["device_id"], "device": device,
+    }
+
+
+def _run_case(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any], bandwidth: float,
+              tick: Any) -> dict[str, Any]:
+    fields = _common(loaded, group, grid, case, device)
+    if case.test == "chat":
+        raw = measure.time_chat(loaded.model, n_gen=case.n_gen, reps=grid.reps, warmup=grid.warmup, on_rep=tick)
+        gen = raw["gen_tokens"]
+        mean_gen = sum(gen) / len(gen) if gen else case.n_gen
+        # avg_ts of a chat turn = answer tokens per second of end-to-end time (what the user experiences).
+        stats = records.stats_from_ns(raw["e2e_ns"], round(mean_gen))
+        fields.update(stats)
+        fields.update(
+            ttft_p50_ms=records.percentile(raw["ttft_ns"], 50) / 1e6, ttft_p95_ms=records.percentile(raw["ttft_ns"], 95) / 1e6,
+            e2e_p50_ms=records.percentile(raw["e2e_ns"], 50) / 1e6, e2e_p95_ms=records.percentile(raw["e2e_ns"], 95) / 1e6,
+            samples_ttft_ns=raw["ttft_ns"], samples_e2e_ns=raw["e2e_ns"], prompt_tokens=raw["prompt_tokens"],
+            gen_tokens=gen,
+        )
+    else:
+        samples = measure.time_pp_tg(loaded.ctx, n_prompt=case.n_prompt, n_gen=case.n_gen, n_depth=case.n_depth,
+                                     n_batch=grid.n_batch, reps=grid.reps, warmup=grid.warmup, on_rep=tick)
+        fields.update(records.stats_from_ns(samples, case.n_prompt + case.n_gen))
+        if case.test == "tg":
+            kv = roofline.kv_bytes_per_token(loaded.metadata, group.type_k, group.type_v)
+            # Average depth over the generated tokens: the KV read grows while generating.
+            per_token, ceiling = roofline.decode_ceiling(bandwidth, loaded.model_size, kv,
+                                                         case.n_depth + case.n_gen // 2)
+            fields.update(mem_bw_gbs=bandwidth / 1e9, bytes_per_token=int(per_token), ceiling_ts=ceiling,
+                          efficiency=fields["avg_ts"] / ceiling if ceiling else None)
+    fields["peak_rss_bytes"] = measure.peak_rss_bytes()
+    return records.make_record(**fields)

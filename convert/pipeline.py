@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
-
 from edgekit.convert.archs import Arch, arch_for
 from edgekit.convert.atomic import atomic_output, check_free_space, check_writable, scratch_file
 from edgekit.convert.hparams import HParams, read_hparams
@@ -23,7 +22,8 @@ from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
 from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize
 from edgekit.convert.safetensors import WeightSet
 from edgekit.convert.vocab import Vocab, load_vocab, write_vocab
-from edgekit.convert.writer import FLOAT_OUT, TensorPlan, write_gguf
+from edgekit.convert.writer import TensorPlan, write_gguf
+
 from edgekit.errors import EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
 
@@ -51,7 +51,7 @@ class ConvertedFile:
         return digest.hexdigest()
 
     def as_dict(self, with_sha256: bool = True) -> dict:
-        out = {"path": str(self.path), "type": self.type, "size": self.size, "n_params": self.n_params}
+        out = {"path": str(self.path.resolve()), "type": self.type, "size": self.size, "n_params": self.n_params}
         if with_sha256:
             out["sha256"] = self.sha256()
         return out

@@ -133,7 +133,7 @@ def quantize(
     report(progress, label, 0, expected_bytes)
     worker.start()
     while worker.is_alive():
-        worker.join(0.2)
+        worker.join(0.05)
         if expected_bytes and dst.exists():
             report(progress, label, min(dst.stat().st_size, expected_bytes), expected_bytes)
     if not result or result[0] != 0:

@@ -211,17 +211,16 @@ def _check_listing(repo_id: str, names: list[str]) -> None:
                 hint="Convert them to safetensors first (e.g. with the `safetensors` convert space) or pick a "
                 "safetensors revision.",
             )
-    if not _wanted(names):
+    missing = [need for need, present in (("config.json", "config.json" in top),
+                                          ("*.safetensors weights", any(n.endswith(".safetensors") for n in top)))
+               if not present]
+    if missing:
+        ggufs = [n for n in names if n.endswith(".gguf")]
         raise MissingFiles(
-            f"{repo_id} has none of the files a conversion needs (config.json, *.safetensors, tokenizer.json)",
-            hint="Check the repo id; edgekit converts Hugging Face transformers checkpoints.",
+            f"{repo_id} has no {' and no '.join(missing)}, so it is not a checkpoint edgekit can convert",
+            hint=f"It already holds GGUF files ({', '.join(ggufs[:2])}); download one and use it directly."
+            if ggufs else "Check the repo id; edgekit converts Hugging Face transformers checkpoints.",
         )
-
-
-def _wanted(names: list[str]) -> list[str]:
-    from huggingface_hub.utils import filter_repo_objects
-
-    return list(filter_repo_objects(names, allow_patterns=list(NEEDED_PATTERNS), ignore_patterns=list(SKIPPED_PATTERNS)))
 
 
 def _snapshot(repo_id: str, revision: str | None, s: _HubSettings, **kwargs: object) -> Path:

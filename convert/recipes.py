@@ -1,0 +1,151 @@
+"""Quantization recipes: named per-tensor type mixtures, declared in ONE table (:data:`RECIPES`).
+
+A recipe maps tensor roles to ggml types. Selectors name a role
+(``token_embd``, ``output``, ``attn_q``, ``attn_k``, ``attn_v``, ``attn_output``,
+``ffn_gate``, ``ffn_up``, ``ffn_down``), optionally restricted to the edge layers
+with ``@first``, ``@last`` or ``@edge`` (the first / last ``max(1, n_layer // 8)``
+blocks). The first matching rule wins; tensors no rule matches get ``base``.
+
+Each rule lists types in order of preference. A type whose block doesn't divide
+the tensor's row (K-quants need rows that are multiples of 256; hidden 896 and
+576 aren't) is skipped for the next one; if none fits, llama.cpp's own fallback
+table applies, then F16. With a tied embedding there is no ``output.weight``:
+``token_embd`` is also the output projection, so its type drives both quality
+and decode speed.
+
+``measured`` holds the numbers from /work/notes/quality_readme.md's table
+(SmolLM2-135M, weights perturbed off the Q4_1 grid, F16 reference, 1785 tokens
+of edgekit's eval text at ctx 512); :func:`pick_auto` uses them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from edgekit.errors import QuantizeError
+
+__all__ = ["Recipe", "Measured", "RECIPES", "is_recipe", "get_recipe", "resolve_types", "pick_auto",
+           "DEFAULT_MAX_KLD"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One row of the quality table (SmolLM2-135M, perturbed weights, vs F16)."""
+
+    bpw: float  # bits per weight over all tensors
+    size_ratio_q4_k_m: float  # file size / Q4_K_M's
+    tg_ratio_f16: float  # decode tok/s / F16's, same run
+    kld: float  # mean KL divergence vs F16
+    top1: float  # same top token as F16, fraction
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named mixture: ``rules`` are (selector, preferred types), first match wins."""
+
+    name: str
+    summary: str
+    base: str
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    measured: Measured | None = None
+
+
+# THE table. Types are ggml type names (gguf.GGMLQuantizationType).
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("q4-fast", "Q4_0 everywhere, 8-bit embedding/output: the speed of Q4_0 with its quality.",
+           base="Q4_0",
+           rules=(("token_embd", ("Q8_0",)), ("output", ("Q8_0",)))),
+    Recipe("q4-nl", "IQ4_NL (non-linear 4-bit, 32-blocks) everywhere, 8-bit embedding/output.",
+           base="IQ4_NL",
+           rules=(("token_embd", ("Q8_0",)), ("output", ("Q8_0",)))),
+    Recipe("q4-mix", "IQ4_NL, with ffn_down in Q4_K where rows allow, 8-bit embedding/output.",
+           base="IQ4_NL",
+           rules=(("token_embd", ("Q8_0",)), ("output", ("Q8_0",)), ("ffn_down", ("Q4_K", "IQ4_NL")))),
+    Recipe("q4-edge", "IQ4_NL, Q5_0 for attn_v and ffn_down, 8-bit first/last layers and embedding/output.",
+           base="IQ4_NL",
+           rules=(("token_embd", ("Q8_0",)), ("output", ("Q8_0",)),
+                  ("*@edge", ("Q8_0",)),
+                  ("attn_v", ("Q5_0",)), ("ffn_down", ("Q5_0",)))),
+    Recipe("q5-mix", "Q5_0 everywhere, Q8_0 for attn_v and embedding/output.",
+           base="Q5_0",
+           rules=(("token_embd", ("Q8_0",)), ("output", ("Q8_0",)), ("attn_v", ("Q8_0",)))),
+)}
+
+DEFAULT_MAX_KLD = 0.05
+
+# llama.cpp's fallback when a 256-block type doesn't fit a row (src/llama-quant.cpp)
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+_ROLES = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_NAME = re.compile(r"^(?:blk\.(\d+)\.)?([a-z_]+)\.weight$")
+
+
+def is_recipe(name: str) -> bool:
+    """True if ``name`` is a recipe (or ``auto``) rather than a plain llama.cpp type."""
+    return name.lower() in RECIPES or name.lower() == "auto"
+
+
+def get_recipe(name: str, max_kld: float | None = None) -> Recipe:
+    """The recipe called ``name``; ``auto`` resolves through :func:`pick_auto`."""
+    key = name.lower()
+    if key == "auto":
+        key = pick_auto(DEFAULT_MAX_KLD if max_kld is None else max_kld)
+    if key not in RECIPES:
+        raise QuantizeError(f"Unknown recipe {name!r}.", f"Use one of: auto, {', '.join(RECIPES)}.")
+    return RECIPES[key]
+
+
+def _block(ty: str) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType[ty]][0]
+
+
+def _fit(prefs: tuple[str, ...], row: int) -> str:
+    for ty in prefs:
+        if row % _block(ty) == 0:
+            return ty
+    ty = _FALLBACK.get(prefs[-1], prefs[-1])
+    return ty if row % _block(ty) == 0 else "F16"
+
+
+def _selects(selector: str, role: str, layer: int | None, n_layer: int) -> bool:
+    what, _, where = selector.partition("@")
+    if what not in ("*", role):
+        return False
+    if not where:
+        return True
+    if layer is None:
+        return False
+    edge = max(1, n_layer // 8)
+    first, last = layer < edge, layer >= n_layer - edge
+    return {"first": first, "last": last, "edge": first or last}.get(where, False)
+
+
+def resolve_types(recipe: Recipe, shapes: dict[str, tuple[int, ...]], n_layer: int) -> dict[str, str]:
+    """Type of every quantizable tensor (2-D ``*.weight`` with a known role) under ``recipe``.
+
+    ``shapes`` are in ggml order (row length first). Other tensors (norms, biases)
+    are left out and stay as they are.
+    """
+    plan: dict[str, str] = {}
+    for name, shape in shapes.items():
+        m = _NAME.match(name)
+        if not m or len(shape) < 2 or m.group(2) not in _ROLES:
+            continue
+        layer = int(m.group(1)) if m.group(1) is not None else None
+        role = m.group(2)
+        prefs = next((types for sel, types in recipe.rules if _selects(sel, role, layer, n_layer)), (recipe.base,))
+        plan[name] = _fit(prefs, int(shape[0]))
+    return plan
+
+
+def pick_auto(max_kld: float = DEFAULT_MAX_KLD) -> str:
+    """The fastest measured recipe whose KLD is within ``max_kld`` (the most accurate one if none is)."""
+    rows = [r for r in RECIPES.values() if r.measured is not None]
+    if not rows:
+        return next(iter(RECIPES))
+    within = [r for r in rows if r.measured.kld <= max_kld]
+    if not within:
+        return min(rows, key=lambda r: r.measured.kld).name
+    return max(within, key=lambda r: (r.measured.tg_ratio_f16, -r.measured.kld)).name

@@ -1,0 +1,286 @@
+"""The converter: types, metadata, config forms, shards, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import gguf
+import numpy as np
+import pytest
+from edgekit.bench.checkpoints import random_qwen2_checkpoint
+from edgekit.convert import convert
+
+from edgekit.errors import (
+    CorruptFile,
+    DiskFull,
+    MissingFiles,
+    OutputExists,
+    QuantizeError,
+    UnsupportedModel,
+)
+from edgekit.gguf_meta import read_header
+
+
+def kv(path, key):
+    return read_header(path).metadata[key]
+
+
+def tensor_types(path) -> dict[str, str]:
+    return {t.name: gguf.GGMLQuantizationType(t.type).name for t in read_header(path).tensors}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, qwen2_vocab_gguf):
+    return random_qwen2_checkpoint(tmp_path_factory.mktemp("ck") / "tiny-qwen2", qwen2_vocab_gguf)
+
+
+@pytest.fixture(scope="module")
+def all_types(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    types = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
+    return convert(ckpt, out=out, quant=",".join(types)), out
+
+
+def test_every_type_is_written_with_its_file_type(all_types):
+    files, out = all_types
+    assert [f.type for f in files] == ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"]
+    for f in files:
+        assert f.path.is_file() and f.path.stat().st_size == f.size
+        assert f.path.name.endswith(f"-{f.type}.gguf")
+        ftype = kv(f.path, "general.file_type")
+        assert ftype == gguf.LlamaFileType[{"F32": "ALL_F32"}.get(f.type, "MOSTLY_" + f.type)].value
+    # no temporary files are left behind
+    assert sorted(p.name for p in out.iterdir()) == sorted(f.path.name for f in files)
+
+
+def test_float_types_store_what_they_say(all_types):
+    files, _ = all_types
+    by_type = {f.type: f.path for f in files}
+    assert tensor_types(by_type["F16"])["blk.0.attn_q.weight"] == "F16"
+    assert tensor_types(by_type["BF16"])["blk.0.attn_q.weight"] == "BF16"
+    assert tensor_types(by_type["F32"])["blk.0.attn_q.weight"] == "F32"
+    # norms and biases stay F32, like llama.cpp's converter does
+    assert tensor_types(by_type["Q4_0"])["blk.0.attn_norm.weight"] == "F32"
+    assert tensor_types(by_type["Q4_0"])["blk.0.attn_q.bias"] == "F32"
+    assert tensor_types(by_type["Q8_0"])["blk.0.ffn_down.weight"] == "Q8_0"
+
+
+def test_quantized_file_is_exactly_what_llama_quantize_makes(all_types, tmp_path):
+    import llama_cpp
+
+    files, _ = all_types
+    by_type = {f.type: f.path for f in files}
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    ref = tmp_path / "ref.gguf"
+    # our bf16 source's base type is BF16: quantize that with llama.cpp directly
+    assert llama_cpp.llama_model_quantize(str(by_type["BF16"]).encode(), str(ref).encode(), params) == 0
+    assert ref.read_bytes() == by_type["Q4_K_M"].read_bytes()
+
+
+def test_checkpoint_is_read_once_for_many_types(ckpt, tmp_path, monkeypatch):
+    import edgekit.convert.pipeline as pipeline
+
+    calls = []
+    real = pipeline.write_gguf
+    monkeypatch.setattr(pipeline, "write_gguf", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    files = convert(ckpt, out=tmp_path, quant="q4_0,q8_0,q4_k_m")
+    assert len(files) == 3 and len(calls) == 1
+
+
+def test_metadata_and_hparams(all_types, ckpt):
+    files, _ = all_types
+    path = files[1].path
+    config = json.loads((ckpt / "config.json").read_text())
+    assert kv(path, "general.architecture") == "qwen2"
+    assert kv(path, "general.name")
+    assert kv(path, "general.size_label")
+    assert kv(path, "edgekit.converter").startswith("edgekit ")
+    assert kv(path, "qwen2.context_length") == 32768
+    assert kv(path, "qwen2.block_count") == config["num_hidden_layers"]
+    assert kv(path, "qwen2.attention.head_count_kv") == config["num_key_value_heads"]
+    assert kv(path, "qwen2.rope.freq_base") == pytest.approx(1e6)
+    assert kv(path, "tokenizer.ggml.pre") == "qwen2"
+    tokens = kv(path, "tokenizer.ggml.tokens")
+    assert len(tokens) == config["vocab_size"]
+    assert tokens[kv(path, "tokenizer.ggml.eot_token_id")] == "<|im_end|>"
+    assert tokens[kv(path, "tokenizer.ggml.eos_token_id")] == "<|endoftext|>"
+    assert "<|im_start|>" in kv(path, "tokenizer.chat_template")
+    assert "output.weight" not in tensor_types(path)  # tied embeddings
+
+
+def test_name_license_and_default_filename(qwen2_vocab_gguf, tmp_path):
+    ck = random_qwen2_checkpoint(tmp_path / "SmolThing-Chat", qwen2_vocab_gguf)
+    (ck / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A model\n")
+    [f] = convert(ck, out=tmp_path / "o", quant="q8_0")
+    assert kv(f.path, "general.license") == "apache-2.0"
+    assert kv(f.path, "general.basename") == "SmolThing"
+    assert kv(f.path, "general.finetune") == "Chat"
+    assert f.path.name == f"SmolThing-{kv(f.path, 'general.size_label')}-Q8_0.gguf"
+
+
+@pytest.mark.parametrize("style", ["4.x", "5.x"])
+def test_both_config_forms_and_yarn(qwen2_vocab_gguf, tmp_path, style):
+    ck = random_qwen2_checkpoint(tmp_path / "m", qwen2_vocab_gguf, config_style=style, yarn=4.0, rope_theta=5e5)
+    [f] = convert(ck, out=tmp_path, quant="f16")
+    assert kv(f.path, "qwen2.rope.freq_base") == pytest.approx(5e5)
+    assert kv(f.path, "qwen2.rope.scaling.type") == "yarn"
+    assert kv(f.path, "qwen2.rope.scaling.factor") == pytest.approx(4.0)
+    assert kv(f.path, "qwen2.rope.scaling.original_context_length") > 0
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f32"])
+def test_sharded_untied_and_other_dtypes(qwen2_vocab_gguf, tmp_path, dtype):
+    ck = random_qwen2_checkpoint(tmp_path / "m", qwen2_vocab_gguf, dtype=dtype, tied=False, shards=3)
+    assert (ck / "model.safetensors.index.json").is_file()
+    [f] = convert(ck, out=tmp_path, quant="f32")
+    types = tensor_types(f.path)
+    assert "output.weight" in types
+    # values survive exactly in F32 whatever the source float type
+    from edgekit.convert.safetensors import WeightSet, read_f32
+
+    weights = WeightSet(sorted(ck.glob("*.safetensors")))
+    header = read_header(f.path)
+    info = next(t for t in header.tensors if t.name == "blk.1.ffn_down.weight")
+    data = np.fromfile(f.path, np.float32, info.n_elements, offset=header.data_offset + info.offset)
+    expected = read_f32(weights["model.layers.1.mlp.down_proj.weight"])
+    np.testing.assert_array_equal(data.reshape(expected.shape), expected)
+
+
+# --- refusals -------------------------------------------------------------------------------------------
+
+
+def test_unsupported_architecture_lists_supported(ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["architectures"] = ["MambaForCausalLM"]
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModel, match="MambaForCausalLM") as err:
+        convert(bad, out=tmp_path)
+    assert "Qwen2ForCausalLM" in err.value.hint and "LlamaForCausalLM" in err.value.hint
+
+
+def test_pickle_weights_are_never_loaded(ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    (bad / "model.safetensors").unlink()
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04 not really a pickle")
+    with pytest.raises(UnsupportedModel, match="never unpickles"):
+        convert(bad, out=tmp_path)
+
+
+def test_missing_tokenizer_is_named(ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(MissingFiles, match="tokenizer.json"):
+        convert(bad, out=tmp_path / "o")
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_unknown_type_lists_known_ones(ckpt, tmp_path):
+    with pytest.raises(QuantizeError, match="q9_9") as err:
+        convert(ckpt, out=tmp_path, quant="q9_9")
+    assert "Q4_K_M" in err.value.hint
+
+
+def _corrupt_copy(ckpt, tmp_path, mutate):
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    path = bad / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    data = mutate(data, header, n)
+    path.write_bytes(bytes(data))
+    return bad
+
+
+def _with_header(data, header, n):
+    blob = json.dumps(header).encode()
+    blob += b" " * (n - len(blob)) if len(blob) <= n else b""
+    return bytearray(struct.pack("<Q", len(blob))) + blob + data[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "case, mutate, pattern",
+    [
+        ("header length", lambda d, h, n: bytearray(struct.pack("<Q", 10**12)) + d[8:], "header length"),
+        ("truncated", lambda d, h, n: d[: len(d) // 2], "outside|truncated"),
+        (
+            "offsets",
+            lambda d, h, n: _with_header(
+                d, {**h, "model.norm.weight": {**h["model.norm.weight"], "data_offsets": [0, 10**10]}}, n
+            ),
+            "model.norm.weight",
+        ),
+        (
+            "shape",
+            lambda d, h, n: _with_header(
+                d, {**h, "model.norm.weight": {**h["model.norm.weight"], "shape": [3]}}, n
+            ),
+            "model.norm.weight.*do not match",
+        ),
+        (
+            "dtype",
+            lambda d, h, n: _with_header(
+                d, {**h, "model.norm.weight": {**h["model.norm.weight"], "dtype": "F32"}}, n
+            ),
+            "model.norm.weight.*do not match",
+        ),
+    ],
+)
+def test_corrupt_safetensors_names_file_and_tensor(ckpt, tmp_path, case, mutate, pattern):
+    bad = _corrupt_copy(ckpt, tmp_path, mutate)
+    with pytest.raises(CorruptFile, match=pattern) as err:
+        convert(bad, out=tmp_path / "o", quant="f16")
+    assert "model.safetensors" in err.value.message
+    assert not list((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True
+
+
+def test_existing_output_needs_force(ckpt, tmp_path):
+    [f] = convert(ckpt, out=tmp_path, quant="q8_0")
+    with pytest.raises(OutputExists):
+        convert(ckpt, out=tmp_path, quant="q8_0")
+    [again] = convert(ckpt, out=tmp_path, quant="q8_0", force=True)
+    assert again.path == f.path
+
+
+def test_full_disk_is_refused_before_writing(ckpt, tmp_path, monkeypatch):
+    import edgekit.convert.atomic as atomic
+
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DiskFull, match="free"):
+        convert(ckpt, out=tmp_path, quant="f16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_filling_up_mid_write_leaves_nothing(ckpt, tmp_path, monkeypatch):
+    import errno
+
+    import edgekit.convert.writer as writer
+
+    real = writer._chunks
+
+    def failing(plan):
+        if plan.name == "blk.1.ffn_up.weight":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        yield from real(plan)
+
+    monkeypatch.setattr(writer, "_chunks", failing)
+    with pytest.raises(DiskFull):
+        convert(ckpt, out=tmp_path, quant="f16,q4_0")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_leaves_no_partial_file(ckpt, tmp_path):
+    def interrupt(stage, done, total):
+        if stage == "convert" and done > total // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(ckpt, out=tmp_path, quant="q8_0", progress=interrupt)
+    assert list(tmp_path.iterdir()) == []

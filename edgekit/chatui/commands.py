@@ -1,0 +1,223 @@
+"""Slash commands of the chat REPL: one small function each, found through a table."""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.chatui import render
+from edgekit.chatui.settings import PARAMS, ChatSettings, parse_assignment
+from edgekit.chatui.state import ChatState
+from edgekit.errors import EdgekitError
+
+SETTINGS_KEY = "cli_settings"
+
+
+class Action(enum.Enum):
+    CONTINUE = "continue"
+    EXIT = "exit"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[ChatState, str], Action]
+    usage: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {}
+ALIASES = {"/quit": "/exit", "/bye": "/exit", "/q": "/exit", "/?": "/help", "/clear": "/reset"}
+
+
+def command(name: str, usage: str, help: str) -> Callable:
+    def register(fn: Callable[[ChatState, str], Action]) -> Callable[[ChatState, str], Action]:
+        COMMANDS[name] = Command(fn, usage, help)
+        return fn
+
+    return register
+
+
+def is_command(text: str) -> bool:
+    """A line is a command when it starts with one slash (``//text`` sends ``/text``)."""
+    stripped = text.lstrip()
+    return stripped.startswith("/") and not stripped.startswith("//")
+
+
+def dispatch(state: ChatState, line: str) -> Action:
+    """Run the slash command in ``line``; unknown commands get a hint."""
+    name, _, arg = line.strip().partition(" ")
+    name = ALIASES.get(name.lower(), name.lower())
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        close = difflib.get_close_matches(name, [*COMMANDS, *ALIASES], n=1, cutoff=0.5)
+        close = [ALIASES.get(c, c) for c in close]
+        hint = f"Did you mean {close[0]}? " if close else ""
+        state.warn(f"Unknown command {name}. {hint}Type /help for the list (start with // to send a '/').")
+        return Action.CONTINUE
+    try:
+        return cmd.run(state, arg.strip())
+    except EdgekitError as exc:
+        state.warn(f"{exc.message} {exc.hint or ''}".strip())
+        return Action.CONTINUE
+
+
+@command("/help", "/help", "show this help")
+def _help(state: ChatState, arg: str) -> Action:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for cmd in COMMANDS.values():
+        table.add_row(cmd.usage, cmd.help)
+    state.err.print(table)
+    state.note('Multi-line input: start with """ and end with """. Ctrl-C stops an answer '
+               "or clears the line; Ctrl-D exits. Start a line with // to send text beginning with '/'.")
+    return Action.CONTINUE
+
+
+@command("/reset", "/reset", "forget the conversation (the system prompt stays)")
+def _reset(state: ChatState, arg: str) -> Action:
+    state.chat.reset()
+    state.last = None
+    state.note("Conversation cleared; the system prompt is kept.")
+    return Action.CONTINUE
+
+
+@command("/system", "/system [TEXT | -]", "show, set, or clear (-) the system prompt")
+def _system(state: ChatState, arg: str) -> Action:
+    if not arg:
+        current = state.chat.system
+        state.note(f"System prompt: {current}" if current else "No system prompt set.")
+        return Action.CONTINUE
+    state.chat.system = None if arg in ("-", '""', "''") else arg
+    state.note("System prompt cleared." if state.chat.system is None else "System prompt set.")
+    return Action.CONTINUE
+
+
+@command("/set", "/set [PARAM VALUE]", "change a setting: " + ", ".join(PARAMS) + " (no args: show all)")
+def _set(state: ChatState, arg: str) -> Action:
+    parts = arg.split()
+    if not parts:
+        for name, value in state.settings.as_dict().items():
+            state.note(f"{name} = {'random' if value is None and name == 'seed' else value}")
+        return Action.CONTINUE
+    if len(parts) != 2:
+        raise EdgekitError("Usage: /set PARAM VALUE", f"Parameters: {', '.join(PARAMS)}.")
+    name, value = parse_assignment(parts[0], parts[1])
+    setattr(state.settings, name, value)
+    _sync_settings(state)
+    state.note(f"{name} = {'random' if value is None else value}")
+    return Action.CONTINUE
+
+
+def _sync_settings(state: ChatState) -> None:
+    """Keep the runtime's own session defaults in step when it has them."""
+    if hasattr(state.chat, "sampling"):
+        import dataclasses
+
+        try:
+            state.chat.sampling = dataclasses.replace(state.chat.sampling, **state.settings.kwargs())
+        except (TypeError, AttributeError, ValueError):
+            pass  # the CLI passes its settings on every turn anyway
+
+
+@command("/stats", "/stats", "the last turn's full stats, the memory plan and memory use")
+def _stats(state: ChatState, arg: str) -> Action:
+    if state.last is None or state.last.stats is None:
+        state.note("No completed turn yet." if state.last is None else "The last answer was stopped early.")
+    else:
+        state.err.print(render.stats_table(state.last.stats))
+    state.err.print(render.memory_table(state.model))
+    summary = getattr(getattr(state.model, "plan", None), "summary", None)
+    if callable(summary):
+        state.note(summary())
+    return Action.CONTINUE
+
+
+@command("/context", "/context", "how full the context is and how many turns are kept")
+def _context(state: ChatState, arg: str) -> Action:
+    system = state.chat.system
+    sys_tokens = state.model.count_tokens(system) if system else None
+    state.err.print(render.context_report(state.chat.context_used(), state.chat.context_size,
+                                          state.turns(), state.dropped_total, sys_tokens),
+                    markup=False, highlight=False)
+    return Action.CONTINUE
+
+
+@command("/save", "/save FILE", "save the conversation and settings as JSON (with the KV state)")
+def _save(state: ChatState, arg: str) -> Action:
+    if not arg:
+        raise EdgekitError("Usage: /save FILE", "For example: /save chat.json")
+    path = Path(arg).expanduser()
+    state.chat.save(path, with_state=True)
+    _add_settings(path, state.settings)
+    state.note(f"Saved {state.turns()} turn(s) to {path}.")
+    return Action.CONTINUE
+
+
+def _add_settings(path: Path, settings: ChatSettings) -> None:
+    """Store the CLI's settings in the saved JSON so /load resumes with them."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the runtime chose another layout; its own sampling defaults will do
+    if isinstance(data, dict):
+        data[SETTINGS_KEY] = settings.as_dict()
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+@command("/load", "/load FILE", "resume a saved conversation with its settings")
+def _load(state: ChatState, arg: str) -> Action:
+    if not arg:
+        raise EdgekitError("Usage: /load FILE", "For example: /load chat.json")
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise EdgekitError(f"No such file: {path}.", "Give the path written by /save.")
+    from edgekit import Chat
+
+    chat = Chat.load(state.model, path)
+    state.chat = chat
+    state.settings = _loaded_settings(path, chat, state.settings)
+    _sync_settings(state)
+    state.last = None
+    restored = " (KV state restored)" if getattr(chat, "state_restored", False) else ""
+    state.note(f"Loaded {state.turns()} turn(s) from {path}{restored}.")
+    last_user = next((m for m in reversed(chat.messages) if m.get("role") == "user"), None)
+    if last_user is not None:
+        state.note(f"Last question: {render._snippet(last_user.get('content', ''), 70)}")
+    return Action.CONTINUE
+
+
+def _loaded_settings(path: Path, chat: object, current: ChatSettings) -> ChatSettings:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get(SETTINGS_KEY), dict):
+        return ChatSettings.from_dict(data[SETTINGS_KEY])
+    sampling = getattr(chat, "sampling", None)
+    if sampling is not None:
+        import dataclasses
+
+        if dataclasses.is_dataclass(sampling):
+            return ChatSettings.from_dict(dataclasses.asdict(sampling))
+    return current
+
+
+@command("/retry", "/retry", "regenerate the last answer")
+def _retry(state: ChatState, arg: str) -> Action:
+    if not any(m.get("role") == "assistant" for m in state.chat.messages):
+        state.note("Nothing to retry yet.")
+        return Action.CONTINUE
+    return Action.RETRY
+
+
+@command("/exit", "/exit", "leave (also /quit, /bye, Ctrl-D)")
+def _exit(state: ChatState, arg: str) -> Action:
+    return Action.EXIT

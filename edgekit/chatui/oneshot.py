@@ -1,0 +1,44 @@
+"""Non-interactive use: answer one message, print only the answer (or JSON) on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from edgekit.chatui.repl import finish_turn, stream_turn
+from edgekit.chatui.state import ChatState
+from edgekit.chatui.turn import stream_answer
+
+EXIT_INTERRUPTED = 130
+
+
+def run(state: ChatState, text: str, as_json: bool) -> int:
+    """Answer ``text`` once. Exit code 0, or 130 when stopped with Ctrl-C."""
+    chunks = state.chat.stream(text, **state.settings.kwargs())
+    if not as_json:
+        result = stream_turn(state, chunks)
+        return EXIT_INTERRUPTED if result.interrupted else 0
+    result = stream_answer(chunks, lambda _text: None)
+    quiet, state.quiet = state.quiet, True  # the stats go into the JSON, not on stderr
+    finish_turn(state, result)
+    state.quiet = quiet
+    stats = result.stats
+    payload = {
+        "model": str(getattr(state.model, "path", "")),
+        "answer": result.text,
+        "finish_reason": getattr(stats, "finish_reason", None) if stats is not None else "interrupted",
+        "stats": stats.as_dict() if stats is not None and hasattr(stats, "as_dict") else None,
+        "settings": state.settings.as_dict(),
+        "system": state.chat.system,
+        "dropped": result.dropped,
+    }
+    sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2, default=_jsonable) + "\n")
+    sys.stdout.flush()
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)

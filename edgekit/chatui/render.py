@@ -1,0 +1,164 @@
+"""What the chat CLI shows besides the answer: stats lines, /stats, /context, notices.
+
+The answer itself is written as plain text to stdout; everything here goes to
+stderr through a rich Console that uses colour only on a terminal and never
+when ``NO_COLOR`` is set, so piped output and SSH sessions stay clean.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def use_colour(stream: Any) -> bool:
+    """Colour only on a real terminal, never with NO_COLOR or TERM=dumb."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def stderr_console() -> Console:
+    """The console for everything that is not the answer."""
+    colour = use_colour(sys.stderr)
+    # color_system=None makes rich emit no escape codes at all (also no bold/dim).
+    return Console(stderr=True, highlight=False, color_system="auto" if colour else None,
+                   no_color=not colour, emoji=False)
+
+
+def _unicode_ok(stream: Any) -> bool:
+    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+    return encoding in ("utf8", "utf_8")
+
+
+SEP = " · " if _unicode_ok(sys.stderr) else " | "
+
+
+def fmt_bytes(n: float | int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _get(stats: Any, name: str, default: Any = None) -> Any:
+    return getattr(stats, name, default)
+
+
+def stats_line(stats: Any) -> str:
+    """Compact one-line summary of a turn: time to first token, decode speed, context used."""
+    parts = [f"{_get(stats, 'ttft_s', 0.0):.2f} s to first token"]
+    gen = _get(stats, "gen_tokens", 0)
+    tps = _get(stats, "decode_tps", 0.0)
+    parts.append(f"{tps:.1f} tok/s ({gen} tokens)")
+    used, total = _get(stats, "ctx_used", 0), _get(stats, "n_ctx", 0)
+    pct = f" ({100 * used / total:.0f}%)" if total else ""
+    parts.append(f"context {used}/{total}{pct}")
+    reason = _get(stats, "finish_reason", "")
+    if reason == "length":
+        parts.append("stopped at max tokens")
+    return SEP.join(parts)
+
+
+_STATS_ROWS = [
+    # (field, label, formatter)
+    ("load_s", "model load", lambda v: f"{v:.2f} s"),
+    ("prompt_tokens", "prompt tokens", str),
+    ("cached_tokens", "  reused from cache", str),
+    ("new_prompt_tokens", "  prefilled", str),
+    ("ttft_s", "time to first token", lambda v: f"{v:.3f} s"),
+    ("prefill_tps", "prefill speed", lambda v: f"{v:.1f} tok/s"),
+    ("gen_tokens", "generated tokens", str),
+    ("decode_s", "decode time", lambda v: f"{v:.2f} s"),
+    ("decode_tps", "decode speed", lambda v: f"{v:.1f} tok/s"),
+    ("finish_reason", "finish reason", str),
+    ("ctx_used", "context used", str),
+    ("n_ctx", "context size", str),
+    ("peak_rss", "peak RSS", fmt_bytes),
+]
+
+
+def stats_table(stats: Any) -> Table:
+    """The last turn's stats, every field."""
+    table = Table(title="Last turn", show_header=False, box=None, title_justify="left", pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    shown = set()
+    for field, label, fmt in _STATS_ROWS:
+        if hasattr(stats, field):
+            shown.add(field)
+            value = getattr(stats, field)
+            table.add_row(label, fmt(value) if value is not None else "-")
+    as_dict = getattr(stats, "as_dict", None)
+    if callable(as_dict):  # anything the runtime added later still shows up
+        for key, value in as_dict().items():
+            if key not in shown:
+                table.add_row(key.replace("_", " "), str(value))
+    return table
+
+
+def memory_table(model: Any) -> Table:
+    """The memory plan next to what the process uses now."""
+    import psutil
+
+    table = Table(title="Memory", show_header=False, box=None, title_justify="left", pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    plan = getattr(model, "plan", None)
+    if plan is not None:
+        for field, label in (("weights_bytes", "weights"), ("kv_bytes", "KV cache"),
+                             ("compute_bytes", "compute buffers"), ("overhead_bytes", "overhead"),
+                             ("total_bytes", "planned total"), ("available_bytes", "available on device")):
+            if hasattr(plan, field):
+                table.add_row(label, fmt_bytes(getattr(plan, field)))
+        kv = f"{getattr(plan, 'type_k', '?')}/{getattr(plan, 'type_v', '?')}"
+        fa = "on" if getattr(plan, "flash_attn", False) else "off"
+        table.add_row("plan", f"n_ctx {getattr(plan, 'n_ctx', '?')}, KV {kv}, flash attention {fa}")
+    proc = psutil.Process()
+    table.add_row("process RSS now", fmt_bytes(proc.memory_info().rss))
+    table.add_row("system available", fmt_bytes(psutil.virtual_memory().available))
+    return table
+
+
+def meter(used: int, total: int, width: int = 30, unicode: bool = True) -> str:
+    """A text bar like ``████░░░░`` for ``used`` out of ``total``."""
+    full, empty = ("█", "░") if unicode else ("#", "-")
+    filled = 0 if total <= 0 else min(width, round(width * used / total))
+    return full * filled + empty * (width - filled)
+
+
+def context_report(used: int, total: int, turns: int, dropped_total: int, system_tokens: int | None) -> str:
+    """The /context text: a meter, tokens, turns kept and dropped so far."""
+    pct = 100 * used / total if total else 0.0
+    lines = [f"{meter(used, total, unicode=SEP != ' | ')} {used}/{total} tokens ({pct:.0f}%)",
+             f"{turns} turn{'s' if turns != 1 else ''} kept"
+             + (f", {dropped_total} dropped earlier to fit" if dropped_total else "")]
+    if system_tokens:
+        lines.append(f"system prompt: {system_tokens} tokens (always kept)")
+    return "\n".join(lines)
+
+
+def _snippet(text: str, limit: int = 50) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def dropped_notice(dropped: list[dict]) -> str:
+    """Say which turns the runtime dropped to make room (never silently)."""
+    users = [m for m in dropped if m.get("role") == "user"]
+    count = len(users) or len(dropped)
+    what = f"{count} oldest turn{'s' if count != 1 else ''}"
+    first = users[0] if users else (dropped[0] if dropped else {})
+    example = f' (starting with "{_snippet(first.get("content", ""))}")' if first else ""
+    return f"Context full: dropped the {what}{example} to make room; the system prompt is kept."

@@ -1,0 +1,85 @@
+"""The interactive chat loop: read a message or a slash command, stream the answer, show stats."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgekit.chatui import lineinput, render
+from edgekit.chatui.commands import Action, dispatch, is_command
+from edgekit.chatui.state import ChatState
+from edgekit.chatui.turn import TurnResult, keep_partial, stream_answer
+from edgekit.errors import EdgekitError
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def finish_turn(state: ChatState, result: TurnResult, *, stream_ended_line: bool = True) -> None:
+    """After an answer: keep a stopped answer, say what was dropped, show the stats line."""
+    if result.interrupted:
+        keep_partial(state.chat, result.text)
+        state.note("(stopped: the answer so far is kept in the conversation)")
+    dropped = list(getattr(state.chat, "last_dropped", None) or [])
+    result.dropped = dropped
+    if dropped:
+        state.dropped_total += sum(1 for m in dropped if m.get("role") == "user") or 1
+        state.warn(render.dropped_notice(dropped))
+    if result.stats is not None and not state.quiet:
+        state.note(render.stats_line(result.stats))
+    state.last = result
+
+
+def stream_turn(state: ChatState, chunks: Any) -> TurnResult:
+    """Stream an answer to stdout and finish the turn."""
+    result = stream_answer(chunks, _write)
+    if result.text and not result.text.endswith("\n"):
+        _write("\n")
+    finish_turn(state, result)
+    return result
+
+
+def _banner(state: ChatState) -> None:
+    model = state.model
+    name = Path(str(getattr(model, "path", "model"))).name
+    kv = f"{getattr(model, 'type_k', '?')}/{getattr(model, 'type_v', '?')}"
+    state.note(render.SEP.join([f"edgekit chat: {name}", f"context {getattr(model, 'n_ctx', '?')}",
+                                f"KV cache {kv}", f"{getattr(model, 'threads', '?')} threads"]))
+    state.note('Type /help for commands, """ for multi-line input, Ctrl-C to stop an answer, Ctrl-D to exit.')
+
+
+def run(state: ChatState, history_file: Path | None) -> int:
+    """Run the REPL until /exit or Ctrl-D; returns the exit code."""
+    colour = render.use_colour(sys.stdout)
+    prompt = lineinput.prompt_text(">>> ", colour)
+    more = lineinput.prompt_text("... ", colour, style="2")
+    if not state.quiet:
+        _banner(state)
+    with lineinput.history(history_file):
+        while True:
+            try:
+                text = lineinput.read_message(input, prompt, more)
+            except lineinput.Cleared:
+                _write("\n")
+                continue
+            except EOFError:
+                _write("\n")
+                return 0
+            if not text.strip():
+                continue
+            try:
+                if is_command(text):
+                    action = dispatch(state, text)
+                    if action is Action.EXIT:
+                        return 0
+                    if action is Action.RETRY:
+                        stream_turn(state, state.chat.stream_retry(**state.settings.kwargs()))
+                    continue
+                if text.lstrip().startswith("//"):
+                    text = text.lstrip()[1:]
+                stream_turn(state, state.chat.stream(text, **state.settings.kwargs()))
+            except EdgekitError as exc:
+                state.warn(f"{exc.message} {exc.hint or ''}".strip())

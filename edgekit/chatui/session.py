@@ -1,0 +1,130 @@
+"""Start a chat: decide interactive or one-shot, load the model with a progress bar, run."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.chatui import render
+from edgekit.chatui.settings import ChatSettings
+from edgekit.chatui.state import ChatState
+from edgekit.errors import EdgekitError, HubUnreachable
+
+# The target model; used when no MODEL is given. The store may override both.
+DEFAULT_MODEL = "terasut/gkd-qwen-2.5-0.5b-base_v4_from3b_eff32"
+DEFAULT_QUANT = "Q4_K_M"
+LOCAL_HINT = "Pass a local model instead: edgekit chat path/to/model.gguf (or a Hugging Face checkpoint dir)."
+
+
+@dataclass
+class ChatOptions:
+    """Everything ``edgekit chat`` was asked for on its command line."""
+
+    model: str | None = None
+    system: str | None = None
+    n_ctx: int | None = None
+    kv_cache: str = "auto"
+    threads: int | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)  # None values: keep the default
+    prompt: str | None = None
+    json: bool = False
+    quiet: bool = False
+
+
+def default_model() -> tuple[str, str]:
+    """(model, quant type) used when no MODEL is given; the store's choice wins when it has one."""
+    try:
+        from edgekit import store
+    except ImportError:
+        return DEFAULT_MODEL, DEFAULT_QUANT
+    return getattr(store, "DEFAULT_MODEL", DEFAULT_MODEL), getattr(store, "DEFAULT_QUANT", DEFAULT_QUANT)
+
+
+def load_model(opts: ChatOptions) -> Any:
+    """``edgekit.load`` with a progress bar; a friendly line when the Hub is needed but unreachable."""
+    import edgekit
+    from edgekit.progress import rich_progress
+
+    source, quant = (opts.model, None) if opts.model else default_model()
+    kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "kv_cache": opts.kv_cache}
+    if opts.threads is not None:
+        kwargs["threads"] = opts.threads
+    if quant is not None and "quant" in inspect.signature(edgekit.load).parameters:
+        kwargs["quant"] = quant
+    try:
+        with contextlib.ExitStack() as stack:
+            bars: list[Any] = []
+
+            def progress(stage: str, done: int, total: int) -> None:
+                # Draw bars only once there is something to show: a cached GGUF loads in a
+                # second and should leave no cursor codes behind on the terminal.
+                if not bars:
+                    bars.append(stack.enter_context(rich_progress(enabled=not opts.quiet)))
+                if bars[0] is not None:
+                    bars[0](stage, done, total)
+
+            return edgekit.load(source, progress=progress, **kwargs)
+    except HubUnreachable as exc:
+        if opts.model:
+            raise HubUnreachable(exc.message, exc.hint or LOCAL_HINT) from None
+        raise HubUnreachable(f"The default model {source} is not cached yet and the Hugging Face Hub "
+                             "can't be reached (offline?).", LOCAL_HINT) from None
+
+
+def _read_stdin() -> str | None:
+    """Text piped on stdin, or None on a terminal."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    return sys.stdin.read()
+
+
+def _one_shot_message(prompt: str | None, piped: str | None) -> str:
+    parts = [p.strip("\n") for p in (prompt, piped) if p and p.strip()]
+    if not parts:
+        raise EdgekitError("Nothing to answer: the prompt and stdin are empty.",
+                           "Pass --prompt TEXT, pipe text in, or run edgekit chat in a terminal.")
+    return "\n\n".join(parts)
+
+
+def run(opts: ChatOptions) -> int:
+    """Run ``edgekit chat``; returns the exit code."""
+    settings = ChatSettings.defaults()
+    settings.update(**{k: v for k, v in opts.sampling.items() if v is not None})
+    piped = _read_stdin()
+    one_shot = opts.prompt is not None or piped is not None
+    if opts.json and not one_shot:
+        raise EdgekitError("--json needs a message to answer.", "Pass --prompt TEXT or pipe text on stdin.")
+    message = _one_shot_message(opts.prompt, piped) if one_shot else ""
+
+    model = load_model(opts)
+    from edgekit import Chat
+
+    chat = Chat(model, system=opts.system, **settings.kwargs())
+    state = ChatState(model=model, chat=chat, settings=settings, err=render.stderr_console(),
+                      quiet=opts.quiet, colour=render.use_colour(sys.stderr))
+    try:
+        if one_shot:
+            from edgekit.chatui import oneshot
+
+            return oneshot.run(state, message, opts.json)
+        from edgekit.chatui import repl
+
+        return repl.run(state, history_path())
+    finally:
+        close = getattr(model, "close", None)
+        if callable(close):
+            close()
+
+
+def history_path() -> Path | None:
+    """The readline history file in the user's data dir."""
+    try:
+        from edgekit.paths import data_dir
+
+        return data_dir() / "chat_history"
+    except Exception:  # an unwritable data dir must not stop the chat
+        return None

@@ -1,0 +1,93 @@
+"""Streaming one answer to the terminal, and stopping it cleanly on Ctrl-C.
+
+During generation the first Ctrl-C only sets a flag; the stream is stopped at the
+next token, so llama.cpp is never interrupted half-way through a call and the
+text shown so far is kept. A second Ctrl-C (e.g. during a long prefill, before
+any token) interrupts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TurnResult:
+    """What one streamed answer produced."""
+
+    text: str = ""
+    stats: Any = None  # edgekit.Stats, None when stopped before the end
+    interrupted: bool = False
+    dropped: list[dict] = field(default_factory=list)
+
+
+class _Flag:
+    def __init__(self) -> None:
+        self.hits = 0
+
+
+@contextlib.contextmanager
+def soft_interrupt() -> Iterator[_Flag]:
+    """First SIGINT sets ``flag.hits``; the second raises KeyboardInterrupt as usual."""
+    flag = _Flag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag.hits += 1
+        if flag.hits > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stream_answer(chunks: Iterator[Any], write: Callable[[str], None]) -> TurnResult:
+    """Consume a runtime stream (text chunks then a Stats), writing text as it comes."""
+    result = TurnResult()
+    parts: list[str] = []
+    try:
+        with soft_interrupt() as flag:
+            try:
+                for item in chunks:
+                    if isinstance(item, str):
+                        parts.append(item)
+                        write(item)
+                    else:
+                        result.stats = item
+                    if flag.hits:
+                        result.interrupted = True
+                        break
+            except KeyboardInterrupt:
+                result.interrupted = True
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        close()  # GeneratorExit inside the runtime: it finishes its bookkeeping
+    except KeyboardInterrupt:  # a late second Ctrl-C while restoring the handler
+        result.interrupted = True
+    result.text = "".join(parts)
+    if result.interrupted and result.stats is not None:
+        result.interrupted = False  # the stream had already finished
+    return result
+
+
+def keep_partial(chat: Any, text: str) -> None:
+    """Make sure an interrupted answer stays in the history as the assistant turn.
+
+    The runtime may already do this when its stream is closed early; if the
+    history still ends with the user's message, the CLI adds the partial answer.
+    """
+    messages = chat.messages
+    if messages and messages[-1].get("role") == "user":
+        messages.append({"role": "assistant", "content": text})

@@ -1,0 +1,390 @@
+"""Hugging Face checkpoints for tests, the demo and benchmarks, built offline.
+
+- ``random_qwen2_checkpoint``: a tiny (or any size) Qwen2ForCausalLM with the
+  real Qwen2 vocabulary and seeded random weights, in either config format.
+- ``full_size_qwen2_checkpoint``: the Qwen2.5-0.5B architecture at full size
+  with random weights, for speed and memory measurements.
+- ``smollm2_checkpoint``: real SmolLM2-135M-Instruct weights, recovered from
+  the Q4_1 GGUF, as a LlamaForCausalLM checkpoint in Hugging Face conventions.
+
+Every tensor is drawn from its own generator seeded by (seed, tensor name), so a
+checkpoint's values do not depend on how it is sharded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgekit.bench.hf_tokenizer import gguf_metadata, tokenizer_files_from_gguf
+from edgekit.convert.safetensors import f32_to_bf16, write_safetensors
+
+DTYPES = {"bf16": ("BF16", "bfloat16"), "f16": ("F16", "float16"), "f32": ("F32", "float32")}
+TRANSFORMERS_4X = "4.51.3"  # what a TRL fine-tune of 2025 was saved with
+TRANSFORMERS_5X = "5.0.0"
+RANDOM_NOTE = "random weights with the real vocabulary; made by edgekit.bench.checkpoints, not a trained model"
+
+# A tensor to write: HF name, shape, and a function producing its float32 values.
+TensorSpec = tuple[str, tuple[int, ...], Callable[[], np.ndarray]]
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _normal(seed: int, name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> Callable[[], np.ndarray]:
+    def make() -> np.ndarray:
+        values = _rng(seed, name).standard_normal(shape, dtype=np.float32)
+        values *= np.float32(std)
+        if mean:
+            values += np.float32(mean)
+        return values
+
+    return make
+
+
+def _encode(values: np.ndarray, st_dtype: str) -> np.ndarray:
+    if st_dtype == "BF16":
+        return f32_to_bf16(values)
+    return values.astype(np.float16 if st_dtype == "F16" else np.float32)
+
+
+def _nbytes(shape: tuple[int, ...], st_dtype: str) -> int:
+    return math.prod(shape) * (4 if st_dtype == "F32" else 2)
+
+
+def write_weights(out_dir: Path, specs: list[TensorSpec], st_dtype: str, shards: int = 1,
+                  metadata: dict[str, str] | None = None) -> list[Path]:
+    """Write tensors as one ``model.safetensors`` or ``shards`` files plus the index, one shard in memory at a time."""
+    meta = {"format": "pt", **(metadata or {})}
+    # Drop weights of an earlier build with another shard count, or readers would see both.
+    for stale in [*out_dir.glob("model*.safetensors"), out_dir / "model.safetensors.index.json"]:
+        stale.unlink(missing_ok=True)
+    total = sum(_nbytes(shape, st_dtype) for _, shape, _ in specs)
+    if shards <= 1:
+        path = out_dir / "model.safetensors"
+        write_safetensors(path, {name: (st_dtype, _encode(make(), st_dtype)) for name, _, make in specs}, meta)
+        return [path]
+    if shards > len(specs):
+        raise ValueError(f"can't split {len(specs)} tensors into {shards} shards")
+    # Contiguous groups, each about an equal share of the bytes not yet placed,
+    # and never empty (a huge embedding matrix may fill one shard by itself).
+    groups: list[list[TensorSpec]] = []
+    start, placed = 0, 0
+    for k in range(shards, 0, -1):
+        target = placed + (total - placed) / k
+        end, size = start, 0
+        while end < len(specs) - (k - 1) and (end == start or placed + size < target):
+            size += _nbytes(specs[end][1], st_dtype)
+            end += 1
+        if k == 1:
+            end = len(specs)
+        groups.append(specs[start:end])
+        placed += sum(_nbytes(sp[1], st_dtype) for sp in specs[start:end])
+        start = end
+    n = len(groups)
+    weight_map: dict[str, str] = {}
+    paths = []
+    for i, grp in enumerate(groups):
+        fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        write_safetensors(out_dir / fname, {name: (st_dtype, _encode(make(), st_dtype)) for name, _, make in grp}, meta)
+        weight_map.update({name: fname for name, _, _ in grp})
+        paths.append(out_dir / fname)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    _write_json(out_dir / "model.safetensors.index.json", index)
+    return paths
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_tokenizer(out_dir: Path, vocab_gguf: str | Path, model_max_length: int | None = None) -> dict[str, Any]:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; return the config."""
+    files = tokenizer_files_from_gguf(vocab_gguf, model_max_length=model_max_length)
+    for name, obj in files.items():
+        _write_json(out_dir / name, obj)
+    return files["tokenizer_config.json"]
+
+
+def _token_id(tokenizer_json: dict[str, Any], content: str) -> int | None:
+    for tok in tokenizer_json["added_tokens"]:
+        if tok["content"] == content:
+            return tok["id"]
+    return None
+
+
+def qwen2_config(*, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int, vocab_size: int,
+                 dtype: str, tied: bool, config_style: str, max_position_embeddings: int, rope_theta: float,
+                 yarn: float | None, bos_id: int, eos_id: int, rms_norm_eps: float = 1e-6) -> dict[str, Any]:
+    """config.json of a Qwen2ForCausalLM with exactly the keys transformers 4.x or 5.x writes."""
+    if config_style not in ("4.x", "5.x"):
+        raise ValueError(f"config_style must be '4.x' or '5.x', not {config_style!r}")
+    cfg: dict[str, Any] = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate,
+        "max_position_embeddings": max_position_embeddings,
+        "max_window_layers": layers,
+        "model_type": "qwen2",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": kv_heads,
+        "rms_norm_eps": rms_norm_eps,
+    }
+    yarn_params = None
+    if yarn is not None:
+        yarn_params = {"factor": float(yarn), "original_max_position_embeddings": max_position_embeddings,
+                       "rope_type": "yarn"}
+    if config_style == "4.x":
+        # Qwen2.5's own config keeps sliding_window set while use_sliding_window is false.
+        rope_scaling = {**yarn_params, "type": "yarn"} if yarn_params else None
+        cfg.update({"rope_scaling": rope_scaling, "rope_theta": float(rope_theta),
+                    "sliding_window": max_position_embeddings, "tie_word_embeddings": tied,
+                    "torch_dtype": DTYPES[dtype][1], "transformers_version": TRANSFORMERS_4X})
+    else:
+        rope = {"rope_theta": float(rope_theta), "rope_type": "default"}
+        if yarn_params:
+            rope.update(yarn_params)
+        cfg.update({"dtype": DTYPES[dtype][1], "layer_types": ["full_attention"] * layers, "pad_token_id": None,
+                    "rope_parameters": rope, "sliding_window": None, "tie_word_embeddings": tied,
+                    "transformers_version": TRANSFORMERS_5X})
+    cfg.update({"use_cache": True, "use_sliding_window": False, "vocab_size": vocab_size})
+    return dict(sorted(cfg.items()))
+
+
+def _qwen2_specs(*, layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int, vocab_size: int,
+                 tied: bool, seed: int) -> Iterator[TensorSpec]:
+    """Tensors with scales chosen so every layer matters and logits are peaky but not one-hot.
+
+    Embedding rows have norm about 4, so tied logits have a spread of about 4
+    nats; projections are ~1/sqrt(fan_in) so activations keep unit scale, and the
+    residual branches (o_proj, down_proj) add about as much as the residual holds.
+    """
+    head_dim = hidden // heads
+    emb_std = 4.0 / math.sqrt(hidden)
+    branch = 0.8 * emb_std
+
+    def mat(name: str, rows: int, cols: int, gain: float = 1.0) -> TensorSpec:
+        return name, (rows, cols), _normal(seed, name, (rows, cols), gain / math.sqrt(cols))
+
+    def vec(name: str, n: int, std: float, mean: float = 0.0) -> TensorSpec:
+        return name, (n,), _normal(seed, name, (n,), std, mean)
+
+    yield "model.embed_tokens.weight", (vocab_size, hidden), _normal(seed, "model.embed_tokens.weight",
+                                                                     (vocab_size, hidden), emb_std)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        yield vec(p + "input_layernorm.weight", hidden, 0.1, 1.0)
+        yield mat(p + "mlp.down_proj.weight", hidden, intermediate, branch * 2)
+        yield mat(p + "mlp.gate_proj.weight", intermediate, hidden)
+        yield mat(p + "mlp.up_proj.weight", intermediate, hidden)
+        yield vec(p + "post_attention_layernorm.weight", hidden, 0.1, 1.0)
+        yield vec(p + "self_attn.k_proj.bias", kv_heads * head_dim, 0.3)
+        yield mat(p + "self_attn.k_proj.weight", kv_heads * head_dim, hidden, 1.5)
+        yield mat(p + "self_attn.o_proj.weight", hidden, heads * head_dim, branch)
+        yield vec(p + "self_attn.q_proj.bias", heads * head_dim, 0.3)
+        yield mat(p + "self_attn.q_proj.weight", heads * head_dim, hidden, 1.5)
+        yield vec(p + "self_attn.v_proj.bias", kv_heads * head_dim, 0.3)
+        yield mat(p + "self_attn.v_proj.weight", kv_heads * head_dim, hidden)
+    yield vec("model.norm.weight", hidden, 0.1, 1.0)
+    if not tied:
+        yield "lm_head.weight", (vocab_size, hidden), _normal(seed, "lm_head.weight", (vocab_size, hidden), emb_std)
+
+
+def random_qwen2_checkpoint(
+    out_dir: str | Path,
+    vocab_gguf: str | Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    dtype: str = "bf16",
+    tied: bool = True,
+    shards: int = 1,
+    config_style: str = "4.x",
+    seed: int = 0,
+    max_position_embeddings: int = 32768,
+    rope_theta: float = 1e6,
+    yarn: float | None = None,
+    vocab_size: int | None = None,
+) -> Path:
+    """Write a Qwen2ForCausalLM checkpoint with seeded random weights and the GGUF's real vocabulary.
+
+    ``vocab_size`` defaults to the GGUF's token count (151936 for llama.cpp's
+    Qwen2 vocab, which matches Qwen2.5's config). Returns ``out_dir``.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    if hidden % heads or heads % kv_heads:
+        raise ValueError("hidden must be a multiple of heads, and heads a multiple of kv_heads")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_tokens = len(gguf_metadata(vocab_gguf)["tokenizer.ggml.tokens"])
+    vocab_size = vocab_size or n_tokens
+    tok_cfg = write_tokenizer(out, vocab_gguf, model_max_length=131072)
+    tok_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    eos = _token_id(tok_json, tok_cfg["eos_token"]) if tok_cfg.get("eos_token") else None
+    bos = _token_id(tok_json, tok_cfg["bos_token"]) if tok_cfg.get("bos_token") else None
+    im_end = _token_id(tok_json, "<|im_end|>")
+
+    cfg = qwen2_config(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+                       vocab_size=vocab_size, dtype=dtype, tied=tied, config_style=config_style,
+                       max_position_embeddings=max_position_embeddings, rope_theta=rope_theta, yarn=yarn,
+                       bos_id=bos, eos_id=eos)
+    _write_json(out / "config.json", cfg)
+    # Like Qwen2.5 chat fine-tunes: config says <|endoftext|>, generation also stops at <|im_end|>.
+    gen_eos: Any = [im_end, eos] if im_end is not None and im_end != eos else eos
+    gen = {"bos_token_id": bos, "do_sample": False, "eos_token_id": gen_eos, "max_new_tokens": 2048,
+           "transformers_version": cfg["transformers_version"]}
+    _write_json(out / "generation_config.json", gen)
+    specs = list(_qwen2_specs(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                              intermediate=intermediate, vocab_size=vocab_size, tied=tied, seed=seed))
+    write_weights(out, specs, DTYPES[dtype][0], shards, {"edgekit": RANDOM_NOTE})
+    return out
+
+
+def full_size_qwen2_checkpoint(out_dir: str | Path, vocab_gguf: str | Path, shards: int = 2, seed: int = 0,
+                               config_style: str = "4.x") -> Path:
+    """Write the Qwen2.5-0.5B architecture at full size (bf16, tied, ~1 GB) with random weights.
+
+    Speed and memory depend on shapes, not values, so this stands in for the real
+    model in benchmarks. A README.md in the directory says the weights are random.
+    """
+    out = random_qwen2_checkpoint(out_dir, vocab_gguf, layers=24, hidden=896, heads=14, kv_heads=2,
+                                  intermediate=4864, dtype="bf16", tied=True, shards=shards, seed=seed,
+                                  config_style=config_style, vocab_size=151936)
+    (out / "README.md").write_text(
+        "# Qwen2.5-0.5B architecture, random weights\n\n"
+        f"This checkpoint has the Qwen2.5-0.5B shapes (24 layers, hidden 896, 14/2 heads, vocab 151936) and {RANDOM_NOTE}.\n"
+        "Use it to measure speed and memory only; its text is noise.\n",
+        encoding="utf-8",
+    )
+    return out
+
+
+# GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.").
+_LLAMA_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_LLAMA_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def hf_name_from_gguf(name: str) -> str:
+    """Map a llama-architecture GGUF tensor name back to its Hugging Face name."""
+    base, _, suffix = name.rpartition(".")
+    parts = base.split(".")
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LLAMA_LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LLAMA_LAYER_NAMES[parts[2]]}.{suffix}"
+    if base in _LLAMA_TOP_NAMES:
+        return f"{_LLAMA_TOP_NAMES[base]}.{suffix}"
+    raise ValueError(f"no Hugging Face name known for GGUF tensor {name!r}")
+
+
+def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's row permutation of q_proj/k_proj.
+
+    llama.cpp's converter regroups each head's rows from HF's half-split RoPE
+    layout (all first halves, then all second halves) into interleaved pairs;
+    this puts them back: within each head, rows (2j, 2j+1) return to (j, j + d/2).
+    """
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _short_float(x: float) -> float:
+    # GGUF stores float32; print 1e-05 rather than 9.999999747378752e-06.
+    return float(f"{float(x):.7g}")
+
+
+def smollm2_checkpoint(out_dir: str | Path, smollm2_gguf: str | Path, dtype: str = "bf16") -> Path:
+    """Turn the SmolLM2-135M-Instruct GGUF into a LlamaForCausalLM checkpoint in HF conventions.
+
+    Tensors are dequantized, renamed, and q/k rows are put back in HF's RoPE
+    order, so a correct HF-to-GGUF converter must reproduce llama.cpp's original
+    file. The output is deterministic; callers may cache the directory.
+    """
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kv = gguf_metadata(smollm2_gguf)
+    arch = kv["general.architecture"]
+    if arch != "llama":
+        raise ValueError(f"{Path(smollm2_gguf).name}: architecture {arch!r} is not llama")
+    n_head, n_kv = int(kv["llama.attention.head_count"]), int(kv["llama.attention.head_count_kv"])
+    reader = GGUFReader(str(smollm2_gguf))
+    st_dtype = DTYPES[dtype][0]
+    tensors: dict[str, tuple[str, np.ndarray]] = {}
+    for t in reader.tensors:
+        name = hf_name_from_gguf(t.name)
+        # dequantize gives numpy order (rows = HF out_features), the reverse of ggml's shape.
+        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
+        if name.endswith("q_proj.weight"):
+            w = unpermute_rope_rows(w, n_head)
+        elif name.endswith("k_proj.weight"):
+            w = unpermute_rope_rows(w, n_kv)
+        tensors[name] = (st_dtype, _encode(w, st_dtype))
+    tied = "lm_head.weight" not in tensors
+    tokens = kv["tokenizer.ggml.tokens"]
+    write_safetensors(out / "model.safetensors", dict(sorted(tensors.items())), {"format": "pt"})
+
+    hidden = int(kv["llama.embedding_length"])
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": int(kv["tokenizer.ggml.bos_token_id"]),
+        "eos_token_id": int(kv["tokenizer.ggml.eos_token_id"]),
+        "head_dim": hidden // n_head,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.041666666666666664,
+        "intermediate_size": int(kv["llama.feed_forward_length"]),
+        "max_position_embeddings": int(kv["llama.context_length"]),
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": n_head,
+        "num_hidden_layers": int(kv["llama.block_count"]),
+        "num_key_value_heads": n_kv,
+        "pad_token_id": int(kv.get("tokenizer.ggml.padding_token_id", kv["tokenizer.ggml.eos_token_id"])),
+        "pretraining_tp": 1,
+        "rms_norm_eps": _short_float(kv["llama.attention.layer_norm_rms_epsilon"]),
+        "rope_scaling": None,
+        "rope_theta": _short_float(kv.get("llama.rope.freq_base", 10000.0)),
+        "tie_word_embeddings": tied,
+        "torch_dtype": DTYPES[dtype][1],
+        "transformers_version": TRANSFORMERS_4X,
+        "use_cache": True,
+        "vocab_size": int(kv.get("llama.vocab_size", len(tokens))),
+    }
+    _write_json(out / "config.json", cfg)
+    gen = {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
+           "pad_token_id": cfg["pad_token_id"], "transformers_version": TRANSFORMERS_4X}
+    _write_json(out / "generation_config.json", gen)
+    write_tokenizer(out, smollm2_gguf)
+    return out

@@ -1,0 +1,483 @@
+"""Model: a GGUF loaded into llama.cpp, with generate / stream / chat and a prompt cache.
+
+One generator (:meth:`Model._run`) does all the work: reuse the KV prefix shared
+with the previous evaluation, prefill only the new tokens, then sample in C and
+decode one token at a time, yielding text that is safe to show and finally a
+:class:`Stats`. ``generate``, ``chat`` and :class:`edgekit.Chat` all consume it.
+
+Thread safety: llama.cpp contexts are not thread-safe, so every call that
+touches the context holds the model's lock. Calls from other threads wait;
+starting a second generation from the thread that is still consuming a stream
+raises :class:`~edgekit.EdgekitError` instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgekit import _llama, state
+from edgekit.errors import ContextOverflow, EdgekitError, ModelLoadError
+from edgekit.gguf_check import ModelInfo, check
+from edgekit.plan import KV_TYPES, Plan, plan_info, require_fit
+from edgekit.progress import ProgressFn, report
+from edgekit.sampling import Sampling, build_sampler, resolve
+from edgekit.textstream import TextStream
+
+FinishReason = Literal["stop", "length", "eog"]
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process, in bytes."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+@dataclass
+class Stats:
+    """Timings and sizes of one generation (the last item of every stream)."""
+
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from the previous evaluation
+    new_prompt_tokens: int = 0  # prompt tokens actually prefilled
+    ttft_s: float = 0.0  # call start -> first token sampled
+    prefill_tps: float = 0.0
+    gen_tokens: int = 0
+    decode_s: float = 0.0
+    decode_tps: float = 0.0
+    peak_rss: int = 0
+    n_ctx: int = 0
+    ctx_used: int = 0
+    finish_reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    """The result of :meth:`Model.generate` / :meth:`Model.chat`."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: FinishReason
+    stats: Stats = field(default_factory=Stats)
+
+
+def _physical_cores() -> int:
+    import os
+
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class Model:
+    """A loaded model. Create it with :func:`edgekit.load`; close it (or use ``with``) to free memory."""
+
+    def __init__(self, info: ModelInfo, plan: Plan, *, threads: int, gpu_layers: int, mmap: bool, mlock: bool,
+                 seed: int | None, n_batch: int, n_ubatch: int, rope_scaling: str | None,
+                 progress: ProgressFn | None) -> None:
+        L = _llama.lib()
+        self._L = L
+        self.info = info
+        self.path: Path = info.path
+        self.plan = plan
+        self.metadata: dict = info.metadata
+        self.chat_template: str | None = info.chat_template
+        self.threads = threads
+        self.gpu_layers = gpu_layers
+        self.seed = seed
+        self.type_k, self.type_v, self.flash_attn = plan.type_k, plan.type_v, plan.flash_attn
+        self.n_ctx_train = info.n_ctx_train
+        self.n_batch = n_batch
+        self.defaults = Sampling()
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._model = self._ctx = None
+        self._tokens: list[int] = []  # exactly the tokens whose KV is in the cache, in order
+        self._state_id: str | None = None
+        t0 = time.perf_counter()
+
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = gpu_layers
+        mp.load_mode = (L.LLAMA_LOAD_MODE_MMAP_MLOCK if mmap and mlock else L.LLAMA_LOAD_MODE_MLOCK if mlock
+                        else L.LLAMA_LOAD_MODE_MMAP if mmap else L.LLAMA_LOAD_MODE_NONE)
+        if progress is not None:
+            def _on_progress(fraction: float, _user: Any) -> bool:
+                report(progress, "load", int(fraction * 1000), 1000)
+                return True
+
+            self._progress_cb = L.llama_progress_callback(_on_progress)
+            mp.progress_callback = self._progress_cb
+        _llama.clear_log()
+        self._model = L.llama_model_load_from_file(str(info.path).encode(), mp)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {info.path.name}: {_llama.log_tail(3) or 'no details'}",
+                                 "The file may be corrupt or of a newer format; convert it again.")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+
+        cp = L.llama_context_default_params()
+        cp.n_ctx = plan.n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = min(n_ubatch, n_batch)
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.type_k = KV_TYPES[plan.type_k][0]
+        cp.type_v = KV_TYPES[plan.type_v][0]
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.no_perf = True
+        if plan.n_ctx > info.n_ctx_train and rope_scaling:
+            cp.rope_scaling_type = (L.LLAMA_ROPE_SCALING_TYPE_YARN if rope_scaling == "yarn"
+                                    else L.LLAMA_ROPE_SCALING_TYPE_LINEAR)
+            cp.rope_freq_scale = info.n_ctx_train / plan.n_ctx
+            cp.yarn_orig_ctx = info.n_ctx_train
+        self._ctx = L.llama_init_from_model(self._model, cp)
+        if not self._ctx:
+            detail = _llama.log_tail(3)
+            self.close()
+            raise ModelLoadError(f"llama.cpp could not create a context of {plan.n_ctx} tokens: {detail or 'no details'}",
+                                 "Try a smaller n_ctx or kv_cache type.")
+        self._mem = L.llama_get_memory(self._ctx)
+        self.n_ctx: int = L.llama_n_ctx(self._ctx)
+        self._pieces = _llama.Pieces(self._vocab)
+        self._add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+        self._bos_text = self._token_text(L.llama_vocab_bos(self._vocab))
+        self._eos_text = self._token_text(L.llama_vocab_eos(self._vocab))
+        self.load_s = time.perf_counter() - t0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the context and the weights. The model can't be used afterwards."""
+        L = self._L
+        if getattr(self, "_ctx", None):
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"Model({self.path.name}, n_ctx={getattr(self, 'n_ctx', '?')}, kv={self.type_k}/{self.type_v}, "
+                f"threads={self.threads})")
+
+    def _check_open(self) -> None:
+        if not self._ctx:
+            raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+
+    # -- locking -----------------------------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        self._check_open()
+        me = threading.get_ident()
+        if self._owner == me:
+            raise EdgekitError("this model is already generating in this thread",
+                               "Finish or close the previous stream before starting another.")
+        self._lock.acquire()
+        self._owner = me
+
+    def _release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    # -- tokens ------------------------------------------------------------------------------------------
+
+    def _token_text(self, tok: int) -> str:
+        if tok < 0:
+            return ""
+        return _llama.detokenize(self._vocab, [tok], render_special=True)
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text`` (``add_special`` adds BOS where the model wants it)."""
+        self._check_open()
+        return _llama.tokenize(self._vocab, text, add_special, parse_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Text of ``tokens`` (special tokens rendered as their text)."""
+        self._check_open()
+        return _llama.detokenize(self._vocab, list(tokens), render_special=True)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes (without BOS)."""
+        return len(self.tokenize(text, add_special=False))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._L.llama_vocab_is_eog(self._vocab, token))
+
+    # -- chat --------------------------------------------------------------------------------------------
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text for ``messages``, by the model's own chat template (Jinja sandbox)."""
+        from edgekit.template import render
+
+        return render(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                      bos_token=self._bos_text, eos_token=self._eos_text)
+
+    def chat_tokens(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Prompt tokens for ``messages``; BOS is added only if the template didn't write it."""
+        text = self.render_chat(messages, add_generation_prompt)
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        tokens = self.tokenize(text, add_special=False)
+        if add_bos:
+            tokens.insert(0, self._L.llama_vocab_bos(self._vocab))
+        return tokens
+
+    def chat(self, messages: list[dict], sampling: Sampling | None = None, **kwargs: Any) -> Completion:
+        """Answer ``messages`` (list of {"role", "content"}); stops at the model's end-of-generation tokens."""
+        return self.generate(self.chat_tokens(messages), sampling, **kwargs)
+
+    def stream_chat(self, messages: list[dict], sampling: Sampling | None = None,
+                    **kwargs: Any) -> Iterator[str | Stats]:
+        """Like :meth:`chat`, yielding text chunks and finally a :class:`Stats`."""
+        return self.stream(self.chat_tokens(messages), sampling, **kwargs)
+
+    # -- generation --------------------------------------------------------------------------------------
+
+    def generate(self, prompt: str | list[int], sampling: Sampling | None = None, **kwargs: Any) -> Completion:
+        """Complete ``prompt`` (text, or token ids used as is). See :class:`Sampling` for the options."""
+        chunks: list[str] = []
+        gen = self._run(prompt, resolve(self.defaults, sampling, kwargs))
+        completion = None
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                completion = stop.value
+                break
+            if isinstance(item, str):
+                chunks.append(item)
+        assert completion is not None and "".join(chunks) == completion.text
+        return completion
+
+    def stream(self, prompt: str | list[int], sampling: Sampling | None = None,
+               **kwargs: Any) -> Iterator[str | Stats]:
+        """Yield text chunks as they become safe to show, then a :class:`Stats` as the last item."""
+        s = resolve(self.defaults, sampling, kwargs)
+
+        def items() -> Iterator[str | Stats]:
+            completion = yield from self._run(prompt, s)
+            yield completion.stats
+
+        return items()
+
+    def _prompt_tokens(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenize(prompt, add_special=True)
+        return [int(t) for t in prompt]
+
+    def _prefill(self, tokens: list[int]) -> None:
+        """Decode ``tokens`` after what the cache holds, in n_batch chunks (logits for the last one)."""
+        L = self._L
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i : i + self.n_batch]
+            arr = (L.llama_token * len(chunk))(*chunk)
+            rc = L.llama_decode(self._ctx, L.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self._resync()
+                raise EdgekitError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
+                                   "The context may be full; use a larger n_ctx.")
+            self._tokens.extend(chunk)
+
+    def _resync(self) -> None:
+        """After a failed decode, make the cache and our token list agree again (empty)."""
+        self._L.llama_memory_clear(self._mem, True)
+        self._tokens = []
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Keep the longest cached prefix of ``tokens`` (minus one, so the last token yields logits)."""
+        cached = self._tokens
+        n = 0
+        limit = min(len(cached), len(tokens) - 1)
+        while n < limit and cached[n] == tokens[n]:
+            n += 1
+        if n < len(cached):
+            if not self._L.llama_memory_seq_rm(self._mem, 0, n, -1):
+                self._resync()
+                return 0
+            del self._tokens[n:]
+        return n
+
+    def _run(self, prompt: str | list[int], s: Sampling) -> Iterator[str]:
+        """The generation loop (a generator whose return value is the :class:`Completion`)."""
+        L = self._L
+        self._acquire()
+        sampler = None
+        try:
+            t0 = time.perf_counter()
+            tokens = self._prompt_tokens(prompt)
+            if not tokens:
+                raise EdgekitError("the prompt is empty")
+            if len(tokens) >= self.n_ctx:
+                raise ContextOverflow(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
+                                      "Shorten the prompt or load the model with a larger n_ctx.",
+                                      needed=len(tokens) + 1, available=self.n_ctx)
+            n_cached = self._reuse_prefix(tokens)
+            self._prefill(tokens[n_cached:])
+            t_prefill = time.perf_counter()
+            sampler = build_sampler(s, self._vocab, self.n_vocab, default_seed=self.seed, history=tokens)
+            stream = TextStream(s.stop)
+            out: list[int] = []
+            max_tokens = s.max_tokens if s.max_tokens is not None else self.n_ctx
+            finish: FinishReason = "length"
+            tok_buf = (L.llama_token * 1)()
+            one = L.llama_batch_get_one(tok_buf, 1)
+            sample, decode, ctx, pieces = L.llama_sampler_sample, L.llama_decode, self._ctx, self._pieces
+            is_eog, vocab = L.llama_vocab_is_eog, self._vocab
+            t_first = None
+            n_sampled = 0
+            while len(out) < max_tokens:
+                tok = sample(sampler, ctx, -1)
+                n_sampled += 1
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if is_eog(vocab, tok):
+                    finish = "eog"
+                    break
+                out.append(tok)
+                chunk = stream.push(pieces(tok))
+                if chunk:
+                    yield chunk
+                if stream.stopped:
+                    finish = "stop"
+                    break
+                if len(self._tokens) >= self.n_ctx or len(out) >= max_tokens:
+                    break  # "length": the sampled token is kept but not evaluated
+                tok_buf[0] = tok
+                if decode(ctx, one) != 0:
+                    self._resync()
+                    raise EdgekitError("llama.cpp failed to evaluate a generated token")
+                self._tokens.append(tok)
+            tail = stream.finish()
+            if tail:
+                yield tail
+            t_end = time.perf_counter()
+            t_first = t_first or t_end
+            n_new = len(tokens) - n_cached
+            decode_s = t_end - t_first
+            stats = Stats(
+                load_s=self.load_s, prompt_tokens=len(tokens), cached_tokens=n_cached, new_prompt_tokens=n_new,
+                ttft_s=t_first - t0, prefill_tps=n_new / (t_prefill - t0) if t_prefill > t0 else 0.0,
+                gen_tokens=len(out), decode_s=decode_s,
+                decode_tps=(n_sampled - 1) / decode_s if n_sampled > 1 and decode_s > 0 else 0.0,
+                peak_rss=peak_rss(), n_ctx=self.n_ctx, ctx_used=len(self._tokens), finish_reason=finish,
+            )
+            return Completion(stream.text, out, finish, stats)
+        finally:
+            if sampler is not None:
+                L.llama_sampler_free(sampler)
+            self._release()
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the prompt cache (the next call prefills from scratch)."""
+        self._acquire()
+        try:
+            self._resync()
+        finally:
+            self._release()
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens whose KV is in the cache now (a copy)."""
+        return list(self._tokens)
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write the KV cache and its tokens to ``path``; :meth:`load_state` restores them.
+
+        A long system prompt or document is then prefilled once and reused by later runs.
+        """
+        self._acquire()
+        try:
+            return state.save(self, Path(path))
+        finally:
+            self._release()
+
+    def load_state(self, path: str | Path) -> int:
+        """Restore a state written by :meth:`save_state` (same model file, KV types); returns its token count."""
+        self._acquire()
+        try:
+            return state.load(self, Path(path))
+        finally:
+            self._release()
+
+
+def _resolve_gpu_layers(gpu_layers: int | str, info: ModelInfo) -> int:
+    if gpu_layers == "auto":
+        return info.n_layer + 1 if _llama.lib().llama_supports_gpu_offload() else 0
+    try:
+        return max(0, int(gpu_layers))
+    except (TypeError, ValueError):
+        raise EdgekitError(f"gpu_layers must be 'auto' or a number, got {gpu_layers!r}") from None
+
+
+def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
+         gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
+         seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
+         quant: str | None = None, progress: ProgressFn | None = None) -> Model:
+    """Load a model for generation, planned to fit memory.
+
+    Args:
+        model: a GGUF path, a Hugging Face checkpoint dir or Hub repo id (converted once
+            into the cache, type ``quant``), or a name from the local store.
+        n_ctx: context size in tokens; None = the model's trained context. More than
+            the trained context is refused unless ``rope_scaling`` ("linear" or "yarn") is given.
+        kv_cache: "auto" (fastest type that fits), "f16", "q8_0", "q4_0", or "K/V" like "q8_0/f16".
+        threads: CPU threads; None = physical cores.
+        gpu_layers: "auto" = all layers where the build supports GPU offload (Metal), else 0.
+        flash_attn: "auto" (on), True or False. A quantized V cache turns it on.
+        mmap, mlock: map the weights instead of reading them; lock them in RAM.
+        seed: default sampling seed (None = random per call unless the call gives one).
+        n_batch, n_ubatch: prompt tokens per llama_decode call / per compute pass.
+        progress: ``progress(stage, done, total)`` for conversion and loading.
+
+    Raises:
+        SourceError, CorruptFile, UnsupportedModel: the model can't be found or read.
+        OutOfMemory: the plan doesn't fit; the message says which n_ctx would.
+        ModelLoadError: llama.cpp refused the file or the context.
+    """
+    from edgekit.store import DEFAULT_TYPE
+    from edgekit.store import resolve as resolve_model
+
+    path = resolve_model(model, quant=quant or DEFAULT_TYPE, progress=progress)
+    info = check(path)
+    if n_ctx is not None and n_ctx > info.n_ctx_train and not rope_scaling:
+        raise ContextOverflow(
+            f"n_ctx {n_ctx} is above the model's trained context of {info.n_ctx_train} tokens",
+            "Use a smaller n_ctx, or pass rope_scaling='yarn' (or 'linear') to stretch it on purpose.",
+            needed=n_ctx, available=info.n_ctx_train)
+    if rope_scaling not in (None, "linear", "yarn"):
+        raise EdgekitError(f"rope_scaling must be 'linear' or 'yarn', got {rope_scaling!r}")
+    if n_batch < 1 or n_ubatch < 1:
+        raise EdgekitError("n_batch and n_ubatch must be positive")
+    p = plan_info(info, n_ctx, kv_cache, flash_attn, min(n_ubatch, n_batch))
+    require_fit(p)
+    n_threads = int(threads) if threads else _physical_cores()
+    return Model(info, p, threads=n_threads, gpu_layers=_resolve_gpu_layers(gpu_layers, info), mmap=mmap,
+                 mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
+                 progress=progress)
+
+
+__all__ = ["Completion", "Model", "Stats", "load", "peak_rss"]

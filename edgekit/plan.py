@@ -1,0 +1,199 @@
+"""The memory planner: what a model needs at a given context, before anything is allocated.
+
+total = weights (tensor bytes, mmapped and all touched while decoding)
+      + KV cache (n_ctx x layers x KV heads x (K dim x K type bytes + V dim x V type bytes))
+      + compute buffers (activations of one ubatch; without flash attention also the
+        n_ubatch x n_ctx x heads f32 attention scores)
+      + runtime overhead (interpreter, llama.cpp, vocabulary tables)
+
+The compute and overhead terms are calibrated against peak RSS measured with
+llama.cpp (see tests/test_plan.py); the KV term is exact (llama.cpp allocates
+and clears the whole cache up front).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgekit.errors import EdgekitError, OutOfMemory
+from edgekit.gguf_check import ModelInfo
+
+MiB = 1 << 20
+# KV cache types: name -> (ggml_type id, bytes per value). Quantized blocks hold
+# 32 values: q8_0 = 32 int8 + f16 scale = 34 bytes; q4_0 = 16 bytes + f16 scale = 18.
+KV_TYPES: dict[str, tuple[int, float]] = {
+    "f32": (0, 4.0), "f16": (1, 2.0), "bf16": (30, 2.0),
+    "q8_0": (8, 34 / 32), "q4_0": (2, 18 / 32), "q4_1": (3, 20 / 32), "q5_0": (6, 22 / 32), "q5_1": (7, 24 / 32),
+}
+# kv_cache="auto" tries these in order and takes the first that fits. The order is
+# by decode speed measured on CPU (FACTS.md): a q8_0 K cache is faster than f16
+# and smaller; a quantized V cache is slower, so it only comes when memory is short.
+AUTO_ORDER: tuple[tuple[str, str], ...] = (("q8_0", "f16"), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
+CTX_ALIGN = 256
+# Calibrated constants (bytes): see module docstring.
+OVERHEAD_BASE = 40 * MiB
+OVERHEAD_PER_VOCAB = 160  # llama.cpp's token tables, per vocabulary entry
+ACT_FLOATS_PER_TOKEN_EMBD = 8  # f32 activations kept alive per token, in units of n_embd
+ACT_FLOATS_PER_TOKEN_FF = 3  # ... and in units of n_ff
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A memory plan for one model at one context size (all sizes in bytes)."""
+
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    available_bytes: int
+    n_ctx: int
+    type_k: str
+    type_v: str
+    flash_attn: bool
+    fits: bool
+    max_fitting_ctx: int
+    n_ctx_train: int = 0
+    n_ubatch: int = 512
+    path: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A short human-readable breakdown, e.g. for ``edgekit chat --plan``."""
+
+        def mib(n: int) -> str:
+            return f"{n / MiB:,.0f} MiB"
+
+        verdict = "fits" if self.fits else f"does NOT fit (max n_ctx {self.max_fitting_ctx})"
+        return (f"n_ctx {self.n_ctx}, KV {self.type_k}/{self.type_v}, flash attention "
+                f"{'on' if self.flash_attn else 'off'}: weights {mib(self.weights_bytes)} + KV {mib(self.kv_bytes)}"
+                f" + compute {mib(self.compute_bytes)} + overhead {mib(self.overhead_bytes)} = "
+                f"{mib(self.total_bytes)} of {mib(self.available_bytes)} available; {verdict}")
+
+
+def parse_kv_cache(kv_cache: str) -> list[tuple[str, str]]:
+    """Candidate (type_k, type_v) pairs for a ``kv_cache`` setting."""
+    value = (kv_cache or "auto").lower().strip()
+    if value == "auto":
+        return list(AUTO_ORDER)
+    k, _, v = value.partition("/")
+    v = v or k
+    for t in (k, v):
+        if t not in KV_TYPES:
+            raise EdgekitError(f"unknown KV cache type {t!r}",
+                               f"Use auto, one of {', '.join(KV_TYPES)}, or a K/V pair like q8_0/f16.")
+    return [(k, v)]
+
+
+def available_memory() -> int:
+    """Bytes the process can still use: the OS's available memory, capped by a cgroup limit."""
+    import psutil
+
+    avail = int(psutil.virtual_memory().available)
+    try:  # containers (cgroup v2): the limit may be far below the host's memory
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def kv_bytes(info: ModelInfo, n_ctx: int, type_k: str, type_v: str) -> int:
+    k_vals, v_vals = info.kv_values_per_token()
+    return int(n_ctx * (k_vals * KV_TYPES[type_k][1] + v_vals * KV_TYPES[type_v][1]))
+
+
+def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """Compute-buffer bytes actually touched: one ubatch of activations, the output row of
+    logits, and without flash attention the f32 attention scores of one layer."""
+    n_tok = min(n_ubatch, n_ctx)
+    act = 4 * n_tok * (ACT_FLOATS_PER_TOKEN_EMBD * info.n_embd + ACT_FLOATS_PER_TOKEN_FF * info.n_ff)
+    scores = 0 if flash_attn else 4 * n_tok * n_ctx * info.n_head
+    return int(act + scores + 4 * info.n_vocab)
+
+
+def overhead_bytes(info: ModelInfo) -> int:
+    return OVERHEAD_BASE + OVERHEAD_PER_VOCAB * info.n_vocab
+
+
+def _total(info: ModelInfo, n_ctx: int, tk: str, tv: str, n_ubatch: int, fa: bool) -> int:
+    return (info.weights_bytes + kv_bytes(info, n_ctx, tk, tv) + compute_bytes(info, n_ctx, n_ubatch, fa)
+            + overhead_bytes(info))
+
+
+def _max_ctx(info: ModelInfo, limit: int, tk: str, tv: str, n_ubatch: int, fa: bool, avail: int) -> int:
+    lo, hi = 0, limit // CTX_ALIGN
+    while lo < hi:  # largest multiple of CTX_ALIGN that fits
+        mid = (lo + hi + 1) // 2
+        if _total(info, mid * CTX_ALIGN, tk, tv, n_ubatch, fa) <= avail:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * CTX_ALIGN
+
+
+def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto", flash_attn: bool | str = "auto",
+              n_ubatch: int = 512, available: int | None = None) -> Plan:
+    """Plan for an already validated model (see :func:`plan`)."""
+    n_ctx = int(n_ctx or info.n_ctx_train)
+    if n_ctx < 16:
+        raise EdgekitError(f"n_ctx must be at least 16, got {n_ctx}")
+    avail = available_memory() if available is None else int(available)
+    candidates = parse_kv_cache(kv_cache)
+    if flash_attn is False:  # a quantized V cache needs flash attention in llama.cpp
+        usable = [(k, v) for k, v in candidates if v in ("f16", "f32", "bf16")]
+        if not usable:
+            raise EdgekitError(f"a quantized V cache ({candidates[0][1]}) needs flash attention",
+                               "Use flash_attn=True (or 'auto'), or an f16 V cache.")
+        candidates = usable
+    chosen = None
+    for tk, tv in candidates:
+        fa = True if flash_attn == "auto" else bool(flash_attn)
+        fa = fa or tv not in ("f16", "f32", "bf16")
+        total = _total(info, n_ctx, tk, tv, n_ubatch, fa)
+        chosen = (tk, tv, fa, total)
+        if total <= avail:
+            break
+    assert chosen is not None
+    tk, tv, fa, total = chosen
+    # The largest context that fits with the smallest cache on offer.
+    sk, sv = min(candidates, key=lambda kv: KV_TYPES[kv[0]][1] + KV_TYPES[kv[1]][1])
+    sfa = fa or sv not in ("f16", "f32", "bf16")
+    max_ctx = _max_ctx(info, max(n_ctx, info.n_ctx_train), sk, sv, n_ubatch, sfa, avail)
+    return Plan(
+        weights_bytes=info.weights_bytes, kv_bytes=kv_bytes(info, n_ctx, tk, tv),
+        compute_bytes=compute_bytes(info, n_ctx, n_ubatch, fa), overhead_bytes=overhead_bytes(info),
+        total_bytes=total, available_bytes=avail, n_ctx=n_ctx, type_k=tk, type_v=tv, flash_attn=fa,
+        fits=total <= avail, max_fitting_ctx=max_ctx, n_ctx_train=info.n_ctx_train, n_ubatch=n_ubatch,
+        path=str(info.path),
+    )
+
+
+def plan(model: str | Path, n_ctx: int | None = None, kv_cache: str = "auto", flash_attn: bool | str = "auto",
+         n_ubatch: int = 512) -> Plan:
+    """Memory plan for ``model`` (GGUF path, HF dir, repo id or store name) at ``n_ctx``.
+
+    ``n_ctx=None`` is the model's trained context. With ``kv_cache="auto"`` the
+    fastest KV type that fits is chosen; ``Plan.fits`` says whether it does, and
+    ``Plan.max_fitting_ctx`` which context would.
+    """
+    from edgekit.gguf_check import check
+    from edgekit.store import resolve
+
+    return plan_info(check(resolve(model)), n_ctx, kv_cache, flash_attn, n_ubatch)
+
+
+def require_fit(p: Plan) -> None:
+    """Raise :class:`OutOfMemory` with the numbers when ``p`` does not fit."""
+    if p.fits:
+        return
+    hint = (f"Use n_ctx={p.max_fitting_ctx} or less (or a smaller KV cache type)" if p.max_fitting_ctx
+            else "Use a smaller (more quantized) model file")
+    raise OutOfMemory(f"the model needs {p.total_bytes / MiB:,.0f} MiB at n_ctx {p.n_ctx} "
+                      f"(KV {p.type_k}/{p.type_v}), but only {p.available_bytes / MiB:,.0f} MiB is available",
+                      hint + ".")

@@ -1,0 +1,122 @@
+"""Sampling settings: one frozen dataclass used by the API, the CLI and the benchmark.
+
+:func:`build_sampler` turns them into a llama.cpp sampler chain, so sampling
+runs in C on the context's logits (no per-token copy of the vocabulary into Python).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgekit.errors import EdgekitError
+
+# How many recent tokens the repeat penalty looks at (llama.cpp's default).
+PENALTY_LAST_N = 64
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens. ``temperature <= 0`` means greedy (deterministic).
+
+    ``seed=None`` takes the model's seed (``load(seed=...)``), else a random one;
+    the same seed with the same prompt gives the same output. ``max_tokens=None``
+    generates until an end-of-generation token or a full context. ``grammar``
+    (GBNF text) or ``json_schema`` (a dict) constrain the output.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = 256
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    grammar: str | None = None
+    json_schema: dict | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(s for s in (self.stop or ()) if s))
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise EdgekitError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0 or not 0.0 <= self.min_p <= 1.0:
+            raise EdgekitError("top_k must be >= 0, and top_p and min_p must lie in [0, 1]")
+        if self.grammar is not None and self.json_schema is not None:
+            raise EdgekitError("give either grammar or json_schema, not both")
+
+    def replace(self, **changes: Any) -> Sampling:
+        """A copy with ``changes`` applied (unknown names raise a clear error)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise EdgekitError(f"unknown sampling option(s): {', '.join(sorted(unknown))}",
+                               f"Valid options: {', '.join(f.name for f in dataclasses.fields(self))}.")
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+def resolve(base: Sampling | None, sampling: Sampling | None, kwargs: dict[str, Any]) -> Sampling:
+    """Merge: ``base`` defaults, then an explicit ``sampling`` object, then keyword overrides."""
+    result = sampling if sampling is not None else (base or Sampling())
+    return result.replace(**kwargs)
+
+
+def grammar_text(s: Sampling) -> str | None:
+    """The GBNF grammar for ``s`` (converting ``json_schema`` if given), or None."""
+    if s.json_schema is not None:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            return json_schema_to_gbnf(json.dumps(s.json_schema))
+        except Exception as exc:  # the converter raises plain exceptions on bad schemas
+            raise EdgekitError(f"can't turn the JSON schema into a grammar: {exc}") from exc
+    return s.grammar
+
+
+def build_sampler(s: Sampling, vocab: Any, n_vocab: int, *, default_seed: int | None, history: Sequence[int] = ()) -> Any:
+    """A llama.cpp sampler chain for ``s``; the caller frees it with ``llama_sampler_free``.
+
+    ``history`` (recent prompt tokens) primes the repeat penalty, so it also
+    covers the prompt, as llama.cpp's own tools do.
+    """
+    import llama_cpp.llama_cpp as L
+
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    if s.repeat_penalty != 1.0:
+        pen = L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0)
+        for tok in list(history)[-PENALTY_LAST_N:]:
+            L.llama_sampler_accept(pen, tok)
+        L.llama_sampler_chain_add(chain, pen)
+    gbnf = grammar_text(s)
+    if gbnf:
+        g = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        if not g:
+            L.llama_sampler_free(chain)
+            raise EdgekitError("the grammar is not valid GBNF", "Check its syntax; the root rule must be named 'root'.")
+        L.llama_sampler_chain_add(chain, g)
+    if s.temperature <= 0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        return chain
+    seed = s.seed if s.seed is not None else default_seed
+    if seed is None:
+        seed = random.randrange(2**31)
+    if s.top_k > 0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(s.top_k))
+    if s.top_p < 1.0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(s.top_p, 1))
+    if s.min_p > 0.0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(s.min_p, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(s.temperature))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain

@@ -1,0 +1,104 @@
+"""Saving and restoring a model's KV cache (the prompt cache) to a file.
+
+File layout: ``EKSTATE1`` magic, u32 header length, a JSON header (model
+identity, KV types, the cached tokens), then llama.cpp's sequence state bytes.
+The header is checked before llama.cpp sees the bytes, so a state from another
+model or KV type is refused with a clear message instead of garbage output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgekit.errors import CorruptFile, EdgekitError
+
+if TYPE_CHECKING:
+    from edgekit.model import Model
+
+MAGIC = b"EKSTATE1"
+FORMAT = 1
+
+
+def model_identity(model: Model) -> dict:
+    """What must match between the saving and the loading model."""
+    path = model.path
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:  # first and last MiB: cheap and catches re-quantized or edited files
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return {"file_size": size, "arch": model.info.arch, "n_tensors": model.info.n_tensors, "digest": h.hexdigest()}
+
+
+def save(model: Model, path: Path) -> Path:
+    L = model._L
+    tokens = list(model._tokens)
+    size = L.llama_state_seq_get_size(model._ctx, 0)
+    buf = (ctypes.c_uint8 * size)()
+    n = L.llama_state_seq_get_data(model._ctx, buf, size, 0)
+    if n == 0 and tokens:
+        raise EdgekitError("llama.cpp could not copy the KV cache state")
+    header = json.dumps({
+        "format": FORMAT, "model": model_identity(model), "model_file": model.path.name, "n_ctx": model.n_ctx,
+        "type_k": model.type_k, "type_v": model.type_v, "tokens": tokens,
+    }).encode()
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + struct.pack("<I", len(header)) + header + struct.pack("<Q", n))
+        f.write(memoryview(buf)[:n])
+    os.replace(tmp, path)
+    return path
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """(header, offset of the state bytes) of a state file; raises CorruptFile if it isn't one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:8] != MAGIC:
+                raise CorruptFile(f"{path.name} is not an edgekit state file", "Pass a file written by save_state().")
+            (hlen,) = struct.unpack("<I", head[8:])
+            if hlen > os.path.getsize(path):
+                raise CorruptFile(f"{path.name} is truncated")
+            header = json.loads(f.read(hlen))
+            return header, 12 + hlen
+    except FileNotFoundError:
+        raise EdgekitError(f"{path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFile(f"{path.name} has a damaged header: {exc}") from None
+
+
+def load(model: Model, path: Path) -> int:
+    L = model._L
+    header, offset = read_header(path)
+    if header.get("model") != model_identity(model):
+        raise EdgekitError(f"{path.name} was saved with another model ({header.get('model_file')})",
+                           "Load the state into the model it was saved from.")
+    kv = (header.get("type_k"), header.get("type_v"))
+    if kv != (model.type_k, model.type_v):
+        raise EdgekitError(f"{path.name} holds a {kv[0]}/{kv[1]} KV cache but the model uses "
+                           f"{model.type_k}/{model.type_v}", f"Load the model with kv_cache='{kv[0]}/{kv[1]}'.")
+    tokens = [int(t) for t in header.get("tokens", [])]
+    if len(tokens) >= model.n_ctx:
+        raise EdgekitError(f"{path.name} holds {len(tokens)} tokens, more than the context of {model.n_ctx}",
+                           f"Load the model with n_ctx above {len(tokens)}.")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        (n,) = struct.unpack("<Q", f.read(8))
+        buf = (ctypes.c_uint8 * n)()
+        if f.readinto(buf) != n:
+            raise CorruptFile(f"{path.name} is truncated")
+    model._resync()
+    if tokens and L.llama_state_seq_set_data(model._ctx, buf, n, 0) == 0:
+        model._resync()
+        raise CorruptFile(f"llama.cpp rejected the state in {path.name}")
+    model._tokens = tokens
+    return len(tokens)

@@ -1,0 +1,72 @@
+"""Chat templates: the model's own Jinja template from the GGUF, rendered in a sandbox.
+
+Templates come from model files, so they are untrusted code: they run in
+jinja2's ImmutableSandboxedEnvironment, with the few helpers Hugging Face
+templates expect (``raise_exception``, ``strftime_now``, ``tojson``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from functools import lru_cache
+from typing import Any
+
+from edgekit.errors import EdgekitError
+
+# Used when a GGUF carries no template (llama.cpp falls back to ChatML too).
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class TemplateError(EdgekitError):
+    """The chat template failed to render these messages."""
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(f"the model's chat template refused the messages: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, **_: Any) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"the model's chat template is not valid Jinja: {exc}",
+                            "Pass chat_template= to override it.") from exc
+
+
+def render(source: str | None, messages: list[dict], *, add_generation_prompt: bool = True,
+           bos_token: str = "", eos_token: str = "", **extra: Any) -> str:
+    """Render ``messages`` (dicts with ``role`` and ``content``) with a chat template."""
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise EdgekitError(f"message {i} must be a dict with 'role' and 'content'")
+    from jinja2 import TemplateError as JinjaError
+    from jinja2.exceptions import SecurityError
+
+    template = _compile(source or CHATML)
+    try:
+        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                               bos_token=bos_token, eos_token=eos_token, **extra)
+    except TemplateError:
+        raise
+    except (JinjaError, SecurityError, TypeError, ValueError, KeyError) as exc:
+        raise TemplateError(f"the model's chat template failed: {exc}") from exc

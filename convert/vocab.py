@@ -23,9 +23,10 @@ _QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{
 _LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Markers for pre-tokenizer steps that are not a Split regex.
-DIGITS_EACH = "<Digits individual>"
-BYTE_LEVEL_REGEX = "<ByteLevel use_regex>"
+# GPT-2's split, which ByteLevel(use_regex=True) applies; Digits(individual_digits=True)
+# splits like the regex \p{N}. Both are normalised to their regex, so either spelling matches.
+BYTE_LEVEL_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+DIGITS_EACH = r"\p{N}"
 
 # The sequence of splits a tokenizer.json pre-tokenizer performs -> llama.cpp's name for it.
 PRE_TOKENIZERS: dict[tuple[str, ...], str] = {

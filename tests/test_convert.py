@@ -284,3 +284,21 @@ def test_ctrl_c_leaves_no_partial_file(ckpt, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         convert(ckpt, out=tmp_path, quant="q8_0", progress=interrupt)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pre_tokenizer_is_read_from_its_definition_in_either_spelling():
+    from edgekit.convert.vocab import BYTE_LEVEL_REGEX, detect_pre
+
+    def tok(*pre):
+        return {"model": {"type": "BPE"}, "pre_tokenizer": {"type": "Sequence", "pretokenizers": list(pre)}}
+
+    hf_style = tok({"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True})
+    split_style = tok(
+        {"type": "Split", "pattern": {"Regex": r"\p{N}"}, "behavior": "Isolated", "invert": False},
+        {"type": "Split", "pattern": {"Regex": BYTE_LEVEL_REGEX}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False},
+    )
+    assert detect_pre(hf_style) == detect_pre(split_style) == "smollm"
+    odd = tok({"type": "Split", "pattern": {"Regex": r"\w+"}, "behavior": "Isolated", "invert": False})
+    with pytest.raises(UnsupportedModel, match="no llama.cpp equivalent"):
+        detect_pre(odd)

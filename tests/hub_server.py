@@ -74,7 +74,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self.fail_status: int | None = None  # answer every request with this status (e.g. 503)
-        self.cut_after: dict[str, int] = {}  # path -> bytes sent before the connection drops, per GET
+        self.cut_after: dict[str, int] = {}  # path -> bytes sent before the connection drops (next GET only)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -364,7 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        cut = self.fake_hub.cut_after.get(f.path)
+        with self.fake_hub._lock:
+            cut = self.fake_hub.cut_after.pop(f.path, None)
         with f.blob.open("rb") as src:
             src.seek(start)
             remaining = length if cut is None else min(length, cut)

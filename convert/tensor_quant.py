@@ -72,7 +72,9 @@ def _run_llama_quantize(src: Path, dst: Path, ftype: int, overrides: dict[str, s
     """Call llama_model_quantize into a temp file beside ``dst``, then rename it atomically."""
     import gguf
     import llama_cpp
+    import llama_cpp._logger as llama_logger
 
+    llama_logger.set_verbose(False)  # the library never prints; llama.cpp logs every tensor
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or os.cpu_count() or 1

@@ -181,7 +181,7 @@ def _from_hub(repo_id: str, revision: str | None, *, progress: ProgressFn | None
         api = HfApi(endpoint=s.endpoint, token=s.token)
         timeout = httpx2.Timeout(s.timeout, connect=min(s.timeout, CONNECT_TIMEOUT))
         try:
-            info = api.model_info(repo_id, revision=revision, timeout=timeout)
+            info = api.model_info(repo_id, revision=revision, timeout=timeout, files_metadata=True)
         except (httpx2.TransportError, OfflineModeIsEnabled) as exc:
             folder = _from_cache(repo_id, revision, s, reason=_reason(exc, s))
         except HfHubHTTPError as exc:
@@ -193,7 +193,7 @@ def _from_hub(repo_id: str, revision: str | None, *, progress: ProgressFn | None
         else:
             names = [sibling.rfilename for sibling in info.siblings or []]
             _check_listing(repo_id, names)
-            folder = _download(repo_id, revision, s, progress)
+            folder = _download(repo_id, revision, s, progress, _bytes_to_fetch(repo_id, info, s))
     commit = folder.name if _COMMIT_RE.fullmatch(folder.name) else None
     return Source(folder, repo_id, revision, url, commit)
 
@@ -223,6 +223,25 @@ def _check_listing(repo_id: str, names: list[str]) -> None:
         )
 
 
+def _bytes_to_fetch(repo_id: str, info: object, s: _HubSettings) -> int:
+    """Bytes of the needed files not yet in the cache: the download bar's total from the start.
+
+    huggingface_hub's own byte total only grows as each file starts, which makes bars jump back.
+    """
+    from huggingface_hub.utils import filter_repo_objects
+
+    sha = getattr(info, "sha", None)
+    siblings = getattr(info, "siblings", None) or []
+    if not sha:
+        return 0
+    snapshot = s.cache_dir / f"models--{repo_id.replace('/', '--')}" / "snapshots" / sha
+    wanted = filter_repo_objects(
+        siblings, allow_patterns=list(NEEDED_PATTERNS), ignore_patterns=list(SKIPPED_PATTERNS),
+        key=lambda sibling: sibling.rfilename,
+    )
+    return sum(sib.size or 0 for sib in wanted if not (snapshot / sib.rfilename).exists())
+
+
 def _snapshot(repo_id: str, revision: str | None, s: _HubSettings, **kwargs: object) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -240,11 +259,13 @@ def _snapshot(repo_id: str, revision: str | None, s: _HubSettings, **kwargs: obj
     return Path(folder)
 
 
-def _download(repo_id: str, revision: str | None, s: _HubSettings, progress: ProgressFn | None) -> Path:
+def _download(
+    repo_id: str, revision: str | None, s: _HubSettings, progress: ProgressFn | None, expected: int
+) -> Path:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError
 
-    bars = _ProgressBars(progress)
+    bars = _ProgressBars(progress, expected)
     try:
         folder = _snapshot(repo_id, revision, s, tqdm_class=bars.tqdm_class(), max_workers=4)
     except IncompleteSnapshotError:
@@ -364,11 +385,12 @@ class _ProgressBars:
     bytes-written bar whose total grows as each file starts. The last one is forwarded.
     """
 
-    def __init__(self, progress: ProgressFn | None) -> None:
+    def __init__(self, progress: ProgressFn | None, expected: int = 0) -> None:
         self.progress = progress
         self.lock = threading.Lock()
         self.done = 0
         self.total = 0
+        self.expected = expected  # bytes still to fetch, known from the listing
 
     def tqdm_class(self) -> type:
         owner = self
@@ -416,7 +438,7 @@ class _ProgressBars:
 
     def _report(self, done: int, total: int) -> None:
         with self.lock:
-            self.done, self.total = done, max(total, done)
+            self.done, self.total = done, max(total, done, self.expected)
             if self.progress is not None and self.total:
                 self.progress("download", self.done, self.total)
 

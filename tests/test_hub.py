@@ -138,7 +138,13 @@ def test_progress_reports_downloaded_bytes(hub, ckpt_files):
     assert events and {stage for stage, _, _ in events} == {"download"}
     total = sum(len(ckpt_files[name]) for name in EXPECTED)
     assert events[-1] == ("download", total, total)
-    assert all(0 <= done <= t for _, done, t in events)
+    assert all(t == total and 0 <= done <= t for _, done, t in events)  # the total is known from the start
+    dones = [done for _, done, _ in events]
+    assert dones == sorted(dones)
+
+    events.clear()
+    resolve_source("owner/name", progress=lambda *event: events.append(event))
+    assert events == []  # all cached: nothing to show
 
 
 def test_hf_token_is_sent_to_the_hub_but_not_to_the_cdn(hub, ckpt_files, monkeypatch):

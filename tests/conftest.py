@@ -42,3 +42,6 @@ def smollm2_hf_dir(smollm2_gguf):
             smollm2_checkpoint(out, smollm2_gguf)
             (out / ".done").touch()
     return out
+
+
+from fixtures_checkpoints import *  # noqa

@@ -33,10 +33,12 @@ CHAT_USER = ("I am planning a weekend trip to Paris with two kids. Suggest a det
 
 @dataclass
 class Context:
-    """A raw llama.cpp context to time: pointers from a ``llama_cpp.Llama`` plus vocab facts."""
+    """A raw llama.cpp context to time (the ``llama_context*`` and ``llama_model*`` pointers of a loaded model)."""
 
-    llama: Any  # llama_cpp.Llama (kept so the pointers stay alive)
+    ctx: Any
+    model: Any
     threads: int
+    on_clear: Callable[[], None] | None = None  # tell the owner its cache bookkeeping is stale
     seed: int = 1234
     _rng: random.Random = field(init=False, repr=False)
     _depth_state: tuple[int, Any] | None = field(default=None, init=False, repr=False)
@@ -45,8 +47,7 @@ class Context:
         import llama_cpp
 
         self._lib = llama_cpp
-        self.ctx = self.llama.ctx
-        vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         self.bos = int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
         self._rng = random.Random(self.seed)
@@ -55,10 +56,11 @@ class Context:
         return self._rng.randrange(self.n_vocab)
 
     def clear(self) -> None:
-        """Empty the KV cache (and tell llama-cpp-python its prompt cache is gone)."""
+        """Empty the KV cache (and tell the owner its prompt cache is gone)."""
         mem = self._lib.llama_get_memory(self.ctx)
         self._lib.llama_memory_clear(mem, False)
-        self.llama.reset()
+        if self.on_clear is not None:
+            self.on_clear()
 
     def _decode(self, tokens: list[int]) -> None:
         arr = (self._lib.llama_token * len(tokens))(*tokens)
@@ -173,12 +175,8 @@ def _reset_model(model: Any) -> None:
     if callable(reset):
         reset()
         return
-    llama = getattr(model, "llama", None)
-    if llama is not None:
-        import llama_cpp
-
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llama.ctx), True)
-        llama.reset()
+    raise BenchError("this model object can't reset its prompt cache (no reset())",
+                     "Update edgekit: bench needs Model.reset() to time each chat turn cold.")
 
 
 # -- memory ------------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def read_jsonl(text: str, source: str = "input") -> list[dict[str, Any]]:
 
 # -- formatting --------------------------------------------------------------------------------------------
 
-_TABLE_COLUMNS = ("model", "size", "params", "type_k/v", "fa", "threads", "test", "t/s", "ceiling", "eff", "ttft p50/p95 ms",
+_TABLE_COLUMNS = ("engine", "model", "size", "params", "type_k/v", "fa", "threads", "test", "t/s", "ceiling", "eff", "ttft p50/p95 ms",
                   "e2e p50/p95 ms", "vs llama-bench")
 
 
@@ -178,7 +178,7 @@ def _row(r: dict[str, Any]) -> list[str]:
     e2e = f"{num('e2e_p50_ms', '.0f')}/{num('e2e_p95_ms', '.0f')}" if r.get("test") == "chat" else "-"
     eff = f"{100 * r['efficiency']:.0f}%" if isinstance(r.get("efficiency"), (int, float)) else "-"
     ratio = num("ratio_vs_llama_bench", ".3f")
-    return [model, _fmt_size(r.get("model_size")), _fmt_params(r.get("model_n_params")),
+    return [str(r.get("engine")), model, _fmt_size(r.get("model_size")), _fmt_params(r.get("model_n_params")),
             f"{r.get('type_k')}/{r.get('type_v')}", "on" if r.get("flash_attn") else "off", str(r.get("n_threads")),
             str(r.get("name")), f"{num('avg_ts', '.2f')} ± {num('stddev_ts', '.2f')}", num("ceiling_ts", ".1f"),
             eff, ttft, e2e, ratio]

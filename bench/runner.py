@@ -130,17 +130,45 @@ def plan(grid: Grid) -> tuple[list[Group], list[str]]:
         cases.append(Case("chat", 0, grid.chat_gen, 0))
     groups: list[Group] = []
     skipped: list[str] = []
+    trained = {model: _trained_ctx(model) for model in grid.models}
+    for model in grid.models:
+        limit = trained[model]
+        for c in cases:
+            if limit and c.n_depth + c.n_prompt + c.n_gen > limit:
+                skipped.append(f"{Path(model).name} {records.test_name(c.test, c.n_prompt, c.n_gen, c.n_depth)}: "
+                               f"needs {c.n_depth + c.n_prompt + c.n_gen} tokens of context, the model was trained "
+                               f"for {limit}")
     for model, kv, t, fa in itertools.product(grid.models, grid.kv_cache, threads, grid.flash_attn):
         type_k, type_v = parse_kv(kv)
+        limit = trained[model]
+        fitting = [c for c in cases if not limit or c.n_depth + c.n_prompt + c.n_gen <= limit]
         if type_v in _QUANT_KV and not fa:
             skipped.append(f"{Path(model).name} KV {type_k}/{type_v} with flash attention off: llama.cpp needs "
                            "flash attention for a quantized V cache")
             continue
         # Room for the deepest test plus a chat turn (its prompt is under 128 tokens), in whole KV pages.
-        need = max([c.n_depth + c.n_prompt + c.n_gen for c in cases] + [128 + grid.chat_gen])
+        if not fitting:
+            continue
+        need = max([c.n_depth + c.n_prompt + c.n_gen for c in fitting] + [128 + grid.chat_gen])
         n_ctx = -(-need // 256) * 256
-        groups.append(Group(model, type_k, type_v, fa, t, n_ctx, list(cases)))
+        if limit:
+            n_ctx = min(n_ctx, max(limit, need))
+        groups.append(Group(model, type_k, type_v, fa, t, n_ctx, fitting))
     return groups, skipped
+
+
+def _trained_ctx(model: str) -> int | None:
+    """The model's trained context length from its GGUF header (None if it isn't a readable GGUF file)."""
+    path = Path(model).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        from edgekit.gguf_meta import read_header
+
+        value = read_header(path).arch_key("context_length")
+        return int(value) if value else None
+    except Exception:  # llama.cpp's own error at load time says more than a second parser would
+        return None
 
 
 def _looks_like_path(model: str) -> bool:
@@ -164,44 +192,59 @@ def _units(group: Group, grid: Grid) -> int:
 # -- loading -----------------------------------------------------------------------------------------------
 
 class _Loaded:
-    """A loaded model: the edgekit Model (or a raw Llama), its llama.cpp context and model facts."""
+    """A loaded model: the edgekit Model (or a raw Llama), its llama.cpp pointers and model facts."""
 
     def __init__(self, group: Group, grid: Grid) -> None:
+        import ctypes
+
+        import llama_cpp
+
         self.model: Any = None
         measure.reset_peak_rss()
         t0 = time.perf_counter()
         if grid.engine == "edgekit":
             self.model = _load_edgekit(group, grid)
-            self.llama = getattr(self.model, "llama", None)
-            if self.llama is None:
-                raise BenchError("this edgekit Model does not expose its llama.cpp context (Model.llama)",
-                                 "Use --engine llama-cpp-python meanwhile.")
+            ctx_ptr, model_ptr = _edgekit_pointers(self.model)
+            self.metadata = dict(getattr(self.model, "metadata", {}) or {})
+            on_clear = None  # the Model is reset once after the raw tests (see run())
         else:
-            self.llama = _load_raw(group, grid)
-            self.model = _RawChat(self.llama)
+            llama = _load_raw(group, grid)
+            self.model = _RawChat(llama)
+            ctx_ptr, model_ptr = llama.ctx, llama.model
+            self.metadata = dict(llama.metadata or {})
+            on_clear = llama.reset
         self.load_s = float(getattr(self.model, "load_s", 0.0) or 0.0) or (time.perf_counter() - t0)
         self.rss = measure.rss_bytes()
-        import ctypes
-
-        import llama_cpp
-
         buf = ctypes.create_string_buffer(256)
-        llama_cpp.llama_model_desc(self.llama.model, buf, 256)
+        llama_cpp.llama_model_desc(model_ptr, buf, 256)
         self.model_type = buf.value.decode(errors="replace")
-        self.model_size = int(llama_cpp.llama_model_size(self.llama.model))
-        self.model_n_params = int(llama_cpp.llama_model_n_params(self.llama.model))
-        self.metadata = dict(getattr(self.llama, "metadata", {}) or {})
-        self.n_ctx = int(llama_cpp.llama_n_ctx(self.llama.ctx))
+        self.model_size = int(llama_cpp.llama_model_size(model_ptr))
+        self.model_n_params = int(llama_cpp.llama_model_n_params(model_ptr))
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx_ptr))
         fa = getattr(self.model, "flash_attn", None)
         self.flash_attn = group.flash_attn if fa is None else bool(fa)
-        self.ctx = measure.Context(self.llama, group.threads)
+        self.ctx = measure.Context(ctx_ptr, model_ptr, group.threads, on_clear=on_clear)
+
+    def after_raw_tests(self) -> None:
+        """The raw decodes bypassed the Model's prompt-cache bookkeeping: make it start clean."""
+        reset = getattr(self.model, "reset", None)
+        if callable(reset):
+            reset()
 
     def close(self) -> None:
         closer = getattr(self.model, "close", None)
         if callable(closer):
             closer()
-        elif self.llama is not None and hasattr(self.llama, "close"):
-            self.llama.close()
+
+
+def _edgekit_pointers(model: Any) -> tuple[Any, Any]:
+    """The Model's llama.cpp context and model pointers (public names first; see API_CONTRACT REQUESTS)."""
+    ctx = getattr(model, "llama_context", None) or getattr(model, "_ctx", None)
+    mdl = getattr(model, "llama_model", None) or getattr(model, "_model", None)
+    if not ctx or not mdl:
+        raise BenchError("this edgekit Model does not expose its llama.cpp context",
+                         "Use --engine llama-cpp-python meanwhile.")
+    return ctx, mdl
 
 
 def _load_edgekit(group: Group, grid: Grid) -> Any:
@@ -295,6 +338,8 @@ def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any
         loaded = _Loaded(group, grid)
         try:
             for case in group.cases:
+                if case.test == "chat":
+                    loaded.after_raw_tests()
                 if grid.warmup:
                     tick()  # the warm-up is one unit of work for the ETA
                 rec = _run_case(loaded, group, grid, case, device, bandwidth, tick)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
+
 from edgekit.convert.archs import Arch, arch_for
 from edgekit.convert.atomic import atomic_output, check_free_space, check_writable, scratch_file
 from edgekit.convert.hparams import HParams, read_hparams
@@ -23,7 +24,6 @@ from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quant
 from edgekit.convert.safetensors import WeightSet
 from edgekit.convert.vocab import Vocab, load_vocab, write_vocab
 from edgekit.convert.writer import TensorPlan, write_gguf
-
 from edgekit.errors import EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
 

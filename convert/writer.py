@@ -15,9 +15,9 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+
 from edgekit.convert.archs import permute_rows
 from edgekit.convert.safetensors import TensorRef, bf16_to_f32, f32_to_bf16, read_raw
-
 from edgekit.progress import ProgressFn, report
 
 # The float types the converter writes itself; quantized types come from llama.cpp.

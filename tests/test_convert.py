@@ -9,9 +9,9 @@ import struct
 import gguf
 import numpy as np
 import pytest
+
 from edgekit.bench.checkpoints import random_qwen2_checkpoint
 from edgekit.convert import convert
-
 from edgekit.errors import (
     CorruptFile,
     DiskFull,

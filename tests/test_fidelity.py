@@ -11,10 +11,10 @@ import shutil
 
 import numpy as np
 import pytest
+from reference import ReferenceModel
 
 from edgekit.bench.checkpoints import random_qwen2_checkpoint
 from edgekit.convert import convert
-from reference import ReferenceModel
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",

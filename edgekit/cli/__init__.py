@@ -40,11 +40,16 @@ def fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
+def _is_click(exc: BaseException, name: str) -> bool:
+    # typer >= 0.20 vendors its own click; match click's exceptions by name so either works.
+    return any(cls.__name__ == name and "click" in cls.__module__ for cls in type(exc).__mro__)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``edgekit`` console script."""
     debug = os.environ.get("EDGEKIT_DEBUG") == "1"
     try:
-        app(args=argv, prog_name="edgekit", standalone_mode=True)
+        code = app(args=argv, prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
         if debug:
             raise
@@ -59,4 +64,20 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         if debug:
             raise
-        fail(f"Error: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''}). Set EDGEKIT_DEBUG=1 for details.")
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        fail(f"Error: {exc.strerror or exc}{where}. Set EDGEKIT_DEBUG=1 for details.")
+    except Exception as exc:
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+        if _is_click(exc, "Abort") or interrupted:  # click/typer turn Ctrl-C into Abort or Exit(130)
+            if debug:
+                raise
+            fail("Interrupted. Nothing partial was kept.", 130)
+        if _is_click(exc, "Exit"):
+            raise SystemExit(getattr(exc, "exit_code", 0)) from None
+        if _is_click(exc, "ClickException"):  # usage errors: click's own message and exit code
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
+        raise
+    if code == 130:  # typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns it
+        fail("Interrupted. Nothing partial was kept.", 130)
+    raise SystemExit(code if isinstance(code, int) else 0)

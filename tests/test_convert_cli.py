@@ -1,0 +1,96 @@
+"""`edgekit convert` as users run it: one-line errors, JSON summary, Ctrl-C."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgekit.bench.checkpoints import random_qwen2_checkpoint
+
+
+def run_cli(*args, env=None, **kw):
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env.pop("EDGEKIT_DEBUG", None) if "EDGEKIT_DEBUG" not in (env or {}) else None
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=full_env,
+                          timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, qwen2_vocab_gguf):
+    return random_qwen2_checkpoint(tmp_path_factory.mktemp("ck") / "tiny", qwen2_vocab_gguf, layers=4, hidden=128,
+                                   intermediate=512)
+
+
+def test_json_summary(ckpt, tmp_path):
+    result = run_cli("convert", str(ckpt), "-q", "q8_0,q4_0", "-o", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    outputs = json.loads(result.stdout)["outputs"]
+    assert [o["type"] for o in outputs] == ["Q8_0", "Q4_0"]
+    for o in outputs:
+        data = open(o["path"], "rb").read()
+        assert o["size"] == len(data)
+        assert o["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def _assert_one_error_line(result):
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unsupported_architecture_is_one_line(ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ckpt.iterdir():
+        (bad / f.name).symlink_to(f)
+    (bad / "config.json").unlink()
+    config = json.loads((ckpt / "config.json").read_text())
+    config["architectures"] = ["GPTNeoXForCausalLM"]
+    (bad / "config.json").write_text(json.dumps(config))
+    result = run_cli("convert", str(bad), "-o", str(tmp_path / "out"))
+    _assert_one_error_line(result)
+    assert "GPTNeoXForCausalLM" in result.stderr and "Qwen2ForCausalLM" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_offline_hub_repo_not_cached_is_one_line(tmp_path):
+    result = run_cli("convert", "someone/not-cached-model", "-o", str(tmp_path), env={"HF_HOME": str(tmp_path / "hf")})
+    _assert_one_error_line(result)
+    assert "local" in result.stderr.lower()
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = run_cli("convert", str(tmp_path / "missing-dir"), env={"EDGEKIT_DEBUG": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_existing_output_is_refused_then_forced(ckpt, tmp_path):
+    assert run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet").returncode == 0
+    _assert_one_error_line(run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet"))
+    assert run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet", "--force").returncode == 0
+
+
+def test_ctrl_c_exits_cleanly_and_leaves_nothing(ckpt, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit", "convert", str(ckpt), "-q", "q4_k_m,q5_k_m,q6_k,q8_0,q4_0", "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and any(out.iterdir())):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Interrupted" in stderr and "Traceback" not in stderr
+    assert list(out.iterdir()) == []

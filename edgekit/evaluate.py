@@ -294,6 +294,9 @@ def evaluate(model: str | Path, *, reference: str | Path | None = None, referenc
                                          threads=threads, progress=progress)
         return _perplexity(path, text, n_ctx, n_chunks, threads, progress)
     if reference_logits is not None:
+        if save_logits is not None:
+            raise EvalError("--save-logits saves a reference; with --reference-logits there is nothing new to save.",
+                            "Drop --save-logits.")
         return _compare(path, Path(reference_logits), None, n_chunks, threads, progress)
     ref = Path(reference)
     if save_logits is not None:

@@ -122,6 +122,13 @@ def test_downloads_only_the_needed_files(hub, ckpt_files, tmp_path):
     assert not [r for r in hub.requests if ".bin" in r.path or ".pth" in r.path]
 
 
+def test_hf_hub_cache_wins_over_hf_home(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    source = resolve_source("owner/name")
+    assert source.path.is_relative_to(tmp_path / "elsewhere")
+    assert not (tmp_path / "hf-home").exists()
+
+
 def test_revision_tag_and_commit_are_honoured(hub):
     tagged = resolve_source("owner/name@v1")
     assert tagged.revision == "v1" and tagged.commit == hub.v1_commit

@@ -388,3 +388,51 @@ def smollm2_checkpoint(out_dir: str | Path, smollm2_gguf: str | Path, dtype: str
     _write_json(out / "generation_config.json", gen)
     write_tokenizer(out, smollm2_gguf)
     return out
+
+
+# Bump when a builder's output changes, so per-machine caches are rebuilt.
+BUILD_VERSION = "1"
+
+
+def cached_checkpoint(name: str, build: Callable[[Path], Path]) -> Path:
+    """Build a checkpoint once per machine under the asset cache; return its directory.
+
+    The directory name carries ``BUILD_VERSION``, so a changed builder never
+    overwrites a directory another process may be reading. Built into a
+    temporary directory and renamed under a file lock, so parallel sessions
+    never see a half-written checkpoint.
+    """
+    import fcntl
+    import shutil
+
+    from edgekit.bench.assets import CACHE
+
+    out = CACHE / f"{name}-v{BUILD_VERSION}"
+    if (out / ".done").exists():
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / ".done").exists():
+            return out
+        tmp = CACHE / f"{name}.building"
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        (tmp / ".done").touch()
+        shutil.rmtree(out, ignore_errors=True)  # only ever an incomplete leftover here
+        tmp.rename(out)
+    return out
+
+
+def cached_smollm2_checkpoint() -> Path:
+    """SmolLM2-135M-Instruct as an HF checkpoint (bf16), built once per machine."""
+    from edgekit.bench.assets import smollm2_gguf
+
+    return cached_checkpoint("smollm2-hf", lambda d: smollm2_checkpoint(d, smollm2_gguf()))
+
+
+def cached_full_size_qwen2_checkpoint() -> Path:
+    """The full-size random Qwen2.5-0.5B-architecture checkpoint (~1 GB), built once per machine."""
+    from edgekit.bench.assets import qwen2_vocab
+
+    return cached_checkpoint("qwen2.5-0.5b-random-hf", lambda d: full_size_qwen2_checkpoint(d, qwen2_vocab()))

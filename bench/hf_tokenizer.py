@@ -10,6 +10,8 @@ the one Hugging Face's own ``tokenizer.json`` uses for that ``tokenizer.ggml.pre
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -47,18 +49,39 @@ _BYTE_LEVEL = {"add_prefix_space": False, "trim_offsets": False, "use_regex": Fa
 
 
 @lru_cache(maxsize=4)
-def _read_kv(path: str, mtime_ns: int) -> dict[str, Any]:
-    """All key/value metadata of a GGUF file (cached: parsing a 150k-token vocab takes seconds)."""
+def _read_kv(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file.
+
+    gguf-py's reader takes several seconds on a 150k-token vocabulary, so the
+    result is kept in memory and as JSON in the asset cache, keyed by the file's
+    size and mtime.
+    """
+    from edgekit.bench.assets import CACHE
+
+    cached = CACHE / "gguf-kv" / f"{Path(path).stem}-{size}-{mtime_ns}.json"
+    try:
+        return json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
     from gguf import GGUFReader
 
     reader = GGUFReader(path)
-    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    kv = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(kv, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return kv
 
 
 def gguf_metadata(gguf_path: str | Path) -> dict[str, Any]:
     """Return a GGUF file's metadata as ``{key: value}`` (a fresh dict; the parse is cached)."""
     path = Path(gguf_path).resolve()
-    return dict(_read_kv(str(path), path.stat().st_mtime_ns))
+    st = path.stat()
+    return dict(_read_kv(str(path), st.st_size, st.st_mtime_ns))
 
 
 def _pre_tokenizer(pre: str) -> dict[str, Any]:

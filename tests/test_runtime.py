@@ -1,0 +1,190 @@
+"""Runtime API on real weights: SmolLM2-135M-Instruct through llama.cpp."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from test_runtime_support import QUESTION, SYSTEM, smol
+
+import edgekit
+from edgekit.errors import ContextOverflow, EdgekitError
+
+PARIS = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+
+
+@pytest.fixture(scope="module")
+def m():
+    return smol()
+
+
+def test_paris_at_temperature_zero_stops_at_im_end(m):
+    c = m.chat(PARIS, temperature=0, max_tokens=64)
+    assert "Paris" in c.text
+    assert c.finish_reason == "eog"  # stopped by <|im_end|>, which the GGUF marks as end of generation
+    assert "<|im_end|>" not in c.text and m.is_eog(m.tokenize("<|im_end|>", add_special=False)[0])
+    assert c.stats.gen_tokens == len(c.tokens) > 0
+    assert c.stats.prompt_tokens == len(m.chat_tokens(PARIS))
+    assert c.stats.decode_tps > 0 and c.stats.ttft_s > 0 and c.stats.peak_rss > 50 << 20
+
+
+def test_stream_equals_generate_and_ends_with_stats(m):
+    c = m.generate("The three primary colors are", temperature=0, max_tokens=40)
+    items = list(m.stream("The three primary colors are", temperature=0, max_tokens=40))
+    assert isinstance(items[-1], edgekit.Stats)
+    assert all(isinstance(i, str) for i in items[:-1])
+    assert "".join(items[:-1]) == c.text
+    assert items[-1].finish_reason == c.finish_reason == "length"
+    assert items[-1].gen_tokens == 40
+
+
+def test_same_seed_same_output_and_other_seed_differs(m):
+    kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=32)
+    a = m.generate("My favourite animal is", seed=7, **kw)
+    b = m.generate("My favourite animal is", seed=7, **kw)
+    outs = {m.generate("My favourite animal is", seed=s, **kw).text for s in (1, 2, 3)}
+    assert a.text == b.text and a.tokens == b.tokens
+    assert len(outs | {a.text}) > 1
+
+
+def test_prompt_cache_reuses_prefix(m):
+    m.reset()
+    first = m.chat(PARIS, temperature=0, max_tokens=16)
+    assert first.stats.cached_tokens == 0
+    follow = PARIS + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And of Italy?"}]
+    second = m.chat(follow, temperature=0, max_tokens=16)
+    n_prev = first.stats.prompt_tokens
+    assert second.stats.cached_tokens >= n_prev  # the whole previous prompt (and part of the answer) reused
+    assert second.stats.new_prompt_tokens == second.stats.prompt_tokens - second.stats.cached_tokens
+    assert second.stats.new_prompt_tokens < 20
+
+
+def test_stop_strings_are_never_leaked(m):
+    full = m.generate("Count: one, two, three,", temperature=0, max_tokens=30).text
+    stop = ", 12"  # several tokens long, so its prefix ", 1" must be held back while streaming
+    assert stop in full, full
+    items = list(m.stream("Count: one, two, three,", temperature=0, max_tokens=30, stop=[stop]))
+    text = "".join(i for i in items if isinstance(i, str))
+    assert items[-1].finish_reason == "stop"
+    assert text == full[: full.index(stop)]
+    # no chunk ever showed a partial " fi" that was later taken back
+    shown = ""
+    for chunk in items[:-1]:
+        shown += chunk
+        assert full.startswith(shown) and stop not in shown
+
+
+def test_grammar_and_json_schema(m):
+    c = m.generate("Answer yes or no: is the sky blue?", temperature=0, max_tokens=8,
+                   grammar='root ::= "yes" | "no"')
+    assert c.text in ("yes", "no")
+    import json
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    c = m.chat(PARIS, temperature=0, max_tokens=40, json_schema=schema)
+    assert isinstance(json.loads(c.text)["city"], str)
+    with pytest.raises(EdgekitError, match="GBNF"):
+        m.generate("x", grammar='root ::= "unterminated', max_tokens=2)
+
+
+def test_tokenize_roundtrip_and_count(m):
+    text = "Hello <|im_start|> wörld 日本"
+    toks = m.tokenize(text, add_special=False)
+    assert m.detokenize(toks) == text
+    assert m.count_tokens(text) == len(toks)
+    assert len(m.tokenize("<|im_start|>", add_special=False)) == 1  # parsed as the special token
+    assert len(m.tokenize("<|im_start|>", add_special=False, parse_special=False)) > 1
+
+
+def test_prompt_longer_than_context_is_refused_with_numbers(m):
+    long = "word " * (m.n_ctx + 10)
+    with pytest.raises(ContextOverflow) as err:
+        m.generate(long, max_tokens=1)
+    assert err.value.available == m.n_ctx and err.value.needed > m.n_ctx
+
+
+def test_max_tokens_none_stops_at_eog(m):
+    c = m.chat(PARIS, temperature=0, max_tokens=None)
+    assert c.finish_reason == "eog"
+
+
+def test_two_threads_are_serialized(m):
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(m.generate("One plus one is", temperature=0, max_tokens=8).text)
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 2 and results[0] == results[1]
+
+
+def test_nested_generation_in_one_thread_is_refused(m):
+    it = m.stream("Hello", temperature=0, max_tokens=5)
+    next(it)
+    with pytest.raises(EdgekitError, match="already generating"):
+        m.generate("Hi", max_tokens=1)
+    it.close()
+    assert m.generate("Hi", temperature=0, max_tokens=1).stats.gen_tokens == 1
+
+
+def test_save_and_load_state_round_trip(m, tmp_path, smollm2_gguf):
+    doc = "Notes: " + "The quick brown fox jumps over the lazy dog. " * 20
+    prompt = doc + "\nSummary:"
+    m.reset()
+    m.generate(doc, max_tokens=1, temperature=0)  # prefill the document
+    path = m.save_state(tmp_path / "doc.state")
+    m.reset()
+    baseline = m.generate(prompt, temperature=0, max_tokens=20)
+    assert baseline.stats.cached_tokens == 0
+    m.reset()
+    n = m.load_state(path)
+    assert n > 100
+    again = m.generate(prompt, temperature=0, max_tokens=20)
+    assert again.stats.cached_tokens >= n - 1
+    assert again.text == baseline.text
+    # a state from another KV layout is refused before llama.cpp sees it
+    other = edgekit.load(smollm2_gguf, n_ctx=1024, kv_cache="f16")
+    try:
+        with pytest.raises(EdgekitError, match="KV cache"):
+            other.load_state(path)
+    finally:
+        other.close()
+    (tmp_path / "junk").write_bytes(b"not a state")
+    with pytest.raises(edgekit.CorruptFile):
+        m.load_state(tmp_path / "junk")
+
+
+def test_load_refuses_context_above_training(smollm2_gguf):
+    with pytest.raises(ContextOverflow, match="trained context of 8192"):
+        edgekit.load(smollm2_gguf, n_ctx=16384)
+
+
+def test_load_defaults(smollm2_gguf):
+    import psutil
+
+    m = edgekit.load(smollm2_gguf, n_ctx=512, gpu_layers="auto")
+    try:
+        assert m.threads == psutil.cpu_count(logical=False)
+        assert m.n_ctx == 512 and m.n_ctx_train == 8192
+        assert (m.type_k, m.type_v) == ("q8_0", "f16") and m.flash_attn
+        assert m.plan.fits and m.chat_template and "im_start" in m.chat_template
+        assert m.metadata["general.architecture"] == "llama"
+    finally:
+        m.close()
+    with pytest.raises(EdgekitError, match="closed"):
+        m.generate("x")
+
+
+def test_quantized_v_cache_turns_flash_attention_on(smollm2_gguf):
+    with edgekit.load(smollm2_gguf, n_ctx=512, kv_cache="q4_0", flash_attn="auto") as m:
+        assert m.flash_attn and (m.type_k, m.type_v) == ("q4_0", "q4_0")
+        assert m.generate("Hello", max_tokens=4, temperature=0).stats.gen_tokens == 4
+    with pytest.raises(EdgekitError, match="flash attention"):
+        edgekit.load(smollm2_gguf, n_ctx=512, kv_cache="q8_0", flash_attn=False)

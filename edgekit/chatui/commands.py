@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,6 @@ from edgekit.chatui import render
 from edgekit.chatui.settings import PARAMS, ChatSettings, parse_assignment
 from edgekit.chatui.state import ChatState
 from edgekit.errors import EdgekitError
-
-SETTINGS_KEY = "cli_settings"
 
 
 class Action(enum.Enum):
@@ -150,29 +147,20 @@ def _context(state: ChatState, arg: str) -> Action:
     return Action.CONTINUE
 
 
-@command("/save", "/save FILE", "save the conversation and settings as JSON (with the KV state)")
+@command("/save", "/save FILE", "save the conversation and its settings as JSON (and the KV state beside it)")
 def _save(state: ChatState, arg: str) -> Action:
     if not arg:
         raise EdgekitError("Usage: /save FILE", "For example: /save chat.json")
     path = Path(arg).expanduser()
+    _sync_settings(state)  # the saved JSON carries the session's sampling settings
     state.chat.save(path, with_state=True)
-    _add_settings(path, state.settings)
-    state.note(f"Saved {state.turns()} turn(s) to {path}.")
+    kv = path.with_name(path.name + ".kv")
+    extra = f" (KV state in {kv.name})" if kv.is_file() else ""
+    state.note(f"Saved {state.turns()} turn(s) to {path}{extra}.")
     return Action.CONTINUE
 
 
-def _add_settings(path: Path, settings: ChatSettings) -> None:
-    """Store the CLI's settings in the saved JSON so /load resumes with them."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # the runtime chose another layout; its own sampling defaults will do
-    if isinstance(data, dict):
-        data[SETTINGS_KEY] = settings.as_dict()
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-@command("/load", "/load FILE", "resume a saved conversation with its settings")
+@command("/load", "/load FILE", "resume a saved conversation with its settings (and KV state)")
 def _load(state: ChatState, arg: str) -> Action:
     if not arg:
         raise EdgekitError("Usage: /load FILE", "For example: /load chat.json")
@@ -181,32 +169,37 @@ def _load(state: ChatState, arg: str) -> Action:
         raise EdgekitError(f"No such file: {path}.", "Give the path written by /save.")
     from edgekit import Chat
 
+    before = _cached(state.model)
     chat = Chat.load(state.model, path)
     state.chat = chat
-    state.settings = _loaded_settings(path, chat, state.settings)
-    _sync_settings(state)
+    state.settings = _loaded_settings(chat, state.settings)
     state.last = None
-    restored = " (KV state restored)" if getattr(chat, "state_restored", False) else ""
-    state.note(f"Loaded {state.turns()} turn(s) from {path}{restored}.")
+    restored = _cached(state.model)
+    kv = " (KV state restored)" if restored and restored != before else ""
+    state.note(f"Loaded {state.turns()} turn(s) from {path}{kv}.")
     last_user = next((m for m in reversed(chat.messages) if m.get("role") == "user"), None)
     if last_user is not None:
-        state.note(f"Last question: {render._snippet(last_user.get('content', ''), 70)}")
+        state.note(f"Last message: {render.snippet(last_user.get('content', ''), 70)}")
     return Action.CONTINUE
 
 
-def _loaded_settings(path: Path, chat: object, current: ChatSettings) -> ChatSettings:
+def _cached(model: object) -> list[int] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get(SETTINGS_KEY), dict):
-        return ChatSettings.from_dict(data[SETTINGS_KEY])
-    sampling = getattr(chat, "sampling", None)
-    if sampling is not None:
-        import dataclasses
+        return list(getattr(model, "cached_tokens", None) or [])
+    except Exception:  # a property of the runtime; a failure here must not break /load
+        return None
 
-        if dataclasses.is_dataclass(sampling):
+
+def _loaded_settings(chat: object, current: ChatSettings) -> ChatSettings:
+    """The saved conversation's sampling settings (the runtime keeps them in ``chat.sampling``)."""
+    import dataclasses
+
+    sampling = getattr(chat, "sampling", None)
+    if sampling is not None and dataclasses.is_dataclass(sampling):
+        try:
             return ChatSettings.from_dict(dataclasses.asdict(sampling))
+        except EdgekitError:
+            pass  # values the CLI can't show; keep the current ones
     return current
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgekit.chatui.repl import finish_turn, stream_turn
+from edgekit.chatui.repl import finish_turn, report_dropped, stream_turn
 from edgekit.chatui.state import ChatState
 from edgekit.chatui.turn import stream_answer
 
@@ -19,7 +19,9 @@ def run(state: ChatState, text: str, as_json: bool) -> int:
     if not as_json:
         result = stream_turn(state, chunks)
         return EXIT_INTERRUPTED if result.interrupted else 0
+    dropped = report_dropped(state)
     result = stream_answer(chunks, lambda _text: None)
+    result.dropped = dropped
     quiet, state.quiet = state.quiet, True  # the stats go into the JSON, not on stderr
     finish_turn(state, result)
     state.quiet = quiet

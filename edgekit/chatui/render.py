@@ -149,7 +149,7 @@ def context_report(used: int, total: int, turns: int, dropped_total: int, system
     return "\n".join(lines)
 
 
-def _snippet(text: str, limit: int = 50) -> str:
+def snippet(text: str, limit: int = 50) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -160,5 +160,5 @@ def dropped_notice(dropped: list[dict]) -> str:
     count = len(users) or len(dropped)
     what = f"{count} oldest turn{'s' if count != 1 else ''}"
     first = users[0] if users else (dropped[0] if dropped else {})
-    example = f' (starting with "{_snippet(first.get("content", ""))}")' if first else ""
+    example = f' (starting with "{snippet(first.get("content", ""))}")' if first else ""
     return f"Context full: dropped the {what}{example} to make room; the system prompt is kept."

@@ -18,24 +18,34 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-def finish_turn(state: ChatState, result: TurnResult, *, stream_ended_line: bool = True) -> None:
-    """After an answer: keep a stopped answer, say what was dropped, show the stats line."""
-    if result.interrupted:
-        keep_partial(state.chat, result.text)
-        state.note("(stopped: the answer so far is kept in the conversation)")
-    dropped = list(getattr(state.chat, "last_dropped", None) or [])
-    result.dropped = dropped
+def report_dropped(state: ChatState) -> list[dict]:
+    """Say on stderr which turns the runtime dropped to fit this turn (never silently)."""
+    dropped = [dict(m) for m in (getattr(state.chat, "last_dropped", None) or [])]
     if dropped:
         state.dropped_total += sum(1 for m in dropped if m.get("role") == "user") or 1
         state.warn(render.dropped_notice(dropped))
+    return dropped
+
+
+def finish_turn(state: ChatState, result: TurnResult) -> None:
+    """After an answer: keep a stopped answer and show the stats line."""
+    if result.interrupted:
+        keep_partial(state.chat, result.text)
+        state.note("(stopped: the answer so far is kept in the conversation)")
     if result.stats is not None and not state.quiet:
         state.note(render.stats_line(result.stats))
     state.last = result
 
 
 def stream_turn(state: ChatState, chunks: Any) -> TurnResult:
-    """Stream an answer to stdout and finish the turn."""
+    """Stream an answer to stdout and finish the turn.
+
+    ``chunks`` is a runtime stream that has already fitted the conversation to the
+    context, so what was dropped is known (and said) before the answer starts.
+    """
+    dropped = report_dropped(state)
     result = stream_answer(chunks, _write)
+    result.dropped = dropped
     if result.text and not result.text.endswith("\n"):
         _write("\n")
     finish_turn(state, result)

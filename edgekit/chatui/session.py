@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from edgekit.errors import EdgekitError, HubUnreachable
 # The target model; used when no MODEL is given. The store may override both.
 DEFAULT_MODEL = "terasut/gkd-qwen-2.5-0.5b-base_v4_from3b_eff32"
 DEFAULT_QUANT = "Q4_K_M"
+SLOW_LOAD_S = 0.7  # show the loading bar only when loading takes longer than this
 LOCAL_HINT = "Pass a local model instead: edgekit chat path/to/model.gguf (or a Hugging Face checkpoint dir)."
 
 
@@ -41,7 +43,8 @@ def default_model() -> tuple[str, str]:
         from edgekit import store
     except ImportError:
         return DEFAULT_MODEL, DEFAULT_QUANT
-    return getattr(store, "DEFAULT_MODEL", DEFAULT_MODEL), getattr(store, "DEFAULT_QUANT", DEFAULT_QUANT)
+    quant = getattr(store, "DEFAULT_QUANT", None) or getattr(store, "DEFAULT_TYPE", None) or DEFAULT_QUANT
+    return getattr(store, "DEFAULT_MODEL", DEFAULT_MODEL), quant
 
 
 def load_model(opts: ChatOptions) -> Any:
@@ -58,11 +61,16 @@ def load_model(opts: ChatOptions) -> Any:
     try:
         with contextlib.ExitStack() as stack:
             bars: list[Any] = []
+            start = time.monotonic()
 
             def progress(stage: str, done: int, total: int) -> None:
-                # Draw bars only once there is something to show: a cached GGUF loads in a
-                # second and should leave no cursor codes behind on the terminal.
+                # Draw bars only once there is something worth showing: a conversion, or a
+                # load that is slow (SD card on a Pi). A GGUF that loads in a blink leaves
+                # no bar and no cursor codes behind.
                 if not bars:
+                    slow = time.monotonic() - start > SLOW_LOAD_S and (not total or done < total)
+                    if stage == "load" and not slow:
+                        return
                     bars.append(stack.enter_context(rich_progress(enabled=not opts.quiet)))
                 if bars[0] is not None:
                     bars[0](stage, done, total)

@@ -25,7 +25,7 @@ class ChatSettings:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     seed: int | None = None
-    max_tokens: int = 256
+    max_tokens: int | None = 256
 
     @classmethod
     def defaults(cls) -> ChatSettings:
@@ -64,6 +64,12 @@ class ChatSettings:
         return settings
 
 
+def _max_tokens(text: str) -> int | None:
+    if text.lower() in ("none", "off", "unlimited"):
+        return None
+    return int(text)
+
+
 def _seed(text: str) -> int | None:
     if text.lower() in ("none", "random", "off", "-1"):
         return None
@@ -87,7 +93,8 @@ PARAMS: dict[str, Param] = {
     "min_p": Param(float, lambda v: 0 <= v <= 1, "a number in [0, 1]", ("min-p", "minp")),
     "repeat_penalty": Param(float, lambda v: v > 0, "a number > 0 (1 = off)", ("repeat-penalty", "rp")),
     "seed": Param(_seed, lambda v: v is None or v >= 0, "an integer >= 0, or 'random'", ()),
-    "max_tokens": Param(int, lambda v: v > 0, "an integer > 0", ("max-tokens", "max", "n")),
+    "max_tokens": Param(_max_tokens, lambda v: v is None or v > 0, "an integer > 0, or 'none' (until the model stops)",
+                        ("max-tokens", "max", "n")),
 }
 
 _ALIASES = {alias: name for name, p in PARAMS.items() for alias in (name, *p.aliases)}
@@ -106,15 +113,13 @@ def names() -> list[str]:
 def check(name: str, value: Any) -> Any:
     """Validate ``value`` (already typed) for parameter ``name``."""
     param = PARAMS[name]
-    if value is None and name == "seed":
+    if value is None and name in ("seed", "max_tokens"):
         return None
     try:
-        if isinstance(value, str):
-            value = param.parse(value)
-        elif isinstance(value, bool) or value is None:
+        if isinstance(value, bool) or value is None:
             raise ValueError
-        else:
-            value = param.parse(str(value)) if param.parse is _seed else type(param.parse(str(value)))(value)
+        # Numbers from JSON go through the same parser as typed text ("40" and 40 alike).
+        value = param.parse(value if isinstance(value, str) else repr(value))
     except (TypeError, ValueError):
         raise EdgekitError(f"Bad value {value!r} for {name}.", f"It must be {param.rule}.") from None
     if not param.valid(value):

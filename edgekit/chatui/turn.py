@@ -90,4 +90,6 @@ def keep_partial(chat: Any, text: str) -> None:
     """
     messages = chat.messages
     if messages and messages[-1].get("role") == "user":
-        messages.append({"role": "assistant", "content": text})
+        # chat.messages may be a fresh list each time; append where the history lives
+        target = getattr(chat, "history", None)
+        (target if isinstance(target, list) else messages).append({"role": "assistant", "content": text})

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgekit.bench.hf_tokenizer import gguf_metadata, tokenizer_files_from_gguf
 from edgekit.convert.safetensors import f32_to_bf16, write_safetensors
 

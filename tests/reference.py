@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgekit.convert.safetensors import WeightSet, read_f32
 
 

@@ -11,14 +11,15 @@ import json
 
 import numpy as np
 import pytest
+from reference import ReferenceModel
+from tokenizers import Tokenizer
+
 from edgekit.bench.checkpoints import (
     hf_name_from_gguf,
     random_qwen2_checkpoint,
     unpermute_rope_rows,
 )
 from edgekit.convert.safetensors import WeightSet, read_f32, read_raw
-from reference import ReferenceModel
-from tokenizers import Tokenizer
 
 CHATML = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 

@@ -78,7 +78,7 @@ def run_case(binary: str, group: Any, grid: Any, case: Any, device: dict[str, An
     known.update(
         engine="llama-bench", test=case.test, name=None, model_filename=str(group.model),
         flash_attn=int(group.flash_attn) if int(theirs.get("flash_attn", -1)) < 0 else int(theirs["flash_attn"]),
-        reps=grid.reps, warmup=grid.warmup, edgekit_version=device.get("edgekit"),
+        reps=len(theirs.get("samples_ns") or []) or grid.reps, warmup=grid.warmup, edgekit_version=device.get("edgekit"),
         llama_cpp_python=device.get("llama_cpp_python"), device_id=device["device_id"], device=device,
         cpu_info=theirs.get("cpu_info") or device.get("cpu_model"),
     )

@@ -47,6 +47,7 @@ class Grid:
     chat_gen: int = 128
     engine: str = "edgekit"
     llama_bench: str | None = None  # path of a llama-bench binary to interleave with
+    vs_rounds: int = 2  # A-B-A-B rounds against llama-bench, so slow drift of a shared machine cancels out
 
 
 # Suites set the grid's defaults; explicit CLI options override them.
@@ -186,6 +187,8 @@ def _check_model(model: str) -> None:
 
 def _units(group: Group, grid: Grid) -> int:
     per = grid.reps + (1 if grid.warmup else 0)
+    if grid.llama_bench:  # our share of the A-B rounds; llama-bench's time is not counted
+        return sum(per * (max(1, grid.vs_rounds) if c.test != "chat" else 1) for c in group.cases)
     return len(group.cases) * per
 
 
@@ -340,21 +343,46 @@ def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any
             for case in group.cases:
                 if case.test == "chat":
                     loaded.after_raw_tests()
+                if grid.llama_bench and case.test != "chat":
+                    yield from _vs_llama_bench(loaded, group, grid, case, device, bandwidth, tick)
+                    continue
                 if grid.warmup:
                     tick()  # the warm-up is one unit of work for the ETA
-                rec = _run_case(loaded, group, grid, case, device, bandwidth, tick)
-                if grid.llama_bench and case.test != "chat":
-                    from .llama_bench import run_case as run_llama_bench
-
-                    theirs = run_llama_bench(grid.llama_bench, group, grid, case, device)
-                    rec["llama_bench_ts"] = theirs["avg_ts"]
-                    rec["ratio_vs_llama_bench"] = rec["avg_ts"] / theirs["avg_ts"] if theirs["avg_ts"] else None
-                    yield rec
-                    yield theirs
-                else:
-                    yield rec
+                yield _run_case(loaded, group, grid, case, device, bandwidth, tick)
         finally:
             loaded.close()
+
+
+def _vs_llama_bench(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any],
+                    bandwidth: float, tick: Any) -> Iterator[dict[str, Any]]:
+    """Ours, llama-bench, ours, llama-bench... (``grid.vs_rounds`` rounds); yield both merged records."""
+    from .llama_bench import run_case as run_llama_bench
+
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    for _ in range(max(1, grid.vs_rounds)):
+        if grid.warmup:
+            tick()
+        ours.append(_run_case(loaded, group, grid, case, device, bandwidth, tick))
+        theirs.append(run_llama_bench(grid.llama_bench, group, grid, case, device))
+    n_tokens = case.n_prompt + case.n_gen
+    mine, other = _merge(ours, n_tokens), _merge(theirs, n_tokens)
+    if case.test == "tg" and mine.get("ceiling_ts"):
+        mine["efficiency"] = mine["avg_ts"] / mine["ceiling_ts"]
+        other["efficiency"] = other["avg_ts"] / mine["ceiling_ts"]
+        other.update(mem_bw_gbs=mine["mem_bw_gbs"], bytes_per_token=mine["bytes_per_token"], ceiling_ts=mine["ceiling_ts"])
+    mine["llama_bench_ts"] = other["avg_ts"]
+    mine["ratio_vs_llama_bench"] = mine["avg_ts"] / other["avg_ts"] if other["avg_ts"] else None
+    yield mine
+    yield other
+
+
+def _merge(recs: list[dict[str, Any]], n_tokens: int) -> dict[str, Any]:
+    """One record from several rounds of the same test: all samples, statistics recomputed."""
+    merged = dict(recs[-1])
+    samples = [ns for r in recs for ns in r["samples_ns"]]
+    merged.update(records.stats_from_ns(samples, n_tokens), reps=len(samples))
+    return merged
 
 
 def _common(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
+
 from edgekit.bench import records
 from edgekit.bench.runner import plan, run, suite_grid
 from edgekit.bench.store import Store
-
 from edgekit.errors import BenchError
 
 
@@ -122,11 +122,11 @@ def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     argv_log = tmp_path / "argv.txt"
     fake.write_text(
         f"#!{sys.executable}\nimport json, sys\nopen({str(argv_log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-        "a = sys.argv\np, n = int(a[a.index('-p') + 1]), int(a[a.index('-n') + 1])\n"
+        "a = sys.argv\np, n = int(a[a.index('-p') + 1]), int(a[a.index('-n') + 1])\nns = int((p + n) / 50 * 1e9)\n"
         "print(json.dumps({'build_commit': 'abc', 'model_type': 'x', 'model_size': 1, 'model_n_params': 1,"
         " 'n_batch': 512, 'n_ubatch': 512, 'n_threads': 2, 'type_k': 'f16', 'type_v': 'f16', 'flash_attn': 1,"
-        " 'n_prompt': p, 'n_gen': n, 'n_depth': 0, 'test_time': 't', 'avg_ns': 1, 'stddev_ns': 0,"
-        " 'avg_ts': 50.0, 'stddev_ts': 0.0, 'samples_ns': [1], 'samples_ts': [50.0]}))\n")
+        " 'n_prompt': p, 'n_gen': n, 'n_depth': 0, 'test_time': 't', 'avg_ns': ns, 'stddev_ns': 0,"
+        " 'avg_ts': 50.0, 'stddev_ts': 0.0, 'samples_ns': [ns], 'samples_ts': [50.0]}))\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "vs.jsonl"
     res = _cli(str(smollm2_gguf), "-p", "16", "-n", "4", "-d", "0", "-r", "1", "--no-chat", "-q", "-o", str(out),
@@ -138,5 +138,6 @@ def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     assert recs[0]["ratio_vs_llama_bench"] == pytest.approx(recs[0]["avg_ts"] / 50.0)
     assert recs[1]["build_commit"] == "abc" and recs[1]["device_id"] == recs[0]["device_id"]
     calls = argv_log.read_text().splitlines()
-    assert len(calls) == 2 and "-p 16 -n 0 -d 0 -t" in calls[0] and "-ctk f16 -ctv f16 -fa on" in calls[0]
-    assert "-o jsonl" in calls[1]
+    assert recs[0]["reps"] == 2 and len(recs[0]["samples_ns"]) == 2  # two A-B rounds of one repetition
+    assert len(calls) == 4 and "-p 16 -n 0 -d 0 -t" in calls[0] and "-ctk f16 -ctv f16 -fa on" in calls[0]
+    assert "-o jsonl" in calls[2] and "-n 4" in calls[3]

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from edgekit.bench import records, roofline
 from edgekit.bench.store import Filters, Store, compare, format_compare
-
 from edgekit.device import device_id, fingerprint, isa_features, parse_cpuinfo
 from edgekit.errors import BenchError
 

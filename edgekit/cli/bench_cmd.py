@@ -74,6 +74,7 @@ def run_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Append records to this JSONL file as they finish.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help=FORMATS)] = "table",
     vs_llama_bench: Annotated[str | None, typer.Option("--vs-llama-bench", help="Path of llama.cpp's llama-bench: run it interleaved, report the ratio.")] = None,
+    vs_rounds: Annotated[int, typer.Option("--vs-rounds", help="Alternating rounds (ours, llama-bench) per test.")] = 2,
     engine: Annotated[str, typer.Option("--engine", help="edgekit (default) or llama-cpp-python (no wrapper, for comparison).")] = "edgekit",
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="One untimed run before the repetitions.")] = True,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Add the results to the local results store.")] = True,
@@ -92,7 +93,7 @@ def run_cmd(
         models, suite, n_prompt=_ints(n_prompt, "-p"), n_gen=_ints(n_gen, "-n"), depths=_ints(depth, "-d"),
         kv_cache=kv, threads=_ints(threads, "--threads"), flash_attn=_onoff(flash_attn), reps=reps,
         n_batch=n_batch, n_ubatch=n_ubatch, chat=chat, engine=engine, warmup=warmup,
-        llama_bench=vs_llama_bench,
+        llama_bench=vs_llama_bench, vs_rounds=vs_rounds,
     )
     if vs_llama_bench:
         from edgekit.bench.llama_bench import find_binary

@@ -161,7 +161,7 @@ def test_interactive_session(smollm2_gguf, tmp_path):
         assert "Paris" in _ask(child, QUESTION)
 
         assert "time to first token" in _command(child, "/stats", "decode speed")
-        assert "1 turn kept" in _command(child, "/context", "kept")
+        assert "1 turn kept" in _command(child, "/context", "(always kept)")
 
         _command(child, "/sytem", "Did you mean /system?")
         _command(child, f"/system {SYSTEM} Answer in one short sentence.", "System prompt set.")
@@ -237,6 +237,23 @@ def test_ctrl_c_stops_the_answer_and_keeps_it(smollm2_gguf, tmp_path):
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_full_context_says_what_was_dropped(smollm2_gguf):
+    child = _spawn(smollm2_gguf, "--temp", "0", "--max-tokens", "16", "--ctx", "256", NO_COLOR="1")
+    filler = "Here is some context about my day, which was long and full of small events. " * 3
+    try:
+        shown = ""
+        for city in ("Paris", "Rome", "Madrid", "Berlin", "Vienna"):
+            shown += _ask(child, f"{filler}Tell me one fact about {city}.")
+            if "Context full" in shown:
+                break
+        assert "Context full: dropped the 1 oldest turn" in shown
+        assert "dropped earlier to fit" in _command(child, "/context", "(always kept)")
+        child.sendline("/exit")
+        child.expect(__import__("pexpect").EOF)
+    finally:
+        child.close()
 
 
 def test_colour_only_on_a_terminal_without_no_color(smollm2_gguf):

@@ -131,9 +131,6 @@ def _stats(state: ChatState, arg: str) -> Action:
     else:
         state.err.print(render.stats_table(state.last.stats))
     state.err.print(render.memory_table(state.model))
-    summary = getattr(getattr(state.model, "plan", None), "summary", None)
-    if callable(summary):
-        state.note(summary())
     return Action.CONTINUE
 
 

@@ -124,7 +124,8 @@ def memory_table(model: Any) -> Table:
                 table.add_row(label, fmt_bytes(getattr(plan, field)))
         kv = f"{getattr(plan, 'type_k', '?')}/{getattr(plan, 'type_v', '?')}"
         fa = "on" if getattr(plan, "flash_attn", False) else "off"
-        table.add_row("plan", f"n_ctx {getattr(plan, 'n_ctx', '?')}, KV {kv}, flash attention {fa}")
+        fits = "fits" if getattr(plan, "fits", True) else "does NOT fit"
+        table.add_row("plan", f"n_ctx {getattr(plan, 'n_ctx', '?')}, KV {kv}, flash attention {fa}: {fits}")
     proc = psutil.Process()
     table.add_row("process RSS now", fmt_bytes(proc.memory_info().rss))
     table.add_row("system available", fmt_bytes(psutil.virtual_memory().available))

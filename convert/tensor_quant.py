@@ -109,8 +109,12 @@ def _run_llama_quantize(src: Path, dst: Path, ftype: int, overrides: dict[str, s
 
 
 def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
-                         progress: ProgressFn | None = None, threads: int | None = None) -> Path:
+                         progress: ProgressFn | None = None, threads: int | None = None,
+                         max_kld: float | None = None) -> Path:
     """Quantize an F16/BF16/F32 GGUF with a named recipe from :data:`edgekit.convert.recipes.RECIPES`.
+
+    ``recipe="auto"`` picks the fastest measured recipe within ``max_kld``
+    (default :data:`~edgekit.convert.recipes.DEFAULT_MAX_KLD`).
 
     Every tensor gets the type the recipe resolves for it (after falling back when
     a type's block doesn't divide the row). The result is written to a temp file
@@ -119,7 +123,7 @@ def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
     from edgekit.convert.recipes import get_recipe, resolve_types
 
     src, dst = Path(src_gguf), Path(dst)
-    rec = get_recipe(recipe)
+    rec = get_recipe(recipe, max_kld=max_kld)
     if not src.is_file():
         raise QuantizeError(f"{src} does not exist.", "Convert the checkpoint to an F16 GGUF first.")
     report(progress, "quantize", 0, 1)

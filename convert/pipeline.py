@@ -256,14 +256,11 @@ def convert(
     Returns:
         The files written, in the order of ``quant``.
     """
-    types = _parse_types(quant)
-    if Path(src).is_dir():
-        ckpt = open_checkpoint(Path(src))
-    else:
-        from edgekit.convert.source import resolve_source  # huggingface_hub only when needed
+    from edgekit.convert.source import resolve_source  # imports huggingface_hub only for Hub ids
 
-        source = resolve_source(str(src), progress=progress)
-        ckpt = open_checkpoint(source.path, source.repo_id, source.url)
+    types = _parse_types(quant)
+    source = resolve_source(str(src), progress=progress)
+    ckpt = open_checkpoint(source.path, source.repo_id, source.url)
 
     base = _base_type(types, ckpt.weights.dtype)
     plans = plan_tensors(ckpt, base.upper())

@@ -167,7 +167,28 @@ def read_raw(ref: TensorRef, rows: tuple[int, int] | None = None) -> np.ndarray:
 
 def bf16_to_f32(words: np.ndarray) -> np.ndarray:
     """Widen bf16 words (uint16) to float32 exactly."""
-    return (words.astype(np.uint32) << 16).view(np.float32)
+    wide = np.empty(words.shape, dtype=np.uint32)
+    np.left_shift(words, 16, out=wide, dtype=np.uint32)
+    return wide.view(np.float32)
+
+
+def bf16_to_f16(words: np.ndarray) -> np.ndarray:
+    """Convert bf16 words to float16 exactly as ``bf16_to_f32(words).astype(float16)`` does, faster.
+
+    Written by hand because numpy's float32->float16 cast is scalar on many builds and
+    dominated conversion time. In f16's normal range a bf16 value maps exactly by
+    re-biasing the exponent (7 mantissa bits fit in 10), which is four integer vector
+    ops; the rare rest (zero, tiny, huge, inf, NaN) goes through numpy's cast.
+    """
+    magnitude = words & np.uint16(0x7FFF)
+    out = (magnitude - np.uint16(112 << 7)) << np.uint16(3)
+    out |= words & np.uint16(0x8000)
+    normal = (magnitude >= np.uint16(113 << 7)) & (magnitude < np.uint16(143 << 7))
+    if not normal.all():
+        rest = ~normal
+        with np.errstate(over="ignore"):  # beyond f16's range becomes inf, as in llama.cpp
+            out[rest] = bf16_to_f32(words[rest]).astype(np.float16).view(np.uint16)
+    return out.view(np.float16)
 
 
 def f32_to_bf16(values: np.ndarray) -> np.ndarray:

@@ -8,16 +8,19 @@ never the whole checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import itertools
+import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 
 from edgekit.convert.archs import permute_rows
-from edgekit.convert.safetensors import TensorRef, bf16_to_f32, f32_to_bf16, read_raw
+from edgekit.convert.safetensors import TensorRef, bf16_to_f16, bf16_to_f32, f32_to_bf16, read_raw
 from edgekit.progress import ProgressFn, report
 
 # The float types the converter writes itself; quantized types come from llama.cpp.
@@ -50,52 +53,58 @@ def _convert(raw: np.ndarray, src: str, out: str) -> np.ndarray:
     if out == "BF16":
         values = raw if src == "F32" else raw.astype(np.float32)
         return f32_to_bf16(values)
+    if src == "BF16" and out == "F16":
+        return bf16_to_f16(raw)
     values = bf16_to_f32(raw) if src == "BF16" else raw
     return values.astype(FLOAT_OUT[out][0])
 
 
-def _chunks(plan: TensorPlan) -> Iterator[np.ndarray]:
-    """Yield the converted tensor in row chunks (whole when rows must be permuted)."""
+def _chunk_tasks(plan: TensorPlan) -> list[tuple[int, int] | None]:
+    """Row ranges to convert independently; [None] means the whole tensor at once."""
     ref = plan.ref
-    if plan.permute_heads:
-        raw = read_raw(ref)
-        values = bf16_to_f32(raw) if ref.dtype == "BF16" else raw
-        permuted = np.ascontiguousarray(permute_rows(values, plan.permute_heads))
-        yield _convert(permuted, "F32" if ref.dtype == "BF16" else ref.dtype, plan.out)
-        return
-    n_rows = ref.shape[0] if ref.shape else 1
-    row_elems = max(1, ref.n_elements // max(n_rows, 1))
-    step = max(1, CHUNK_ELEMENTS // row_elems)
-    if len(ref.shape) < 2:
-        yield _convert(read_raw(ref), ref.dtype, plan.out)
-        return
-    for start in range(0, n_rows, step):
-        yield _convert(read_raw(ref, (start, min(n_rows, start + step))), ref.dtype, plan.out)
+    if plan.permute_heads or len(ref.shape) < 2:
+        return [None]
+    n_rows = ref.shape[0]
+    step = max(1, CHUNK_ELEMENTS // max(1, ref.n_elements // max(n_rows, 1)))
+    return [(start, min(n_rows, start + step)) for start in range(0, n_rows, step)]
+
+
+def _convert_chunk(plan: TensorPlan, rows: tuple[int, int] | None) -> np.ndarray:
+    """Read and convert one row range (or the whole tensor, permuting Q/K rows if needed)."""
+    ref = plan.ref
+    raw = read_raw(ref, rows)
+    if not plan.permute_heads:
+        return _convert(raw, ref.dtype, plan.out)
+    values = bf16_to_f32(raw) if ref.dtype == "BF16" else raw
+    permuted = np.ascontiguousarray(permute_rows(values, plan.permute_heads))
+    return _convert(permuted, "F32" if ref.dtype == "BF16" else ref.dtype, plan.out)
 
 
 class _StreamedTensor:
     """Quacks like the ndarray GGUFWriter.write_tensor_data expects (``nbytes``, ``tofile``).
 
-    This lets gguf-py handle alignment and bookkeeping while the data arrives in
-    chunks; the next chunk is read and converted on a second thread while the
-    current one is written.
+    gguf-py then handles alignment and bookkeeping while the data arrives in
+    chunks. Chunks are read and converted on worker threads (numpy and pread
+    release the GIL) a few ahead of the one being written.
     """
 
-    def __init__(self, plan: TensorPlan, pool: ThreadPoolExecutor, on_bytes) -> None:
+    def __init__(self, plan: TensorPlan, pool: ThreadPoolExecutor, on_bytes, ahead: int = 3) -> None:
         self.plan = plan
         self.nbytes = plan.nbytes
         self._pool = pool
         self._on_bytes = on_bytes
+        self._ahead = ahead
 
     def tofile(self, fout) -> None:
-        chunks = _chunks(self.plan)
-        pending = self._pool.submit(next, chunks, None)
+        tasks = iter(_chunk_tasks(self.plan))
+        pending: deque[Future] = deque()
+        for rows in itertools.islice(tasks, self._ahead):
+            pending.append(self._pool.submit(_convert_chunk, self.plan, rows))
         written = 0
-        while True:
-            chunk = pending.result()
-            if chunk is None:
-                break
-            pending = self._pool.submit(next, chunks, None)
+        while pending:
+            chunk = pending.popleft().result()
+            for rows in itertools.islice(tasks, 1):
+                pending.append(self._pool.submit(_convert_chunk, self.plan, rows))
             fout.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
             written += chunk.nbytes
             self._on_bytes(chunk.nbytes)
@@ -103,9 +112,28 @@ class _StreamedTensor:
             raise AssertionError(f"{self.plan.name}: wrote {written} bytes, expected {self.nbytes}")
 
 
+class _BulkKVWriter(gguf.GGUFWriter):
+    """gguf-py packs metadata arrays one item at a time in Python, ~1.5 s for a 150k-token
+    vocabulary. Pack large string and int arrays in bulk, byte-identical; all else as gguf-py does."""
+
+    def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool, sub_type: Any = None) -> bytes:
+        big = vtype == gguf.GGUFValueType.ARRAY and isinstance(val, list) and len(val) > 4096 and sub_type is None
+        if big and self.endianess == gguf.GGUFEndian.LITTLE:
+            head = struct.pack("<I", vtype) if add_vtype else b""
+            if all(type(v) is str for v in val):
+                encoded = [v.encode("utf-8") for v in val]
+                sizes = [struct.pack("<Q", len(e)) for e in encoded]
+                body = b"".join(itertools.chain.from_iterable(zip(sizes, encoded)))
+                return head + struct.pack("<IQ", gguf.GGUFValueType.STRING, len(val)) + body
+            if all(type(v) is int for v in val):
+                body = np.asarray(val, dtype="<i4").tobytes()
+                return head + struct.pack("<IQ", gguf.GGUFValueType.INT32, len(val)) + body
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 def write_gguf(path: Path, writer_setup, plans: list[TensorPlan], arch: str, progress: ProgressFn | None = None) -> None:
     """Write a GGUF file: ``writer_setup(writer)`` adds the KV metadata, ``plans`` the tensors."""
-    writer = gguf.GGUFWriter(path, arch)
+    writer = _BulkKVWriter(path, arch)
     try:
         writer_setup(writer)
         for plan in plans:
@@ -123,7 +151,7 @@ def write_gguf(path: Path, writer_setup, plans: list[TensorPlan], arch: str, pro
             report(progress, "convert", done, total)
 
         report(progress, "convert", 0, total)
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with ThreadPoolExecutor(max_workers=2) as pool:
             for plan in plans:
                 writer.write_tensor_data(_StreamedTensor(plan, pool, on_bytes))  # type: ignore[arg-type]
     finally:

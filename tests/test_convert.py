@@ -302,3 +302,15 @@ def test_pre_tokenizer_is_read_from_its_definition_in_either_spelling():
     odd = tok({"type": "Split", "pattern": {"Regex": r"\w+"}, "behavior": "Isolated", "invert": False})
     with pytest.raises(UnsupportedModel, match="no llama.cpp equivalent"):
         detect_pre(odd)
+
+
+def test_fast_bf16_to_f16_matches_numpy_for_every_bit_pattern():
+    from edgekit.convert.safetensors import bf16_to_f16, bf16_to_f32
+
+    words = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    with np.errstate(over="ignore"):
+        expected = bf16_to_f32(words).astype(np.float16)
+    got = bf16_to_f16(words)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint16), expected[~nan].view(np.uint16))

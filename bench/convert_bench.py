@@ -1,0 +1,93 @@
+"""Conversion benchmark: edgekit convert against llama.cpp's convert_hf_to_gguf.py and llama-quantize.
+
+Both run on the same checkpoint on the same machine, interleaved, each as a
+separate process so wall time and peak RSS (``wait4``'s ``ru_maxrss``) are
+measured the same way. Run::
+
+    python -m edgekit.bench.convert_bench --llama-cpp DIR --quantize-bin PATH --python PY
+
+where DIR is the llama.cpp source (with convert_hf_to_gguf.py), PATH a built
+``llama-quantize`` and PY a Python that has torch and transformers (what
+convert_hf_to_gguf.py needs). The checkpoint defaults to the full-size
+Qwen2.5-0.5B architecture with the real vocabulary and random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Run ``cmd``; return (wall seconds, peak RSS bytes) of the child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
+    return wall, usage.ru_maxrss * 1024
+
+
+def run(checkpoint: Path, llama_cpp: Path, quantize_bin: Path, ref_python: str, reps: int = 3) -> dict:
+    """Interleave the four steps ``reps`` times; return medians and ratios."""
+    samples: dict[str, list[tuple[float, int]]] = {k: [] for k in ("edgekit_f16", "llama_f16", "edgekit_q4_k_m",
+                                                                    "llama_quantize_q4_k_m")}
+    with tempfile.TemporaryDirectory(dir=checkpoint.parent) as tmp:
+        work = Path(tmp)
+        ref_f16 = work / "ref-f16.gguf"
+        for _ in range(reps):
+            samples["edgekit_f16"].append(measure(
+                [sys.executable, "-m", "edgekit", "convert", str(checkpoint), "-q", "f16", "-o", str(work / "ek-f16.gguf"),
+                 "--quiet", "--force"]))
+            samples["llama_f16"].append(measure(
+                [ref_python, str(llama_cpp / "convert_hf_to_gguf.py"), str(checkpoint), "--outtype", "f16",
+                 "--outfile", str(ref_f16)]))
+            samples["edgekit_q4_k_m"].append(measure(
+                [sys.executable, "-m", "edgekit", "convert", str(checkpoint), "-q", "q4_k_m", "-o",
+                 str(work / "ek-q4km.gguf"), "--quiet", "--force"]))
+            samples["llama_quantize_q4_k_m"].append(measure(
+                [str(quantize_bin), str(ref_f16), str(work / "ref-q4km.gguf"), "Q4_K_M", str(os.cpu_count())]))
+        sizes = {p.name: p.stat().st_size for p in work.glob("*.gguf")}
+    medians = {k: {"wall_s": statistics.median(w for w, _ in v), "peak_rss_mb": statistics.median(r for _, r in v) / 2**20,
+                   "samples_s": [round(w, 3) for w, _ in v]} for k, v in samples.items()}
+    ratios = {
+        "f16_wall_edgekit_over_llama": medians["edgekit_f16"]["wall_s"] / medians["llama_f16"]["wall_s"],
+        "f16_rss_edgekit_over_llama": medians["edgekit_f16"]["peak_rss_mb"] / medians["llama_f16"]["peak_rss_mb"],
+        "q4_k_m_wall_edgekit_end_to_end_over_llama_two_steps": medians["edgekit_q4_k_m"]["wall_s"]
+        / (medians["llama_f16"]["wall_s"] + medians["llama_quantize_q4_k_m"]["wall_s"]),
+    }
+    return {"checkpoint": str(checkpoint), "reps": reps, "medians": medians, "ratios": ratios, "sizes": sizes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="HF checkpoint (default: full-size random Qwen2.5-0.5B)")
+    parser.add_argument("--llama-cpp", type=Path, required=True)
+    parser.add_argument("--quantize-bin", type=Path, required=True)
+    parser.add_argument("--python", default=sys.executable, help="Python with torch+transformers for convert_hf_to_gguf.py")
+    parser.add_argument("-r", "--reps", type=int, default=3)
+    args = parser.parse_args()
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from edgekit.bench.assets import CACHE, qwen2_vocab
+        from edgekit.bench.checkpoints import full_size_qwen2_checkpoint
+
+        checkpoint = CACHE / "qwen2.5-0.5b-arch-random"
+        if not (checkpoint / ".done").exists():
+            full_size_qwen2_checkpoint(checkpoint, qwen2_vocab())
+            (checkpoint / ".done").touch()
+    print(json.dumps(run(checkpoint, args.llama_cpp, args.quantize_bin, args.python, args.reps), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -123,7 +123,7 @@ class _BulkKVWriter(gguf.GGUFWriter):
             if all(type(v) is str for v in val):
                 encoded = [v.encode("utf-8") for v in val]
                 sizes = [struct.pack("<Q", len(e)) for e in encoded]
-                body = b"".join(itertools.chain.from_iterable(zip(sizes, encoded)))
+                body = b"".join(itertools.chain.from_iterable(zip(sizes, encoded, strict=True)))
                 return head + struct.pack("<IQ", gguf.GGUFValueType.STRING, len(val)) + body
             if all(type(v) is int for v in val):
                 body = np.asarray(val, dtype="<i4").tobytes()

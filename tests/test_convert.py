@@ -314,3 +314,14 @@ def test_fast_bf16_to_f16_matches_numpy_for_every_bit_pattern():
     nan = np.isnan(expected)
     assert np.array_equal(np.isnan(got), nan)
     assert np.array_equal(got[~nan].view(np.uint16), expected[~nan].view(np.uint16))
+
+
+def test_chat_template_from_jinja_file(ckpt, tmp_path):
+    src = tmp_path / "jinja"
+    shutil.copytree(ckpt, src)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    (src / "chat_template.jinja").write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}")
+    [f] = convert(src, out=tmp_path / "o", quant="q8_0")
+    assert kv(f.path, "tokenizer.chat_template").startswith("{% for m in messages %}")

@@ -14,6 +14,10 @@ from typing import Any
 
 from edgekit.errors import EdgekitError
 
+# A chat answer rarely needs more; the bound keeps a rambling model (or a script) from
+# running on for minutes on a Pi. `--max-tokens 0` / `/set max_tokens none` lift it.
+CLI_MAX_TOKENS = 1024
+
 
 @dataclass
 class ChatSettings:
@@ -25,7 +29,7 @@ class ChatSettings:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     seed: int | None = None
-    max_tokens: int | None = 256
+    max_tokens: int | None = CLI_MAX_TOKENS
 
     @classmethod
     def defaults(cls) -> ChatSettings:
@@ -36,10 +40,12 @@ class ChatSettings:
 
             base = Sampling()
         except Exception:  # the runtime's Sampling may not exist (yet); the contract's defaults stand
+            settings.max_tokens = CLI_MAX_TOKENS
             return settings
         for f in dataclasses.fields(cls):
             if hasattr(base, f.name):
                 setattr(settings, f.name, getattr(base, f.name))
+        settings.max_tokens = CLI_MAX_TOKENS
         return settings
 
     def kwargs(self) -> dict[str, Any]:
@@ -65,7 +71,7 @@ class ChatSettings:
 
 
 def _max_tokens(text: str) -> int | None:
-    if text.lower() in ("none", "off", "unlimited"):
+    if text.lower() in ("none", "off", "unlimited", "0"):
         return None
     return int(text)
 

@@ -41,7 +41,8 @@ def chat(
                                                          rich_help_panel=_SAMPLING)] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed (same seed, same answer).",
                                              rich_help_panel=_SAMPLING)] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=1, help="Maximum tokens per answer.",
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=0, help="Maximum tokens per answer "
+                                                   "(default 1024; 0 = until the model stops).", show_default=False,
                                                    rich_help_panel=_SAMPLING)] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer this once and exit (piped stdin "
                                                "works too, and is appended).", rich_help_panel=_OUTPUT)] = None,
@@ -57,6 +58,8 @@ def chat(
     """
     from edgekit.chatui.session import ChatOptions, run
 
+    if max_tokens == 0:
+        max_tokens = "none"  # type: ignore[assignment]  # parsed by the settings table: no limit
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens}
     opts = ChatOptions(model=model, system=system, n_ctx=ctx, kv_cache=kv_cache, threads=threads,

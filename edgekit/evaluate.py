@@ -183,6 +183,21 @@ def _chunks(tokens: list[int], n_ctx: int, n_chunks: int | None) -> int:
     return min(n, n_chunks) if n_chunks else n
 
 
+def _blocks(r: _Runner, tokens: list[int], n: int, progress: ProgressFn | None, stage: str) -> Iterator[tuple]:
+    """(logits rows, next tokens) of every chunk's scored half, ``_ROWS`` rows at a time."""
+    import numpy as np
+
+    n_ctx, first = r.n_ctx, r.n_ctx // 2
+    for i in range(n):
+        report(progress, stage, i, n)
+        chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
+        logits = r.chunk_logits(chunk)
+        targets = np.asarray(chunk[first + 1:], dtype=np.int64)
+        for j in range(0, len(targets), _ROWS):
+            yield logits[j:j + _ROWS], targets[j:j + _ROWS]
+    report(progress, stage, n, n)
+
+
 def _encode_rows(x, toks):
     """llama.cpp's base log-prob rows (uint16 codes over the top 16 nats) and each row's NLL."""
     import numpy as np
@@ -211,43 +226,43 @@ def save_reference_logits(model: str | Path, out: str | Path, *, text: str | Non
     Returns the reference's own perplexity. The file is written to a temp name and
     renamed when complete.
     """
+    return _score(Path(model), Path(out), text, n_ctx, n_chunks, threads, progress)
+
+
+def _score(path: Path, out: Path | None, text: str | None, n_ctx: int, n_chunks: int | None,
+           threads: int | None, progress: ProgressFn | None) -> EvalResult:
+    """Perplexity of ``path``; with ``out``, also write its log-probs there."""
     import time
 
     import numpy as np
 
-    path, out = Path(model), Path(out)
     t0 = time.perf_counter()
-    with _runner(path, n_ctx, threads) as r:
+    s = s2 = 0.0
+    count = 0
+    with _runner(path, n_ctx, threads) as r, contextlib.ExitStack() as stack:
         tokens = r.tokenize(text if text is not None else default_text())
         n = _chunks(tokens, n_ctx, n_chunks)
-        first = n_ctx // 2
-        s = s2 = 0.0
-        count = 0
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(_MAGIC)
-                np.array([n_ctx], dtype=np.uint32).tofile(f)
-                np.array([r.n_vocab, n], dtype=np.int32).tofile(f)
-                np.asarray(tokens[: n * n_ctx], dtype=np.int32).tofile(f)
-                for i in range(n):
-                    report(progress, "reference", i, n)
-                    chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
-                    logits = r.chunk_logits(chunk)
-                    targets = np.asarray(chunk[first + 1:], dtype=np.int64)
-                    for j in range(0, len(targets), _ROWS):
-                        rows, nll = _encode_rows(logits[j:j + _ROWS], targets[j:j + _ROWS])
-                        rows.tofile(f)
-                        s += float(nll.sum())
-                        s2 += float((nll * nll).sum())
-                        count += len(nll)
+        f = None
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            stack.callback(lambda: tmp.unlink(missing_ok=True))
+            f = stack.enter_context(open(tmp, "wb"))
+            f.write(_MAGIC)
+            np.array([n_ctx], dtype=np.uint32).tofile(f)
+            np.array([r.n_vocab, n], dtype=np.int32).tofile(f)
+            np.asarray(tokens[: n * n_ctx], dtype=np.int32).tofile(f)
+        for x, toks in _blocks(r, tokens, n, progress, "reference" if f else "evaluate"):
+            rows, nll = _encode_rows(x, toks)
+            if f is not None:
+                rows.tofile(f)
+            s += float(nll.sum())
+            s2 += float((nll * nll).sum())
+            count += len(nll)
+        if f is not None:
+            f.close()
             os.replace(tmp, out)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        report(progress, "reference", n, n)
-    mean, unc = _mean_unc(float(s), float(s2), count)
+    mean, unc = _mean_unc(s, s2, count)
     ppl = math.exp(mean)
     return EvalResult(model=str(path), n_ctx=n_ctx, n_chunks=n, n_tokens=count, perplexity=ppl,
                       perplexity_err=ppl * unc, seconds=time.perf_counter() - t0)
@@ -292,7 +307,7 @@ def evaluate(model: str | Path, *, reference: str | Path | None = None, referenc
         if save_logits is not None:
             return save_reference_logits(path, save_logits, text=text, n_ctx=n_ctx, n_chunks=n_chunks,
                                          threads=threads, progress=progress)
-        return _perplexity(path, text, n_ctx, n_chunks, threads, progress)
+        return _score(path, None, text, n_ctx, n_chunks, threads, progress)
     if reference_logits is not None:
         if save_logits is not None:
             raise EvalError("--save-logits saves a reference; with --reference-logits there is nothing new to save.",
@@ -318,39 +333,6 @@ def evaluate(model: str | Path, *, reference: str | Path | None = None, referenc
     return res
 
 
-def _perplexity(path: Path, text: str | None, n_ctx: int, n_chunks: int | None, threads: int | None,
-                progress: ProgressFn | None) -> EvalResult:
-    import time
-
-    import numpy as np
-
-    t0 = time.perf_counter()
-    first = n_ctx // 2
-    s = s2 = 0.0
-    count = 0
-    with _runner(path, n_ctx, threads) as r:
-        tokens = r.tokenize(text if text is not None else default_text())
-        n = _chunks(tokens, n_ctx, n_chunks)
-        for i in range(n):
-            report(progress, "evaluate", i, n)
-            chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
-            logits = r.chunk_logits(chunk)
-            targets = np.asarray(chunk[first + 1:], dtype=np.int64)
-            for j in range(0, len(targets), _ROWS):
-                x = logits[j:j + _ROWS]
-                mx = x.max(axis=1)
-                lse = np.log(np.exp(x - mx[:, None]).sum(axis=1, dtype=np.float64))
-                nll = mx + lse - x[np.arange(len(x)), targets[j:j + _ROWS]]
-                s += float(nll.sum())
-                s2 += float((nll * nll).sum())
-                count += len(nll)
-        report(progress, "evaluate", n, n)
-    mean, unc = _mean_unc(float(s), float(s2), count)
-    ppl = math.exp(mean)
-    return EvalResult(model=str(path), n_ctx=n_ctx, n_chunks=n, n_tokens=count, perplexity=ppl,
-                      perplexity_err=ppl * unc, seconds=time.perf_counter() - t0)
-
-
 def _compare(path: Path, logits_file: Path, base: EvalResult | None, n_chunks: int | None, threads: int | None,
              progress: ProgressFn | None, text: str | None = None) -> EvalResult:
     """Score ``path`` against a kl-divergence-base file, exactly as llama-perplexity's kl_divergence()."""
@@ -362,9 +344,7 @@ def _compare(path: Path, logits_file: Path, base: EvalResult | None, n_chunks: i
     n_ctx, n_vocab, n_chunk, tokens = read_logits_header(logits_file)
     if n_chunks:
         n_chunk = min(n_chunk, n_chunks)
-    first = n_ctx // 2
     nv = 2 * ((n_vocab + 1) // 2) + 4
-    n_rows = n_ctx - 1 - first
     acc = dict.fromkeys(("nll", "nll2", "nllb", "nllb2", "nll_nllb", "kld", "kld2", "dp", "dp2", "dp4"), 0.0)
     same_top = count = 0
     kld_values: list = []
@@ -379,50 +359,44 @@ def _compare(path: Path, logits_file: Path, base: EvalResult | None, n_chunks: i
                 raise EvalError(f"{path.name} tokenizes the text differently from the reference.",
                                 "Compare models that share a tokenizer (e.g. the F16 GGUF it was quantized from).")
         f.seek(20 + 4 * len(tokens))
-        for i in range(n_chunk):
-            report(progress, "evaluate", i, n_chunk)
-            chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
-            logits = r.chunk_logits(chunk)
-            targets = np.asarray(chunk[first + 1:], dtype=np.int64)
-            for j in range(0, n_rows, _ROWS):
-                x = logits[j:j + _ROWS]
-                k = len(x)
-                raw = np.fromfile(f, dtype=np.uint16, count=k * nv)
-                if raw.size != k * nv:
-                    raise EvalError(f"Reference logits file {logits_file} is truncated.", "Re-create it with --save-logits.")
-                raw = raw.reshape(k, nv)
-                hdr = np.ascontiguousarray(raw[:, :4]).view(np.float32)
-                scale, min_lp = hdr[:, 0:1], hdr[:, 1:2]
-                codes = raw[:, 4:4 + n_vocab]
-                idx = np.arange(k)
-                tok = targets[j:j + k]
-                mx = x.max(axis=1)
-                lse = np.log(np.exp(x - mx[:, None]).sum(axis=1, dtype=np.float64)).astype(np.float32)
-                nll = (mx + lse - x[idx, tok]).astype(np.float64)
-                nll_base = -(scale[:, 0] * codes[idx, tok] + min_lp[:, 0]).astype(np.float64)
-                lp_base = scale * codes + min_lp  # reference log-probs, float32
-                logp = x - (mx + lse)[:, None]
-                kld = np.where(lp_base > -16, np.exp(lp_base) * (lp_base - logp), 0).sum(axis=1, dtype=np.float64)
-                same_top += int((x.argmax(axis=1) == codes.argmax(axis=1)).sum())
-                dp = (np.exp(-nll) - np.exp(-nll_base)).astype(np.float32).astype(np.float64)
-                acc["nll"] += nll.sum()
-                acc["nll2"] += (nll * nll).sum()
-                acc["nllb"] += nll_base.sum()
-                acc["nllb2"] += (nll_base * nll_base).sum()
-                acc["nll_nllb"] += (nll * nll_base).sum()
-                acc["kld"] += kld.sum()
-                acc["kld2"] += (kld * kld).sum()
-                acc["dp"] += dp.sum()
-                acc["dp2"] += (dp * dp).sum()
-                acc["dp4"] += (dp ** 4).sum()
-                count += k
-                kld_values.append(kld.astype(np.float32))
-                dp_values.append(dp.astype(np.float32))
-        report(progress, "evaluate", n_chunk, n_chunk)
+        for x, tok in _blocks(r, tokens, n_chunk, progress, "evaluate"):
+            k = len(x)
+            raw = np.fromfile(f, dtype=np.uint16, count=k * nv)
+            if raw.size != k * nv:
+                raise EvalError(f"Reference logits file {logits_file} is truncated.", "Re-create it with --save-logits.")
+            raw = raw.reshape(k, nv)
+            hdr = np.ascontiguousarray(raw[:, :4]).view(np.float32)
+            scale, min_lp = hdr[:, 0:1], hdr[:, 1:2]
+            codes = raw[:, 4:4 + n_vocab]
+            idx = np.arange(k)
+            mx = x.max(axis=1)
+            lse = np.log(np.exp(x - mx[:, None]).sum(axis=1, dtype=np.float64)).astype(np.float32)
+            nll = (mx + lse - x[idx, tok]).astype(np.float64)
+            nll_base = -(scale[:, 0] * codes[idx, tok] + min_lp[:, 0]).astype(np.float64)
+            lp_base = scale * codes + min_lp  # reference log-probs, float32
+            logp = x - (mx + lse)[:, None]
+            kld = np.where(lp_base > -16, np.exp(lp_base) * (lp_base - logp), 0).sum(axis=1, dtype=np.float64)
+            same_top += int((x.argmax(axis=1) == codes.argmax(axis=1)).sum())
+            dp = (np.exp(-nll) - np.exp(-nll_base)).astype(np.float32).astype(np.float64)
+            acc["nll"] += nll.sum()
+            acc["nll2"] += (nll * nll).sum()
+            acc["nllb"] += nll_base.sum()
+            acc["nllb2"] += (nll_base * nll_base).sum()
+            acc["nll_nllb"] += (nll * nll_base).sum()
+            acc["kld"] += kld.sum()
+            acc["kld2"] += (kld * kld).sum()
+            acc["dp"] += dp.sum()
+            acc["dp2"] += (dp * dp).sum()
+            acc["dp4"] += (dp ** 4).sum()
+            count += k
+            kld_values.append(kld.astype(np.float32))
+            dp_values.append(dp.astype(np.float32))
     kv = np.sort(np.concatenate(kld_values))
     dv = np.concatenate(dp_values)
     log_ppl, log_ppl_unc = _mean_unc(acc["nll"], acc["nll2"], count)
-    log_base, _ = _mean_unc(acc["nllb"], acc["nllb2"], count)
+    log_base, log_base_unc = _mean_unc(acc["nllb"], acc["nllb2"], count)
+    cov = (acc["nll_nllb"] / count - acc["nll"] / count * acc["nllb"] / count) / (count - 1) if count >= 10 else 0.0
+    ratio_err = math.sqrt(max(0.0, log_ppl_unc ** 2 + log_base_unc ** 2 - 2 * cov))
     kld_mean, kld_err = _mean_unc(acc["kld"], acc["kld2"], count)
     mse, mse_unc = _mean_unc(acc["dp2"], acc["dp4"], count)
     rms = math.sqrt(mse)
@@ -438,5 +412,5 @@ def _compare(path: Path, logits_file: Path, base: EvalResult | None, n_chunks: i
         same_top_p=top, same_top_p_err=math.sqrt(top * (1 - top) / (count - 1)) if count > 1 else 0.0,
         rms_dp=rms, rms_dp_err=(0.5 / rms * mse_unc) if rms > 0 else 0.0,
         mean_dp=float(acc["dp"] / count),
-        extra={"dp_p99": float(np.percentile(dv, 99.0)), "max_abs_dp": float(np.abs(dv).max())},
+        extra={"ln_ppl_ratio_err": float(ratio_err), "dp_p99": float(np.percentile(dv, 99.0)), "max_abs_dp": float(np.abs(dv).max())},
     )

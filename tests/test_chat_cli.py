@@ -239,6 +239,34 @@ def test_ctrl_c_stops_the_answer_and_keeps_it(smollm2_gguf, tmp_path):
     assert child.exitstatus == 0
 
 
+def test_saved_conversation_resumes_with_its_kv_state(smollm2_gguf, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    saved = tmp_path / "resume.json"
+    child = _spawn(smollm2_gguf, "--temp", "0", "--max-tokens", "24", NO_COLOR="1")
+    try:
+        assert "Paris" in _ask(child, QUESTION)
+        _command(child, f"/save {saved}", "Saved 1 turn(s)")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert (tmp_path / "resume.json.kv").is_file()
+
+    # A new process: the conversation comes back, and its KV cache with it (no prefill of the old turns).
+    child = _spawn(smollm2_gguf, "--max-tokens", "5", NO_COLOR="1")
+    try:
+        assert "(KV state restored)" in _command(child, f"/load {saved}", "Last message")
+        _command(child, "/set", "max_tokens = 24")  # the saved settings replace the command line's
+        _ask(child, "And the capital of Italy?")
+        stats = _command(child, "/stats", "decode speed")
+        reused = int(re.search(r"reused from cache\s+(\d+)", stats).group(1))
+        assert reused >= 20  # the first turn (system prompt, question, answer) was not prefilled again
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+
+
 def test_full_context_says_what_was_dropped(smollm2_gguf):
     child = _spawn(smollm2_gguf, "--temp", "0", "--max-tokens", "16", "--ctx", "256", NO_COLOR="1")
     filler = "Here is some context about my day, which was long and full of small events. " * 3

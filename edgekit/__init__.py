@@ -16,8 +16,8 @@ _LAZY = {
     "Completion": "edgekit.model",
     "Stats": "edgekit.model",
     "Chat": "edgekit.chat",
-    "plan": "edgekit.plan",
-    "Plan": "edgekit.plan",
+    "plan": "edgekit.planner",
+    "Plan": "edgekit.planner",
     "Sampling": "edgekit.sampling",
 }
 

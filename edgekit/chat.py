@@ -39,6 +39,8 @@ class Chat:
         self.sampling = Sampling().replace(**sampling_defaults)
         self.history: list[dict] = []  # user/assistant messages, oldest first
         self.last_dropped: list[dict] = []
+        self.state_restored = False  # set by Chat.load: the saved KV cache was restored
+        self.extra: dict = {}  # unknown top-level keys of a loaded chat, written back by to_dict()
 
     # -- views -------------------------------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class Chat:
 
     def to_dict(self) -> dict:
         """Settings and history as plain JSON-able data."""
-        return {"format": FORMAT, "model": self.model.path.name, "n_ctx": self.model.n_ctx, "system": self.system,
+        return {**self.extra, "format": FORMAT, "model": self.model.path.name, "n_ctx": self.model.n_ctx, "system": self.system,
                 "sampling": self.sampling.as_dict(), "messages": [dict(m) for m in self.history]}
 
     @classmethod
@@ -175,6 +177,8 @@ class Chat:
             if not isinstance(m, dict) or m.get("role") not in ("user", "assistant") or "content" not in m:
                 raise EdgekitError(f"a saved chat message is malformed: {m!r}")
             chat.history.append({"role": m["role"], "content": str(m["content"])})
+        known = {"format", "model", "n_ctx", "system", "sampling", "messages", "state_file"}
+        chat.extra = {k: v for k, v in d.items() if k not in known}
         return chat
 
     def save(self, path: str | Path, with_state: bool = True) -> Path:
@@ -204,6 +208,7 @@ class Chat:
         if state_file and (path.parent / state_file).is_file():
             try:
                 model.load_state(path.parent / state_file)
+                chat.state_restored = True
             except EdgekitError:
                 pass  # only a cache: another model or KV type just means a fresh prefill
         return chat

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from edgekit import _llama, state
 from edgekit.errors import ContextOverflow, EdgekitError, ModelLoadError
 from edgekit.gguf_check import ModelInfo, check
-from edgekit.plan import KV_TYPES, Plan, plan_info, require_fit
+from edgekit.planner import KV_TYPES, Plan, plan_info, require_fit
 from edgekit.progress import ProgressFn, report
 from edgekit.sampling import Sampling, build_sampler, resolve
 from edgekit.textstream import TextStream
@@ -32,7 +32,18 @@ FinishReason = Literal["stop", "length", "eog"]
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process, in bytes."""
+    """Peak resident set size of this process, in bytes.
+
+    On Linux this is VmHWM: ru_maxrss would also count a parent process that
+    spawned us (exec keeps the old high-water mark), which skews measurements.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
     import sys
 
@@ -312,11 +323,11 @@ class Model:
         limit = min(len(cached), len(tokens) - 1)
         while n < limit and cached[n] == tokens[n]:
             n += 1
-        if n < len(cached):
-            if not self._L.llama_memory_seq_rm(self._mem, 0, n, -1):
-                self._resync()
-                return 0
-            del self._tokens[n:]
+        # Always trim: an interrupted decode (e.g. KeyboardInterrupt) may have left cells past our list.
+        if not self._L.llama_memory_seq_rm(self._mem, 0, n, -1):
+            self._resync()
+            return 0
+        del self._tokens[n:]
         return n
 
     def _run(self, prompt: str | list[int], s: Sampling) -> Iterator[str]:
@@ -400,6 +411,18 @@ class Model:
             self._release()
 
     @property
+    def llama_model(self) -> Any:
+        """The raw ``llama_model*`` (for tools like the benchmark that drive llama.cpp directly)."""
+        self._check_open()
+        return self._model
+
+    @property
+    def llama_context(self) -> Any:
+        """The raw ``llama_context*``. Call :meth:`reset` after decoding on it yourself."""
+        self._check_open()
+        return self._ctx
+
+    @property
     def cached_tokens(self) -> list[int]:
         """The tokens whose KV is in the cache now (a copy)."""
         return list(self._tokens)
@@ -458,10 +481,10 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
         OutOfMemory: the plan doesn't fit; the message says which n_ctx would.
         ModelLoadError: llama.cpp refused the file or the context.
     """
-    from edgekit.store import DEFAULT_TYPE
+    from edgekit.store import DEFAULT_QUANT
     from edgekit.store import resolve as resolve_model
 
-    path = resolve_model(model, quant=quant or DEFAULT_TYPE, progress=progress)
+    path = resolve_model(model, quant=quant or DEFAULT_QUANT, progress=progress)
     info = check(path)
     if n_ctx is not None and n_ctx > info.n_ctx_train and not rope_scaling:
         raise ContextOverflow(

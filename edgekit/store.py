@@ -18,7 +18,9 @@ from edgekit.errors import SourceError
 from edgekit.paths import cache_dir, data_dir
 from edgekit.progress import ProgressFn
 
-DEFAULT_TYPE = "q4_k_m"
+# What `edgekit chat` runs when no model is given, and the type HF sources are converted to.
+DEFAULT_MODEL = "terasut/gkd-qwen-2.5-0.5b-base_v4_from3b_eff32"
+DEFAULT_QUANT = "Q4_K_M"
 
 
 def models_dir() -> Path:
@@ -58,7 +60,7 @@ def _converted(src: str, key: str, quant: str, progress: ProgressFn | None) -> P
     return files[0].path
 
 
-def resolve(model: str | Path, *, quant: str = DEFAULT_TYPE, progress: ProgressFn | None = None) -> Path:
+def resolve(model: str | Path, *, quant: str = DEFAULT_QUANT, progress: ProgressFn | None = None) -> Path:
     """The GGUF path for ``model`` (see module docstring), converting and caching if needed.
 
     Raises :class:`~edgekit.SourceError` when it is none of the accepted forms.

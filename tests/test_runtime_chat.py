@@ -88,10 +88,12 @@ def test_save_and_load_with_state(tmp_path):
     assert (tmp_path / "chat.json.kv").is_file()
     m.reset()
     loaded = edgekit.Chat.load(m, path)
-    assert loaded.messages == chat.messages and loaded.sampling == chat.sampling
+    assert loaded.messages == chat.messages and loaded.sampling == chat.sampling and loaded.state_restored
     follow = loaded.send("And Spain?")
     assert follow.stats.cached_tokens > 30  # the saved KV cache was restored, not re-prefilled
-    assert edgekit.Chat.from_dict(m, loaded.to_dict()).messages == loaded.messages
+    d = loaded.to_dict() | {"cli_settings": {"theme": "dark"}}
+    again = edgekit.Chat.from_dict(m, d)
+    assert again.messages == loaded.messages and again.to_dict()["cli_settings"] == {"theme": "dark"}
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(EdgekitError):
         edgekit.Chat.load(m, tmp_path / "bad.json")

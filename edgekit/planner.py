@@ -32,7 +32,7 @@ KV_TYPES: dict[str, tuple[int, float]] = {
 AUTO_ORDER: tuple[tuple[str, str], ...] = (("q8_0", "f16"), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 CTX_ALIGN = 256
 # Calibrated constants (bytes): see module docstring.
-OVERHEAD_BASE = 40 * MiB
+OVERHEAD_BASE = 68 * MiB  # Python, numpy and the llama.cpp libraries, measured
 OVERHEAD_PER_VOCAB = 160  # llama.cpp's token tables, per vocabulary entry
 ACT_FLOATS_PER_TOKEN_EMBD = 8  # f32 activations kept alive per token, in units of n_embd
 ACT_FLOATS_PER_TOKEN_FF = 3  # ... and in units of n_ff

@@ -112,8 +112,8 @@ class _Runner:
                                  "Try a smaller --ctx.")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab)) and self.bos >= 0
         self.n_ctx = n_ctx
         self.batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
 

@@ -130,9 +130,13 @@ def test_perplexity_matches_numpy_over_the_same_logits(quants):
 
 
 def test_q8_0_is_closer_to_f16_than_q4_0_on_real_weights(quants, f16_logits):
-    from edgekit.evaluate import evaluate
+    from edgekit.evaluate import evaluate, read_logits_header
 
     path, base = f16_logits
+    # llama.cpp's --kl-divergence-base layout: header, tokens, then 255 rows of (n_vocab + 4) uint16 per chunk
+    n_ctx, n_vocab, n_chunk, tokens = read_logits_header(path)
+    assert (n_ctx, n_vocab, n_chunk, len(tokens)) == (512, 49152, 4, 2048)
+    assert path.stat().st_size == 20 + 4 * 2048 + 4 * 255 * (49152 + 4) * 2
     q8 = evaluate(quants["Q8_0"], reference_logits=path)
     q4 = evaluate(quants["Q4_0"], reference_logits=path)
     assert q8.n_tokens >= 1000

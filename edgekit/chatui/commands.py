@@ -171,8 +171,11 @@ def _load(state: ChatState, arg: str) -> Action:
     state.chat = chat
     state.settings = _loaded_settings(chat, state.settings)
     state.last = None
-    restored = _cached(state.model)
-    kv = " (KV state restored)" if restored and restored != before else ""
+    restored = getattr(chat, "state_restored", None)
+    if restored is None:  # older runtimes: infer it from the prompt cache changing
+        after = _cached(state.model)
+        restored = bool(after) and after != before
+    kv = " (KV state restored)" if restored else ""
     state.note(f"Loaded {state.turns()} turn(s) from {path}{kv}.")
     last_user = next((m for m in reversed(chat.messages) if m.get("role") == "user"), None)
     if last_user is not None:

@@ -161,7 +161,8 @@ def test_interactive_session(smollm2_gguf, tmp_path):
         assert "Paris" in _ask(child, QUESTION)
 
         assert "time to first token" in _command(child, "/stats", "decode speed")
-        assert "1 turn kept" in _command(child, "/context", "(always kept)")
+        child.send("/cont\t")  # tab completes slash commands
+        assert "1 turn kept" in _command(child, "", "(always kept)")
 
         _command(child, "/sytem", "Did you mean /system?")
         _command(child, f"/system {SYSTEM} Answer in one short sentence.", "System prompt set.")

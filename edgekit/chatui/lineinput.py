@@ -44,6 +44,29 @@ def history(path: Path | None) -> Iterator[None]:
             rl.write_history_file(str(path))
 
 
+def install_completion(commands: list[str], params: list[str]) -> None:
+    """Tab-complete slash commands, and parameter names after ``/set``."""
+    rl = _readline()
+    if rl is None:
+        return
+
+    def complete(text: str, index: int) -> str | None:
+        line = rl.get_line_buffer().lstrip()
+        words = line.split(" ")
+        if len(words) == 1 and line.startswith("/"):
+            options = [c for c in commands if c.startswith(text)]
+        elif len(words) == 2 and words[0] == "/set":
+            options = [p + " " for p in params if p.startswith(text)]
+        else:
+            options = []
+        return options[index] if index < len(options) else None
+
+    rl.set_completer(complete)
+    rl.set_completer_delims(" \t\n")
+    # macOS ships libedit under the readline name; it takes another binding syntax
+    rl.parse_and_bind("bind ^I rl_complete" if "libedit" in (rl.__doc__ or "") else "tab: complete")
+
+
 def prompt_text(text: str, colour: bool, style: str = "1;32") -> str:
     """A prompt string; escape codes are wrapped in \\001/\\002 so readline measures its width right."""
     if not colour:

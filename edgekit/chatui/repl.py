@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.chatui import lineinput, render
-from edgekit.chatui.commands import Action, dispatch, is_command
+from edgekit.chatui.commands import ALIASES, COMMANDS, Action, dispatch, is_command
+from edgekit.chatui.settings import PARAMS
 from edgekit.chatui.state import ChatState
 from edgekit.chatui.turn import TurnResult, keep_partial, stream_answer
 from edgekit.errors import EdgekitError
@@ -68,6 +69,7 @@ def run(state: ChatState, history_file: Path | None) -> int:
     more = lineinput.prompt_text("... ", colour, style="2")
     if not state.quiet:
         _banner(state)
+    lineinput.install_completion(sorted([*COMMANDS, *ALIASES]), list(PARAMS))
     with lineinput.history(history_file):
         while True:
             try:

@@ -31,6 +31,7 @@ KV_TYPES: dict[str, tuple[int, float]] = {
 # and smaller; a quantized V cache is slower, so it only comes when memory is short.
 AUTO_ORDER: tuple[tuple[str, str], ...] = (("q8_0", "f16"), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 CTX_ALIGN = 256
+_QUANT = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}
 # Calibrated constants (bytes): see module docstring.
 OVERHEAD_BASE = 68 * MiB  # Python, numpy and the llama.cpp libraries, measured
 OVERHEAD_PER_VOCAB = 160  # llama.cpp's token tables, per vocabulary entry
@@ -145,6 +146,13 @@ def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto",
         raise EdgekitError(f"n_ctx must be at least 16, got {n_ctx}")
     avail = available_memory() if available is None else int(available)
     candidates = parse_kv_cache(kv_cache)
+    # Quantized cache rows are 32-value blocks: the head size must be a multiple of 32.
+    usable = [(k, v) for k, v in candidates
+              if (k not in _QUANT or info.head_dim_k % 32 == 0) and (v not in _QUANT or info.head_dim_v % 32 == 0)]
+    if not usable:
+        raise EdgekitError(f"a {candidates[0][0]}/{candidates[0][1]} KV cache needs heads of a multiple of 32 values; "
+                           f"this model's are {info.head_dim_k}", "Use kv_cache='f16'.")
+    candidates = usable
     if flash_attn is False:  # a quantized V cache needs flash attention in llama.cpp
         usable = [(k, v) for k, v in candidates if v in ("f16", "f32", "bf16")]
         if not usable:

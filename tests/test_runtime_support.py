@@ -28,6 +28,6 @@ def tiny_qwen2_gguf(quant: str = "q8_0"):
     from edgekit.convert import convert
 
     root = Path(tempfile.mkdtemp(prefix="edgekit-tiny-qwen2-"))
-    ckpt = random_qwen2_checkpoint(root / "ckpt", qwen2_vocab(), layers=2, hidden=64, heads=4, kv_heads=2,
+    ckpt = random_qwen2_checkpoint(root / "ckpt", qwen2_vocab(), layers=2, hidden=128, heads=4, kv_heads=2,
                                    intermediate=128)
     return ckpt, convert(ckpt, out=root / "gguf", quant=(quant,))[0].path

@@ -14,6 +14,7 @@ import ctypes
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,28 @@ from typing import Any
 from edgekit.errors import BenchError
 
 __all__ = ["Context", "time_pp_tg", "time_chat", "rss_bytes", "reset_peak_rss", "peak_rss_bytes",
-           "CHAT_SYSTEM", "CHAT_USER"]
+           "CHAT_SYSTEM", "CHAT_USER", "request_stop", "clear_stop", "check_stop"]
+
+# Ctrl-C: a KeyboardInterrupt raised while llama.cpp calls back into Python (its log callback)
+# is swallowed by ctypes, so the CLI's SIGINT handler only sets this flag and the loops below
+# raise KeyboardInterrupt themselves, between llama.cpp calls.
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask the running measurement to stop at the next batch or token (safe from a signal handler)."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if a stop was requested."""
+    if _STOP.is_set():
+        _STOP.clear()
+        raise KeyboardInterrupt
 
 # A realistic chat turn: a short system prompt and a user request that asks for a long answer,
 # so 128 answer tokens are usually produced before the model stops on its own.
@@ -51,6 +73,8 @@ class Context:
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         self.bos = int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
         self._rng = random.Random(self.seed)
+        # Once, as llama-bench does per test (it logs each call, so not inside the timed loops).
+        llama_cpp.llama_set_n_threads(self.ctx, self.threads, self.threads)
 
     def _token(self) -> int:
         return self._rng.randrange(self.n_vocab)
@@ -72,9 +96,9 @@ class Context:
 
     def prompt(self, n_tokens: int, n_batch: int) -> None:
         """Process ``n_tokens`` random tokens in ``n_batch`` chunks (BOS first when the model adds one)."""
-        self._lib.llama_set_n_threads(self.ctx, self.threads, self.threads)
         done = 0
         while done < n_tokens:
+            check_stop()
             n = min(n_tokens - done, n_batch)
             tokens = [self._token() for _ in range(n)]
             if done == 0 and self.bos is not None:
@@ -85,9 +109,9 @@ class Context:
 
     def gen(self, n_tokens: int) -> None:
         """Decode ``n_tokens`` single tokens, each at the next position."""
-        self._lib.llama_set_n_threads(self.ctx, self.threads, self.threads)
         token = self.bos if self.bos is not None else self._token()
         for _ in range(n_tokens):
+            check_stop()
             self._decode([token])
             self._lib.llama_synchronize(self.ctx)
             token = self._token()
@@ -151,6 +175,7 @@ def time_chat(model: Any, *, n_gen: int, reps: int, warmup: bool = True,
         first = None
         stats = None
         for item in model.stream_chat(messages, temperature=0.0, max_tokens=n_gen, seed=1):
+            check_stop()
             if isinstance(item, str):
                 if first is None and item:
                     first = time.perf_counter_ns()

@@ -104,7 +104,7 @@ def test_ctrl_c_keeps_completed_results(smollm2_gguf, tmp_path):
     kept = [records.validate(json.loads(x)) for x in out.read_text().splitlines()]
     assert 1 <= len(kept) < 16 and kept[0]["name"] == "pp64"
     assert f"Interrupted: kept {len(kept)} completed result(s) in {out} and the results store." in stderr
-    assert "Traceback" not in stderr and "pp64" in stdout
+    assert "Traceback" not in stderr and "Nothing partial" not in stderr and "pp64" in stdout
 
 
 def test_bad_model_path_is_one_clear_line(tmp_path):
@@ -141,3 +141,13 @@ def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     assert recs[0]["reps"] == 2 and len(recs[0]["samples_ns"]) == 2  # two A-B rounds of one repetition
     assert len(calls) == 4 and "-p 16 -n 0 -d 0 -t" in calls[0] and "-ctk f16 -ctv f16 -fa on" in calls[0]
     assert "-o jsonl" in calls[2] and "-n 4" in calls[3]
+
+
+def test_raw_llama_cpp_python_engine(smollm2_gguf):
+    """The comparison path: llama-cpp-python's Llama with the same settings, no edgekit Model."""
+    grid = suite_grid([str(smollm2_gguf)], "quick", n_prompt=(16,), n_gen=(4,), depths=(0,), reps=1, chat_gen=4,
+                      engine="llama-cpp-python")
+    recs = list(run(grid, bandwidth=30e9))
+    assert [(r["engine"], r["name"]) for r in recs] == [("llama-cpp-python", "pp16"), ("llama-cpp-python", "tg4"),
+                                                        ("llama-cpp-python", "chat4")]
+    assert all(r["avg_ts"] > 0 for r in recs) and recs[2]["ttft_p50_ms"] <= recs[2]["e2e_p50_ms"]

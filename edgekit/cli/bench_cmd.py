@@ -103,8 +103,19 @@ def run_cmd(
     for line in skipped:
         typer.echo(f"skipped: {line}", err=True)
 
+    import signal
+
+    from edgekit.bench.measure import clear_stop, request_stop
+
+    def on_sigint(signum, frame):  # noqa: ANN001
+        # First Ctrl-C: stop cleanly at the next batch/token (see measure.request_stop); second: right away.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request_stop()
+
     done: list[dict] = []
     db = Store() if store else None
+    clear_stop()
+    previous = signal.signal(signal.SIGINT, on_sigint)
     out = open(output, "a") if output else None  # noqa: SIM115 (closed in finally; appended per record)
     try:
         with rich_progress(enabled=not quiet) as progress:
@@ -121,8 +132,10 @@ def run_cmd(
         where = f" in {output}" if output else ""
         where += " and the results store" if db is not None and where else (" in the results store" if db else "")
         typer.echo(f"Interrupted: kept {len(done)} completed result(s){where}.", err=True)
-        raise typer.Exit(130) from None
+        raise SystemExit(130) from None  # not typer.Exit: main() would add "Nothing partial was kept"
     finally:
+        signal.signal(signal.SIGINT, previous)
+        clear_stop()
         if out is not None:
             out.close()
         if db is not None:

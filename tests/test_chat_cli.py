@@ -124,6 +124,21 @@ def test_quiet_one_shot_has_no_stats(smollm2_gguf):
     assert out.stdout.strip() and not STATS.search(out.stderr)
 
 
+def test_checkpoint_dir_is_converted_once_then_cached(smollm2_hf_dir):
+    args = [str(smollm2_hf_dir), "-s", SYSTEM, "-p", QUESTION, "--temp", "0", "-n", "24"]
+    first = _run(args)
+    assert first.returncode == 0, first.stderr
+    assert "France" in first.stdout  # 135M at Q4_K_M is rougher than the Q4_1 file, but on topic
+    assert first.stderr.startswith(("0.", "1.", "2.")) and not ESCAPE.search(first.stderr)  # no bar residue
+    converted = list((Path(os.environ["EDGEKIT_HOME"]) / "cache" / "models").rglob("*.gguf"))
+    assert len(converted) == 1 and "q4_k_m" in str(converted[0]).lower()
+    mtime = converted[0].stat().st_mtime_ns
+    again = _run(args)  # the cached GGUF is used: no second conversion
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert converted[0].stat().st_mtime_ns == mtime
+    assert list((Path(os.environ["EDGEKIT_HOME"]) / "cache" / "models").rglob("*.gguf")) == converted
+
+
 # --- the interactive REPL in a pseudo-terminal ------------------------------------------------------
 
 

@@ -71,7 +71,9 @@ def load_model(opts: ChatOptions) -> Any:
                     slow = time.monotonic() - start > SLOW_LOAD_S and (not total or done < total)
                     if stage == "load" and not slow:
                         return
-                    bars.append(stack.enter_context(rich_progress(enabled=not opts.quiet)))
+                    # Off a terminal rich draws no live bars, only stray newlines: skip them.
+                    show = not opts.quiet and sys.stderr.isatty()
+                    bars.append(stack.enter_context(rich_progress(enabled=show)))
                 if bars[0] is not None:
                     bars[0](stage, done, total)
 

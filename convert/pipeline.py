@@ -205,13 +205,19 @@ def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):
     return setup
 
 
-def _parse_types(quant: str | Sequence[str]) -> list[str]:
+def _parse_types(quant: str | Sequence[str], max_kld: float | None) -> list[str]:
+    """Normalise the requested types: llama.cpp types and recipe names; ``auto`` becomes a recipe."""
+    from edgekit.convert.recipes import get_recipe, is_recipe
+
     names = quant.split(",") if isinstance(quant, str) else list(quant)
     types = []
     for name in (n.strip().lower() for n in names):
         if not name:
             continue
-        quant_type(name)  # validates, raising with the list of known types
+        if is_recipe(name):
+            name = get_recipe(name, max_kld=max_kld).name
+        else:
+            quant_type(name)  # validates, raising with the list of known types and recipes
         if name not in types:
             types.append(name)
     if not types:
@@ -228,8 +234,14 @@ def _base_type(types: list[str], source_dtype: str) -> str:
     return floats[0] if floats else preferred
 
 
+def _type_label(type_name: str) -> str:
+    """How a type or recipe is spelled in file names and summaries (Q4_K_M, Q4-BEST)."""
+    return QUANT_TYPES[type_name].name if type_name in QUANT_TYPES else type_name.upper()
+
+
 def _estimate_bytes(n_params: int, type_name: str) -> int:
-    return int(n_params * QUANT_TYPES[type_name].bits_per_weight / 8) + (16 << 20)
+    bits = QUANT_TYPES[type_name].bits_per_weight if type_name in QUANT_TYPES else 6.5  # recipes: 4-8 bit mixes
+    return int(n_params * bits / 8) + (16 << 20)
 
 
 def convert(
@@ -239,6 +251,7 @@ def convert(
     *,
     force: bool = False,
     threads: int | None = None,
+    max_kld: float | None = None,
     progress: ProgressFn | None = None,
 ) -> list[ConvertedFile]:
     """Convert a Hugging Face checkpoint to GGUF, once per requested type.
@@ -248,7 +261,9 @@ def convert(
         out: an output directory (default: the current one), or a ``.gguf`` path
             when exactly one type is asked for.
         quant: types, as a list or comma-separated: f32, f16, bf16, q8_0, q6_k,
-            q5_k_m, q4_k_m, q4_0, ... (see ``QUANT_TYPES``).
+            q5_k_m, q4_k_m, q4_0, ... (see ``QUANT_TYPES``), or a recipe from
+            ``edgekit.convert.recipes.RECIPES``; ``auto`` is the fastest recipe whose
+            measured KL divergence is within ``max_kld``.
         force: overwrite existing outputs.
         threads: threads for llama.cpp's quantizer (default: all cores).
         progress: ``progress(stage, done, total)`` callback.
@@ -258,7 +273,7 @@ def convert(
     """
     from edgekit.convert.source import resolve_source  # imports huggingface_hub only for Hub ids
 
-    types = _parse_types(quant)
+    types = _parse_types(quant, max_kld)
     source = resolve_source(str(src), progress=progress)
     ckpt = open_checkpoint(source.path, source.repo_id, source.url)
 
@@ -274,7 +289,7 @@ def convert(
                                "Pass a directory with -o when converting to several types.")
         targets = {types[0]: out_path}
     else:
-        targets = {t: out_path / default_filename(meta, quant_type(t).name) for t in types}
+        targets = {t: out_path / default_filename(meta, _type_label(t)) for t in types}
     for target in targets.values():
         check_writable(target, force)
     directory = next(iter(targets.values())).parent
@@ -288,7 +303,7 @@ def convert(
     setup = _setup(ckpt, meta, quant_type(base).ftype)
 
     def finish(path: Path, type_name: str) -> None:
-        written.append(ConvertedFile(path, quant_type(type_name).name, path.stat().st_size, n_params))
+        written.append(ConvertedFile(path, _type_label(type_name), path.stat().st_size, n_params))
 
     # Other float types are written from the checkpoint directly, not requantized.
     for t in types:
@@ -308,15 +323,20 @@ def convert(
         with scratch_file(directory, f".{base}.gguf") as tmp:
             write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress)
             _quantize_all(tmp, types, targets, n_params, threads, progress, finish)
-    order = {t: i for i, t in enumerate(types)}
-    return sorted(written, key=lambda f: order[f.type.lower()])
+    order = {_type_label(t): i for i, t in enumerate(types)}
+    return sorted(written, key=lambda f: order[f.type])
 
 
 def _quantize_all(base_file: Path, types, targets, n_params, threads, progress, finish) -> None:
+    from edgekit.convert.tensor_quant import quantize_with_recipe
+
     for t in types:
         if t in FLOAT_TYPES:
             continue
-        with atomic_output(targets[t]) as tmp:
-            quantize(base_file, tmp, t, threads=threads, expected_bytes=_estimate_bytes(n_params, t),
-                     progress=progress, stage=f"quantize {quant_type(t).name}")
+        if t not in QUANT_TYPES:  # a recipe
+            quantize_with_recipe(base_file, targets[t], t, progress=progress, threads=threads)
+        else:
+            with atomic_output(targets[t]) as tmp:
+                quantize(base_file, tmp, t, threads=threads, expected_bytes=_estimate_bytes(n_params, t),
+                         progress=progress, stage=f"quantize {quant_type(t).name}")
         finish(targets[t], t)

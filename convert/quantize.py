@@ -54,11 +54,16 @@ QUANT_TYPES: dict[str, QuantType] = {
 }
 FLOAT_TYPES = ("f32", "f16", "bf16")
 
-# ggml tensor types by name, for per-tensor overrides (ggml_type values).
-GGML_TYPES = {
-    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
-    "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "bf16": 30,
-}
+
+
+def ggml_type(name: str) -> int:
+    """A ggml tensor type's number from its name (``q4_k``, ``Q8_0``, ...)."""
+    import gguf
+
+    try:
+        return int(gguf.GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise QuantizeError(f"unknown tensor type {name!r}") from None
 
 
 def quant_type(name: str) -> QuantType:
@@ -90,6 +95,9 @@ def quantize(
     qtype: str,
     *,
     overrides: list[tuple[str, str]] | None = None,
+    pure: bool = False,
+    token_embedding_type: str | None = None,
+    output_tensor_type: str | None = None,
     threads: int | None = None,
     expected_bytes: int = 0,
     progress: ProgressFn | None = None,
@@ -98,7 +106,10 @@ def quantize(
     """Quantize ``src`` (an F32/F16/BF16 GGUF) to ``dst`` as ``qtype``.
 
     ``overrides`` are (regex on tensor name, ggml type) pairs applied on top of
-    the file type, as ``llama-quantize --tensor-type`` does. The call runs on a
+    the file type, as ``llama-quantize --tensor-type`` does; ``pure`` stops
+    llama.cpp's own per-tensor mixture rules (``--pure``), and the embedding and
+    output types can be set apart (``--token-embedding-type``,
+    ``--output-tensor-type``). The call runs on a
     worker thread so Ctrl-C stays responsive; progress is the output's growth
     towards ``expected_bytes``.
     """
@@ -108,16 +119,19 @@ def quantize(
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quant_type(qtype).ftype
     params.nthread = threads or os.cpu_count() or 1
-    keep: list[object] = []
+    params.pure = pure
+    if token_embedding_type:
+        params.token_embedding_type = ggml_type(token_embedding_type)
+    if output_tensor_type:
+        params.output_tensor_type = ggml_type(output_tensor_type)
+    keep: list[object] = []  # C strings and the table must outlive the call
     if overrides:
         table = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
         for i, (pattern, type_name) in enumerate(overrides):
-            if type_name.lower() not in GGML_TYPES:
-                raise QuantizeError(f"unknown tensor type {type_name!r} for {pattern!r}")
             encoded = pattern.encode()
             keep.append(encoded)
             table[i].pattern = encoded
-            table[i].type = GGML_TYPES[type_name.lower()]
+            table[i].type = ggml_type(type_name)
         table[len(overrides)].pattern = None
         params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep.append(table)

@@ -15,12 +15,12 @@ quantization grid.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 from pathlib import Path
 
-from edgekit.errors import CorruptFile, QuantizeError
+from edgekit.errors import QuantizeError
+from edgekit.gguf_meta import read_header
 from edgekit.progress import ProgressFn, report
 
 __all__ = ["quantize_with_recipe", "quantize_plain", "perturbed_f16", "tensor_types"]
@@ -35,77 +35,42 @@ _FTYPE_OF_TYPE = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 
 
 def tensor_types(path: str | Path) -> dict[str, str]:
-    """Return ``{tensor name: ggml type name}`` of a GGUF file (read with gguf's reader)."""
-    from gguf import GGUFReader
+    """Return ``{tensor name: ggml type name}`` of a GGUF file."""
+    from gguf import GGMLQuantizationType
 
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:  # gguf raises ValueError/struct errors on bad files
-        raise CorruptFile(f"{path} is not a readable GGUF file: {exc}",
-                          "Re-create it with `edgekit convert`.") from exc
-    return {t.name: t.tensor_type.name for t in reader.tensors}
+    return {t.name: GGMLQuantizationType(t.type).name for t in read_header(path).tensors}
 
 
 def _tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], int]:
     """(name -> shape in ggml order, name -> type name, block count) of a GGUF."""
-    from gguf import GGUFReader
+    from gguf import GGMLQuantizationType
 
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:
-        raise CorruptFile(f"{path} is not a readable GGUF file: {exc}",
-                          "Re-create it with `edgekit convert`.") from exc
-    shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
-    arch_field = reader.get_field("general.architecture")
-    n_layer = 0
-    if arch_field is not None:
-        field = reader.get_field(f"{arch_field.contents()}.block_count")
-        n_layer = int(field.contents()) if field is not None else 0
+    header = read_header(path)
+    shapes = {t.name: tuple(int(x) for x in t.shape) for t in header.tensors}
+    types = {t.name: GGMLQuantizationType(t.type).name for t in header.tensors}
+    n_layer = int(header.arch_key("block_count", 0) or 0)
     if not n_layer:
         n_layer = 1 + max((int(m.group(1)) for n in shapes if (m := re.match(r"blk\.(\d+)\.", n))), default=-1)
     return shapes, types, n_layer
 
 
-def _run_llama_quantize(src: Path, dst: Path, ftype: int, overrides: dict[str, str] | None,
-                        threads: int | None) -> None:
-    """Call llama_model_quantize into a temp file beside ``dst``, then rename it atomically."""
-    import gguf
-    import llama_cpp
-    import llama_cpp._logger as llama_logger
+def _run_llama_quantize(src: Path, dst: Path, ftype_name: str, overrides: dict[str, str] | None,
+                        threads: int | None, progress: ProgressFn | None = None) -> None:
+    """llama.cpp's quantizer into a temp file beside ``dst``, renamed into place when complete."""
+    from edgekit.convert.atomic import atomic_output
+    from edgekit.convert.quantize import quantize
 
-    llama_logger.set_verbose(False)  # the library never prints; llama.cpp logs every tensor
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads or os.cpu_count() or 1
-    keep = []  # the C strings must outlive the call
+    kwargs: dict = {}
     if overrides is not None:
-        params.pure = True
-        entries = [(name, ty) for name, ty in overrides.items() if name not in ("token_embd.weight", "output.weight")]
-        arr = (llama_cpp.llama_model_tensor_override * (len(entries) + 1))()
-        for i, (name, ty) in enumerate(entries):
-            pattern = ("^" + re.escape(name) + "$").encode()
-            keep.append(pattern)
-            arr[i].pattern = pattern
-            arr[i].type = int(gguf.GGMLQuantizationType[ty])
-        arr[len(entries)].pattern = None
-        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-        if "token_embd.weight" in overrides:
-            params.token_embedding_type = int(gguf.GGMLQuantizationType[overrides["token_embd.weight"]])
-        if "output.weight" in overrides:
-            params.output_tensor_type = int(gguf.GGMLQuantizationType[overrides["output.weight"]])
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0 or not tmp.exists():
-            raise QuantizeError(f"llama.cpp could not quantize {src} (code {rc}).",
-                                "Check that the source is an F16/BF16/F32 GGUF written by edgekit convert.")
-        os.replace(tmp, dst)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        del keep
+        special = ("token_embd.weight", "output.weight")
+        kwargs = {
+            "pure": True,
+            "overrides": [("^" + re.escape(n) + "$", t) for n, t in overrides.items() if n not in special],
+            "token_embedding_type": overrides.get("token_embd.weight"),
+            "output_tensor_type": overrides.get("output.weight"),
+        }
+    with atomic_output(dst) as tmp:
+        quantize(src, tmp, ftype_name, threads=threads, progress=progress, stage=f"quantize {dst.name}", **kwargs)
 
 
 def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
@@ -134,7 +99,7 @@ def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
                             "Quantize from the F16 GGUF that `edgekit convert -q f16` writes.")
     plan = resolve_types(rec, shapes, n_layer)
     base = _FTYPE_OF_TYPE.get(rec.base, rec.base)
-    _run_llama_quantize(src, dst, _FTYPES.get(base, 2), plan, threads)
+    _run_llama_quantize(src, dst, base if base in _FTYPES else "Q4_0", plan, threads, progress)
     report(progress, "quantize", 1, 1)
     return dst
 
@@ -144,7 +109,7 @@ def quantize_plain(src_gguf: str | Path, dst: str | Path, qtype: str, threads: i
     key = qtype.upper()
     if key not in _FTYPES:
         raise QuantizeError(f"Unknown quantization type {qtype!r}.", f"Use one of: {', '.join(_FTYPES)}.")
-    _run_llama_quantize(Path(src_gguf), Path(dst), _FTYPES[key], None, threads)
+    _run_llama_quantize(Path(src_gguf), Path(dst), key, None, threads)
     return Path(dst)
 
 

@@ -263,14 +263,14 @@ def test_disk_filling_up_mid_write_leaves_nothing(ckpt, tmp_path, monkeypatch):
 
     import edgekit.convert.writer as writer
 
-    real = writer._chunks
+    real = writer._convert_chunk
 
-    def failing(plan):
+    def failing(plan, rows):
         if plan.name == "blk.1.ffn_up.weight":
             raise OSError(errno.ENOSPC, "No space left on device")
-        yield from real(plan)
+        return real(plan, rows)
 
-    monkeypatch.setattr(writer, "_chunks", failing)
+    monkeypatch.setattr(writer, "_convert_chunk", failing)
     with pytest.raises(DiskFull):
         convert(ckpt, out=tmp_path, quant="f16,q4_0")
     assert list(tmp_path.iterdir()) == []
@@ -325,3 +325,17 @@ def test_chat_template_from_jinja_file(ckpt, tmp_path):
     (src / "chat_template.jinja").write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}")
     [f] = convert(src, out=tmp_path / "o", quant="q8_0")
     assert kv(f.path, "tokenizer.chat_template").startswith("{% for m in messages %}")
+
+
+def test_recipes_and_auto_through_convert(ckpt, tmp_path):
+    from edgekit.convert.recipes import RECIPES, pick_auto, resolve_types
+    from edgekit.convert.tensor_quant import _tensor_shapes
+
+    files = convert(ckpt, out=tmp_path, quant="auto,q4-fast")
+    chosen = pick_auto()
+    assert [f.type for f in files] == [chosen.upper(), "Q4-FAST"]
+    for f, name in zip(files, (chosen, "q4-fast"), strict=True):
+        assert f.path.name.endswith(f"-{name.upper()}.gguf")
+        shapes, types, n_layer = _tensor_shapes(f.path)
+        declared = resolve_types(RECIPES[name], shapes, n_layer)
+        assert {n: types[n] for n in declared} == declared

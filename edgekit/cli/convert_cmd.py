@@ -14,10 +14,11 @@ from edgekit.cli import app
 @app.command()
 def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint directory or Hub repo id owner/name[@revision].")],
-    quant: Annotated[str, typer.Option("-q", "--quant", help="Output types, comma-separated: f16, bf16, q8_0, q4_k_m, ...")] = "q4_k_m",
+    quant: Annotated[str, typer.Option("-q", "--quant", help="Output types or recipes, comma-separated: f16, bf16, q8_0, q4_k_m, q4-best, auto, ...")] = "q4_k_m",
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory, or a .gguf path for one type.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="Quantizer threads (default: all cores).")] = None,
+    max_kld: Annotated[float | None, typer.Option("--max-kld", help="KLD budget for -q auto (default 0.05).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary: path, type, size, sha256.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
@@ -26,7 +27,7 @@ def convert(
     from edgekit.progress import rich_progress
 
     with rich_progress(enabled=not quiet and not as_json, unit_bytes=True) as progress:
-        files = run_convert(src, out=out, quant=quant, force=force, threads=threads, progress=progress)
+        files = run_convert(src, out=out, quant=quant, force=force, threads=threads, max_kld=max_kld, progress=progress)
     if as_json:
         print(json.dumps({"outputs": [f.as_dict() for f in files]}, indent=2))
         return

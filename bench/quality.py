@@ -1,0 +1,104 @@
+"""Measure types and recipes on SmolLM2-135M (perturbed weights): size, bpw, decode tok/s ratio, KLD, top-1.
+
+Run: python -m edgekit.bench.quality [--only NAME,...] [--rounds 3] [--tokens 64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from edgekit.bench.assets import CACHE, smollm2_gguf
+from edgekit.convert.recipes import RECIPES
+from edgekit.convert.tensor_quant import perturbed_f16, quantize_plain, quantize_with_recipe
+from edgekit.evaluate import evaluate, save_reference_logits
+
+TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_NL"]
+
+
+def n_params(path: Path) -> int:
+    from gguf import GGUFReader
+    return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
+
+
+def decode_speed(paths: dict[str, Path], tokens: int, rounds: int) -> dict[str, float]:
+    import llama_cpp
+    import llama_cpp._logger as lg
+    lg.set_verbose(False)
+    llama_cpp.llama_backend_init()
+    ctxs = {}
+    for name, p in paths.items():
+        m = llama_cpp.llama_model_load_from_file(str(p).encode(), llama_cpp.llama_model_default_params())
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 2, 2
+        ctxs[name] = (m, llama_cpp.llama_init_from_model(m, cp))
+    res: dict[str, list[float]] = {n: [] for n in paths}
+    prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345]
+    for r in range(rounds + 1):  # round 0 is a warm-up
+        for name, (_m, ctx) in ctxs.items():
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            arr = (llama_cpp.llama_token * len(prompt))(*prompt)
+            llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(prompt)))
+            tok = (llama_cpp.llama_token * 1)(504)
+            t0 = time.perf_counter()
+            for _ in range(tokens):
+                llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tok, 1))
+            dt = time.perf_counter() - t0
+            if r:
+                res[name].append(tokens / dt)
+    for m, ctx in ctxs.values():
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(m)
+    return {n: statistics.median(v) for n, v in res.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--out", default="quality_results.json")
+    a = ap.parse_args()
+    d = CACHE / "smollm2-perturbed"
+    f16 = d / "SmolLM2-135M-perturbed5.F16.gguf"
+    if not f16.exists():
+        perturbed_f16(smollm2_gguf(), f16, noise=0.05, seed=0)
+    logits = d / "f16.logits"
+    if not logits.exists():
+        save_reference_logits(f16, logits, n_ctx=512)
+    names = TYPES + list(RECIPES)
+    if a.only:
+        names = [n for n in names if n in a.only.split(",")]
+    paths = {"F16": f16}
+    for n in names:
+        p = d / f"{n}.gguf"
+        if n in RECIPES:
+            quantize_with_recipe(f16, p, n)
+        elif not p.exists():
+            quantize_plain(f16, p, n)
+        paths[n] = p
+    npar = n_params(f16)
+    rows = {}
+    for n, p in paths.items():
+        r = evaluate(p, reference_logits=logits)
+        rows[n] = {"size": p.stat().st_size, "bpw": p.stat().st_size * 8 / npar, "ppl": r.perplexity,
+                   "kld": r.kld_mean, "kld_err": r.kld_err, "kld_p99": r.kld_p99, "top1": r.same_top_p,
+                   "rms_dp": r.rms_dp, "n_tokens": r.n_tokens}
+    speed = decode_speed(paths, a.tokens, a.rounds)
+    for n in rows:
+        rows[n]["tg"] = speed[n]
+        rows[n]["tg_ratio"] = speed[n] / speed["F16"]
+    out = Path(a.out)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    old.update(rows)
+    out.write_text(json.dumps(old, indent=1))
+    print(f"{'name':10} {'MiB':>7} {'bpw':>5} {'tg':>6} {'xF16':>5} {'KLD':>8} {'top1':>6} {'ppl':>7}")
+    for n, r in rows.items():
+        print(f"{n:10} {r['size']/2**20:7.1f} {r['bpw']:5.2f} {r['tg']:6.1f} {r['tg_ratio']:5.2f} "
+              f"{r['kld']:8.5f} {100*r['top1']:6.2f} {r['ppl']:7.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Decode speed and size of plain types against recipes on the full-size Qwen2.5-0.5B architecture.
+
+The weights are random (speed does not depend on them), so this measures speed
+and size only. Run: ``python -m edgekit.bench.quality_speed_05b [TOKENS] [ROUNDS]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from edgekit.bench.assets import CACHE
+from edgekit.bench.checkpoints import cached_full_size_qwen2_checkpoint
+from edgekit.bench.quality import decode_speed
+from edgekit.convert import convert
+from edgekit.convert.recipes import RECIPES
+from edgekit.convert.tensor_quant import quantize_plain, quantize_with_recipe
+
+
+def main() -> None:
+    tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    work = CACHE / "quality-qwen05"
+    work.mkdir(parents=True, exist_ok=True)
+    f16 = work / "qwen05.F16.gguf"
+    if not f16.exists():
+        convert(cached_full_size_qwen2_checkpoint(), out=f16, quant="f16")
+    paths = {"F16": f16}
+    for name in ["Q8_0", "Q4_K_M", "Q4_0", *RECIPES]:
+        path = work / f"{name}.gguf"
+        if not path.exists():
+            (quantize_with_recipe if name in RECIPES else quantize_plain)(f16, path, name)
+        paths[name] = path
+    speed = decode_speed(paths, tokens, rounds)
+    rows = {n: {"size": p.stat().st_size, "tg": speed[n], "tg_ratio": speed[n] / speed["F16"]} for n, p in paths.items()}
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

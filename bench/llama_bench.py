@@ -43,9 +43,18 @@ def command(binary: str, group: Any, grid: Any, case: Any) -> list[str]:
         binary, "-m", str(group.model), "-p", str(case.n_prompt), "-n", str(case.n_gen), "-d", str(case.n_depth),
         "-t", str(group.threads), "-ctk", group.type_k, "-ctv", group.type_v,
         "-fa", "on" if group.flash_attn else "off", "-b", str(grid.n_batch), "-ub", str(grid.n_ubatch),
-        "-ngl", "0", "-r", str(grid.reps), "-o", "jsonl",
+        "-ngl", str(_ngl(grid.gpu_layers)), "-r", str(grid.reps), "-o", "jsonl",
         *([] if grid.warmup else ["--no-warmup"]),
     ]
+
+
+def _ngl(value: int | str) -> int:
+    """llama-bench's -ngl for our gpu_layers ("auto" = all layers when this build offloads)."""
+    if value == "auto":
+        import llama_cpp
+
+        return 99 if llama_cpp.llama_supports_gpu_offload() else 0
+    return max(0, int(value)) if int(value) >= 0 else 99
 
 
 def parse_output(stdout: str) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ class Grid:
     chat_gen: int = 128
     engine: str = "edgekit"
     llama_bench: str | None = None  # path of a llama-bench binary to interleave with
+    gpu_layers: int | str = "auto"  # "auto" = every layer where the build offloads (Metal), else 0
     vs_rounds: int = 2  # A-B-A-B rounds against llama-bench, so slow drift of a shared machine cancels out
 
 
@@ -224,6 +225,8 @@ class _Loaded:
         self.model_size = int(llama_cpp.llama_model_size(model_ptr))
         self.model_n_params = int(llama_cpp.llama_model_n_params(model_ptr))
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx_ptr))
+        gpu = getattr(self.model, "gpu_layers", None)
+        self.gpu_layers = int(gpu) if isinstance(gpu, int) else _raw_gpu_layers(grid.gpu_layers)
         fa = getattr(self.model, "flash_attn", None)
         self.flash_attn = group.flash_attn if fa is None else bool(fa)
         self.ctx = measure.Context(ctx_ptr, model_ptr, group.threads, on_clear=on_clear)
@@ -255,13 +258,21 @@ def _load_edgekit(group: Group, grid: Grid) -> Any:
 
     return edgekit.load(group.model, n_ctx=group.n_ctx, kv_cache=f"{group.type_k}/{group.type_v}",
                         threads=group.threads, flash_attn=group.flash_attn, n_batch=grid.n_batch,
-                        n_ubatch=grid.n_ubatch, gpu_layers=0, seed=1234)
+                        n_ubatch=grid.n_ubatch, gpu_layers=grid.gpu_layers, seed=1234)
 
 
 def _ggml_type(name: str) -> int:
     import llama_cpp
 
     return int(getattr(llama_cpp, f"GGML_TYPE_{name.upper()}"))
+
+
+def _raw_gpu_layers(value: int | str) -> int:
+    if value == "auto":
+        import llama_cpp
+
+        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return int(value)
 
 
 def _load_raw(group: Group, grid: Grid) -> Any:
@@ -273,7 +284,8 @@ def _load_raw(group: Group, grid: Grid) -> Any:
     try:
         return llama_cpp.Llama(str(group.model), n_ctx=group.n_ctx, n_batch=grid.n_batch, n_ubatch=grid.n_ubatch,
                                n_threads=group.threads, n_threads_batch=group.threads, flash_attn=group.flash_attn,
-                               type_k=_ggml_type(group.type_k), type_v=_ggml_type(group.type_v), n_gpu_layers=0,
+                               type_k=_ggml_type(group.type_k), type_v=_ggml_type(group.type_v),
+                               n_gpu_layers=_raw_gpu_layers(grid.gpu_layers),
                                seed=1234, verbose=False)
     except ValueError as exc:
         raise ModelLoadError(f"llama.cpp could not load {group.model}: {exc}",
@@ -392,7 +404,7 @@ def _common(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[
         "backends": "CPU", "model_filename": str(group.model), "model_type": loaded.model_type,
         "model_size": loaded.model_size, "model_n_params": loaded.model_n_params, "n_batch": grid.n_batch,
         "n_ubatch": grid.n_ubatch, "n_threads": group.threads, "type_k": group.type_k, "type_v": group.type_v,
-        "n_gpu_layers": 0, "flash_attn": int(loaded.flash_attn), "n_ctx": loaded.n_ctx, "reps": grid.reps,
+        "n_gpu_layers": loaded.gpu_layers, "flash_attn": int(loaded.flash_attn), "n_ctx": loaded.n_ctx, "reps": grid.reps,
         "warmup": grid.warmup, "load_s": loaded.load_s, "rss_bytes": loaded.rss,
         "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "edgekit_version": device.get("edgekit"), "llama_cpp_python": device.get("llama_cpp_python"),

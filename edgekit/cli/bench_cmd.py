@@ -70,6 +70,7 @@ def run_cmd(
     reps: Annotated[int | None, typer.Option("-r", "--repetitions", help="Repetitions per test (after a warm-up).")] = None,
     n_batch: Annotated[int, typer.Option("-b", "--n-batch", help="Logical batch size.")] = 512,
     n_ubatch: Annotated[int, typer.Option("--n-ubatch", help="Physical batch size.")] = 512,
+    gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: auto (all where Metal/GPU is built in) or a number.")] = "auto",
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Also time a chat turn (TTFT, end-to-end).")] = True,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Append records to this JSONL file as they finish.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help=FORMATS)] = "table",
@@ -94,6 +95,7 @@ def run_cmd(
         kv_cache=kv, threads=_ints(threads, "--threads"), flash_attn=_onoff(flash_attn), reps=reps,
         n_batch=n_batch, n_ubatch=n_ubatch, chat=chat, engine=engine, warmup=warmup,
         llama_bench=vs_llama_bench, vs_rounds=vs_rounds,
+        gpu_layers=gpu_layers if gpu_layers == "auto" else _ints(gpu_layers, "--gpu-layers")[0],
     )
     if vs_llama_bench:
         from edgekit.bench.llama_bench import find_binary

@@ -48,8 +48,8 @@ def test_tiny_run_records(tiny_run, smollm2_gguf):
         assert r["device"]["device_id"] == r["device_id"] and r["device"]["cores_logical"] > 0
     pp, tg = recs[0], recs[1]
     assert pp["avg_ts"] == pytest.approx(32e9 / pp["samples_ns"][0])
-    # Decoding one token at a time is slower per token than a 32-token batch.
-    assert tg["avg_ts"] < pp["avg_ts"]
+    # (No speed comparisons here: on a shared machine they are noise; speed belongs in benchmarks.)
+    assert tg["n_gen"] == 8 and pp["n_prompt"] == 32
     assert tg["mem_bw_gbs"] == 30.0 and 0 < tg["efficiency"] < 1.5
     assert recs[3]["ceiling_ts"] < tg["ceiling_ts"]  # the KV cache at depth 64 adds bytes per token
     chat = recs[4]

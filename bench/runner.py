@@ -225,6 +225,9 @@ class _Loaded:
         self.model_size = int(llama_cpp.llama_model_size(model_ptr))
         self.model_n_params = int(llama_cpp.llama_model_n_params(model_ptr))
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx_ptr))
+        # What the loader actually used (it may refuse or adjust a setting), not just what was asked.
+        self.type_k = str(getattr(self.model, "type_k", None) or group.type_k)
+        self.type_v = str(getattr(self.model, "type_v", None) or group.type_v)
         gpu = getattr(self.model, "gpu_layers", None)
         self.gpu_layers = int(gpu) if isinstance(gpu, int) else _raw_gpu_layers(grid.gpu_layers)
         fa = getattr(self.model, "flash_attn", None)
@@ -403,7 +406,7 @@ def _common(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[
         "n_depth": case.n_depth, "build_commit": None, "cpu_info": device.get("cpu_model"), "gpu_info": "",
         "backends": "CPU", "model_filename": str(group.model), "model_type": loaded.model_type,
         "model_size": loaded.model_size, "model_n_params": loaded.model_n_params, "n_batch": grid.n_batch,
-        "n_ubatch": grid.n_ubatch, "n_threads": group.threads, "type_k": group.type_k, "type_v": group.type_v,
+        "n_ubatch": grid.n_ubatch, "n_threads": group.threads, "type_k": loaded.type_k, "type_v": loaded.type_v,
         "n_gpu_layers": loaded.gpu_layers, "flash_attn": int(loaded.flash_attn), "n_ctx": loaded.n_ctx, "reps": grid.reps,
         "warmup": grid.warmup, "load_s": loaded.load_s, "rss_bytes": loaded.rss,
         "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -433,7 +436,7 @@ def _run_case(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dic
                                      n_batch=grid.n_batch, reps=grid.reps, warmup=grid.warmup, on_rep=tick)
         fields.update(records.stats_from_ns(samples, case.n_prompt + case.n_gen))
         if case.test == "tg":
-            kv = roofline.kv_bytes_per_token(loaded.metadata, group.type_k, group.type_v)
+            kv = roofline.kv_bytes_per_token(loaded.metadata, loaded.type_k, loaded.type_v)
             # Average depth over the generated tokens: the KV read grows while generating.
             per_token, ceiling = roofline.decode_ceiling(bandwidth, loaded.model_size, kv,
                                                          case.n_depth + case.n_gen // 2)

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from edgekit.convert.source import NEEDED_PATTERNS, Source, parse_repo_id, resolve_source
 from hub_server import FakeHub  # tests/ is on sys.path (pytest rootdir-style import)
 
+from edgekit.convert.source import NEEDED_PATTERNS, Source, parse_repo_id, resolve_source
 from edgekit.errors import HubUnreachable, MissingFiles, SourceError, UnsupportedModel
 
 HF_VARS = ("HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",

@@ -16,9 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from edgekit import _llama, state
 from edgekit.errors import ContextOverflow, EdgekitError, ModelLoadError
@@ -26,61 +25,8 @@ from edgekit.gguf_check import ModelInfo, check
 from edgekit.planner import KV_TYPES, Plan, plan_info, require_fit
 from edgekit.progress import ProgressFn, report
 from edgekit.sampling import Sampling, build_sampler, resolve
+from edgekit.stats import Completion, FinishReason, Stats, peak_rss
 from edgekit.textstream import TextStream
-
-FinishReason = Literal["stop", "length", "eog"]
-
-
-def peak_rss() -> int:
-    """Peak resident set size of this process, in bytes.
-
-    On Linux this is VmHWM: ru_maxrss would also count a parent process that
-    spawned us (exec keeps the old high-water mark), which skews measurements.
-    """
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-@dataclass
-class Stats:
-    """Timings and sizes of one generation (the last item of every stream)."""
-
-    load_s: float = 0.0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens whose KV was reused from the previous evaluation
-    new_prompt_tokens: int = 0  # prompt tokens actually prefilled
-    ttft_s: float = 0.0  # call start -> first token sampled
-    prefill_tps: float = 0.0
-    gen_tokens: int = 0
-    decode_s: float = 0.0
-    decode_tps: float = 0.0
-    peak_rss: int = 0
-    n_ctx: int = 0
-    ctx_used: int = 0
-    finish_reason: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Completion:
-    """The result of :meth:`Model.generate` / :meth:`Model.chat`."""
-
-    text: str
-    tokens: list[int]
-    finish_reason: FinishReason
-    stats: Stats = field(default_factory=Stats)
 
 
 def _physical_cores() -> int:

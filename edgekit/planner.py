@@ -34,7 +34,7 @@ CTX_ALIGN = 256
 _QUANT = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}
 # Calibrated constants (bytes): see module docstring.
 OVERHEAD_BASE = 68 * MiB  # Python, numpy and the llama.cpp libraries, measured
-OVERHEAD_PER_VOCAB = 160  # llama.cpp's token tables, per vocabulary entry
+OVERHEAD_PER_VOCAB = 400  # llama.cpp's token and merge tables, per vocabulary entry (measured)
 ACT_FLOATS_PER_TOKEN_EMBD = 8  # f32 activations kept alive per token, in units of n_embd
 ACT_FLOATS_PER_TOKEN_FF = 3  # ... and in units of n_ff
 

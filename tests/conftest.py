@@ -30,18 +30,9 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def smollm2_hf_dir(smollm2_gguf):
     """SmolLM2-135M-Instruct's real weights as an HF checkpoint, built once per machine."""
-    import fcntl
+    from edgekit.bench.checkpoints import cached_smollm2_checkpoint
 
-    from edgekit.bench.assets import CACHE
-    from edgekit.bench.checkpoints import smollm2_checkpoint
-
-    out = CACHE / "smollm2-hf"
-    with open(CACHE / "smollm2-hf.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / ".done").exists():
-            smollm2_checkpoint(out, smollm2_gguf)
-            (out / ".done").touch()
-    return out
+    return cached_smollm2_checkpoint()
 
 
 from fixtures_checkpoints import *  # noqa

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,22 @@ def test_full_context_says_what_was_dropped(smollm2_gguf):
         child.expect(__import__("pexpect").EOF)
     finally:
         child.close()
+
+
+def test_ctrl_c_during_a_long_prefill_stops_at_once(smollm2_gguf):
+    pexpect = pytest.importorskip("pexpect")
+    long_prompt = "The weather today is mild and pleasant. " * 500 + "Summarize that."  # ~4k tokens
+    child = pexpect.spawn(sys.executable, ["-m", "edgekit", "chat", str(smollm2_gguf), "-p", long_prompt, "-n", "8"],
+                          env=_env(NO_COLOR="1"), encoding="utf-8", timeout=90, dimensions=(50, 200))
+    try:
+        time.sleep(2.5)  # loaded (about 1 s), now prefilling (about 10 s on 2 cores)
+        child.send("\x03")  # one Ctrl-C is enough before the first token
+        child.expect_exact("(stopped")  # "before the answer began" here; a much faster machine may be past it
+        assert "Interrupted" not in child.before
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 130
 
 
 def test_colour_only_on_a_terminal_without_no_color(smollm2_gguf):

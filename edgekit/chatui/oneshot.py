@@ -15,6 +15,7 @@ EXIT_INTERRUPTED = 130
 
 def run(state: ChatState, text: str, as_json: bool) -> int:
     """Answer ``text`` once. Exit code 0, or 130 when stopped with Ctrl-C."""
+    state.interactive = False
     chunks = state.chat.stream(text, **state.settings.kwargs())
     if not as_json:
         result = stream_turn(state, chunks)

@@ -32,10 +32,31 @@ def finish_turn(state: ChatState, result: TurnResult) -> None:
     """After an answer: keep a stopped answer and show the stats line."""
     if result.interrupted:
         keep_partial(state.chat, result.text)
-        state.note("(stopped: the answer so far is kept in the conversation)")
+        if result.hard_stop:
+            _forget_prompt_cache(state.model)
+        if not result.text:
+            state.note("(stopped before the answer began)")
+        elif state.interactive:
+            state.note("(stopped: the answer so far is kept in the conversation)")
+        else:
+            state.note("(stopped)")
     if result.stats is not None and not state.quiet:
         state.note(render.stats_line(result.stats))
     state.last = result
+
+
+def _forget_prompt_cache(model: Any) -> None:
+    """After an interrupt that cut through llama.cpp calls, don't trust the prompt cache.
+
+    The next turn then prefills from scratch: slower once, but never built on a KV
+    cache that may hold tokens the runtime did not get to record.
+    """
+    reset = getattr(model, "reset", None)
+    if callable(reset):
+        try:
+            reset()
+        except Exception:  # only a cache; the next turn still works without the reset
+            pass
 
 
 def stream_turn(state: ChatState, chunks: Any) -> TurnResult:
@@ -95,3 +116,6 @@ def run(state: ChatState, history_file: Path | None) -> int:
                 stream_turn(state, state.chat.stream(text, **state.settings.kwargs()))
             except EdgekitError as exc:
                 state.warn(f"{exc.message} {exc.hint or ''}".strip())
+            except KeyboardInterrupt:  # a late Ctrl-C (e.g. during /load): back to the prompt, never a crash
+                _write("\n")
+                state.note("(interrupted)")

@@ -21,6 +21,7 @@ class ChatState:
     err: Console  # stderr console: notices, stats, tables
     quiet: bool = False
     colour: bool = False
+    interactive: bool = True  # False for one-shot answers (--prompt, piped stdin)
     last: TurnResult | None = None
     dropped_total: int = 0  # user turns dropped to fit, over the whole session
 

@@ -66,4 +66,6 @@ def chat(
                        sampling=sampling, prompt=prompt, json=json_out, quiet=quiet)
     code = run(opts)
     if code:
-        raise typer.Exit(code)
+        # SystemExit, not typer.Exit: main() reads a returned 130 as "interrupted, nothing kept",
+        # but a stopped one-shot answer was printed (and that is what 130 says here).
+        raise SystemExit(code)

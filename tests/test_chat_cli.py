@@ -130,7 +130,7 @@ def test_checkpoint_dir_is_converted_once_then_cached(smollm2_hf_dir):
     first = _run(args)
     assert first.returncode == 0, first.stderr
     assert "France" in first.stdout  # 135M at Q4_K_M is rougher than the Q4_1 file, but on topic
-    assert first.stderr.startswith(("0.", "1.", "2.")) and not ESCAPE.search(first.stderr)  # no bar residue
+    assert re.match(r"\d+\.\d+ s to first token", first.stderr) and not ESCAPE.search(first.stderr)  # no bar residue
     converted = list((Path(os.environ["EDGEKIT_HOME"]) / "cache" / "models").rglob("*.gguf"))
     assert len(converted) == 1 and "q4_k_m" in str(converted[0]).lower()
     mtime = converted[0].stat().st_mtime_ns
@@ -310,8 +310,8 @@ def test_ctrl_c_during_a_long_prefill_stops_at_once(smollm2_gguf):
         time.sleep(2.5)  # loaded (about 1 s), now prefilling (about 10 s on 2 cores)
         child.send("\x03")  # one Ctrl-C is enough before the first token
         child.expect_exact("(stopped")  # "before the answer began" here; a much faster machine may be past it
-        assert "Interrupted" not in child.before
         child.expect(pexpect.EOF)
+        assert "Interrupted" not in child.before  # the CLI's own stop, not a crash through main()
     finally:
         child.close()
     assert child.exitstatus == 130

@@ -20,7 +20,9 @@ from edgekit.progress import ProgressFn
 
 # What `edgekit chat` runs when no model is given, and the type HF sources are converted to.
 DEFAULT_MODEL = "terasut/gkd-qwen-2.5-0.5b-base_v4_from3b_eff32"
-DEFAULT_QUANT = "Q4_K_M"
+# What a checkpoint is converted to when the caller names no type: the fastest quantization
+# recipe within the default KL-divergence budget (see the README's quality table).
+DEFAULT_QUANT = "auto"
 
 
 def models_dir() -> Path:
@@ -69,6 +71,10 @@ def resolve(model: str | Path, *, quant: str = DEFAULT_QUANT, progress: Progress
     path = Path(text).expanduser()
     if path.is_file():
         return path
+    from edgekit.convert.recipes import get_recipe, is_recipe
+
+    if is_recipe(quant):  # key the cache on the concrete recipe, not on "auto"
+        quant = get_recipe(quant).name
     if path.is_dir():
         if (path / "config.json").is_file():
             key = f"{_safe(path.name)}-{_dir_fingerprint(path)}-{quant.lower()}"

@@ -15,9 +15,6 @@ from edgekit.chatui.settings import ChatSettings
 from edgekit.chatui.state import ChatState
 from edgekit.errors import EdgekitError, HubUnreachable
 
-# The target model; used when no MODEL is given. The store may override both.
-DEFAULT_MODEL = "terasut/gkd-qwen-2.5-0.5b-base_v4_from3b_eff32"
-DEFAULT_QUANT = "Q4_K_M"
 SLOW_LOAD_S = 0.7  # show the loading bar only when loading takes longer than this
 LOCAL_HINT = "Pass a local model instead: edgekit chat path/to/model.gguf (or a Hugging Face checkpoint dir)."
 
@@ -38,13 +35,10 @@ class ChatOptions:
 
 
 def default_model() -> tuple[str, str]:
-    """(model, quant type) used when no MODEL is given; the store's choice wins when it has one."""
-    try:
-        from edgekit import store
-    except ImportError:
-        return DEFAULT_MODEL, DEFAULT_QUANT
-    quant = getattr(store, "DEFAULT_QUANT", None) or getattr(store, "DEFAULT_TYPE", None) or DEFAULT_QUANT
-    return getattr(store, "DEFAULT_MODEL", DEFAULT_MODEL), quant
+    """(model, quant type) used when no MODEL is given: the target model, as the store's default type."""
+    from edgekit import store
+
+    return store.DEFAULT_MODEL, store.DEFAULT_QUANT
 
 
 def load_model(opts: ChatOptions) -> Any:

@@ -36,3 +36,20 @@ def smollm2_hf_dir(smollm2_gguf):
 
 
 from fixtures_checkpoints import *  # noqa
+
+
+@pytest.fixture(scope="session")
+def smollm2_perturbed_f16(smollm2_gguf):
+    """SmolLM2-135M as F16 with 5% Gaussian noise (off its Q4_1 grid), built once per machine."""
+    import fcntl
+
+    from edgekit.bench.assets import CACHE
+    from edgekit.convert.tensor_quant import perturbed_f16
+
+    out = CACHE / "smollm2-perturbed" / "SmolLM2-135M-perturbed5.F16.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            perturbed_f16(smollm2_gguf, out, noise=0.05, seed=0)
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 
 import numpy as np
@@ -13,23 +12,9 @@ from edgekit.errors import EvalError
 N_CTX = 128
 
 
-def perturbed_smollm2_f16(src):
-    """SmolLM2-135M as F16 with 5% Gaussian noise, built once per machine in the asset cache."""
-    from edgekit.bench.assets import CACHE
-    from edgekit.convert.tensor_quant import perturbed_f16
-
-    out = CACHE / "smollm2-perturbed" / "SmolLM2-135M-perturbed5.F16.gguf"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not out.exists():
-            perturbed_f16(src, out, noise=0.05, seed=0)
-    return out
-
-
 @pytest.fixture(scope="module")
-def f16(smollm2_gguf):
-    return perturbed_smollm2_f16(smollm2_gguf)
+def f16(smollm2_perturbed_f16):
+    return smollm2_perturbed_f16
 
 
 @pytest.fixture(scope="module")

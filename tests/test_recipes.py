@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-
 import pytest
 
 from edgekit.convert.recipes import RECIPES, Recipe, get_recipe, is_recipe, pick_auto, resolve_types
@@ -11,17 +9,8 @@ from edgekit.errors import QuantizeError
 
 
 @pytest.fixture(scope="module")
-def f16(smollm2_gguf):
-    from edgekit.bench.assets import CACHE
-    from edgekit.convert.tensor_quant import perturbed_f16
-
-    out = CACHE / "smollm2-perturbed" / "SmolLM2-135M-perturbed5.F16.gguf"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not out.exists():
-            perturbed_f16(smollm2_gguf, out, noise=0.05, seed=0)
-    return out
+def f16(smollm2_perturbed_f16):
+    return smollm2_perturbed_f16
 
 
 @pytest.fixture(scope="module")

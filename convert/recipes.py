@@ -13,7 +13,7 @@ table applies, then F16. With a tied embedding there is no ``output.weight``:
 ``token_embd`` is also the output projection, so its type drives both quality
 and decode speed.
 
-``measured`` holds the numbers from /work/notes/quality_readme.md's table
+``measured`` holds the numbers from the README's quality table
 (SmolLM2-135M, weights perturbed off the Q4_1 grid, F16 reference, 1785 tokens
 of edgekit's eval text at ctx 512); :func:`pick_auto` uses them.
 """

@@ -50,13 +50,18 @@ def _vs_depth(plt: Any, recs: list[dict[str, Any]], test: str, path: Path) -> bo
     ax.set_xlabel("context depth (tokens)")
     ax.set_ylabel(f"{test} tokens/s")
     ax.set_title(f"{'Generation' if test == 'tg' else 'Prompt processing'} speed vs context depth")
+    _save(plt, fig, ax, path)
+    return True
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path) -> None:
+    """Finish a chart the same way for every plot and write it as PNG."""
     ax.grid(True, alpha=0.3)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def _vs_size(plt: Any, recs: list[dict[str, Any]], path: Path) -> bool:
@@ -80,12 +85,7 @@ def _vs_size(plt: Any, recs: list[dict[str, Any]], path: Path) -> bool:
     ax.set_xlabel("model size (MiB)")
     ax.set_ylabel("tg tokens/s at depth 0")
     ax.set_title("Generation speed vs model size")
-    ax.grid(True, alpha=0.3)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
     return True
 
 

@@ -13,40 +13,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.sampling import Sampling
 
 # A chat answer rarely needs more; the bound keeps a rambling model (or a script) from
 # running on for minutes on a Pi. `--max-tokens 0` / `/set max_tokens none` lift it.
 CLI_MAX_TOKENS = 1024
 
 
+_RUNTIME = Sampling()
+
+
 @dataclass
 class ChatSettings:
-    """The sampling parameters used for every turn (the runtime's defaults)."""
+    """The sampling parameters used for every turn: the runtime's defaults, with a CLI bound on length."""
 
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    seed: int | None = None
+    temperature: float = _RUNTIME.temperature
+    top_p: float = _RUNTIME.top_p
+    top_k: int = _RUNTIME.top_k
+    min_p: float = _RUNTIME.min_p
+    repeat_penalty: float = _RUNTIME.repeat_penalty
+    seed: int | None = _RUNTIME.seed
     max_tokens: int | None = CLI_MAX_TOKENS
 
     @classmethod
     def defaults(cls) -> ChatSettings:
-        """Settings starting from the runtime's own defaults when it has them."""
-        settings = cls()
-        try:
-            from edgekit.sampling import Sampling
-
-            base = Sampling()
-        except Exception:  # the runtime's Sampling may not exist (yet); the contract's defaults stand
-            settings.max_tokens = CLI_MAX_TOKENS
-            return settings
-        for f in dataclasses.fields(cls):
-            if hasattr(base, f.name):
-                setattr(settings, f.name, getattr(base, f.name))
-        settings.max_tokens = CLI_MAX_TOKENS
-        return settings
+        """Settings starting from the runtime's own defaults."""
+        return cls()
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Chat.send`` / ``Chat.stream``."""

@@ -134,6 +134,39 @@ def test_nested_generation_in_one_thread_is_refused(m):
     assert m.generate("Hi", temperature=0, max_tokens=1).stats.gen_tokens == 1
 
 
+class _InterruptAfterDecode:
+    """llama_cpp with a llama_decode that finishes its work, then raises KeyboardInterrupt (as Ctrl-C would)."""
+
+    def __init__(self, real, at_call: int) -> None:
+        self._real, self._at, self.calls = real, at_call, 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def llama_decode(self, ctx, batch):
+        rc = self._real.llama_decode(ctx, batch)
+        self.calls += 1
+        if self.calls == self._at:
+            raise KeyboardInterrupt
+        return rc
+
+
+def test_ctrl_c_inside_prefill_leaves_a_cache_the_next_call_can_trust(m, monkeypatch):
+    prompt = "The river ran past the mill and the old stone bridge. " * 100  # three n_batch chunks
+    assert m.count_tokens(prompt) > 2 * m.n_batch
+    m.reset()
+    expected = m.generate(prompt, temperature=0, max_tokens=12)
+    m.reset()
+    monkeypatch.setattr(m, "_L", _InterruptAfterDecode(m._L, at_call=2))  # chunk 2 is in the KV cache, unrecorded
+    with pytest.raises(KeyboardInterrupt):
+        m.generate(prompt, temperature=0, max_tokens=12)
+    monkeypatch.undo()
+    assert len(m.cached_tokens) == m.n_batch
+    again = m.generate(prompt, temperature=0, max_tokens=12)
+    assert again.stats.cached_tokens == m.n_batch  # the recorded chunk is reused, the stray one is dropped
+    assert again.tokens == expected.tokens
+
+
 def test_save_and_load_state_round_trip(m, tmp_path, smollm2_gguf):
     doc = "Notes: " + "The quick brown fox jumps over the lazy dog. " * 20
     prompt = doc + "\nSummary:"

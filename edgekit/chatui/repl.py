@@ -10,7 +10,7 @@ from edgekit.chatui import lineinput, render
 from edgekit.chatui.commands import ALIASES, COMMANDS, Action, dispatch, is_command
 from edgekit.chatui.settings import PARAMS
 from edgekit.chatui.state import ChatState
-from edgekit.chatui.turn import TurnResult, keep_partial, stream_answer
+from edgekit.chatui.turn import TurnResult, stream_answer
 from edgekit.errors import EdgekitError
 
 
@@ -21,7 +21,7 @@ def _write(text: str) -> None:
 
 def report_dropped(state: ChatState) -> list[dict]:
     """Say on stderr which turns the runtime dropped to fit this turn (never silently)."""
-    dropped = [dict(m) for m in (getattr(state.chat, "last_dropped", None) or [])]
+    dropped = [dict(m) for m in state.chat.last_dropped]
     if dropped:
         state.dropped_total += sum(1 for m in dropped if m.get("role") == "user") or 1
         state.warn(render.dropped_notice(dropped))
@@ -29,11 +29,8 @@ def report_dropped(state: ChatState) -> list[dict]:
 
 
 def finish_turn(state: ChatState, result: TurnResult) -> None:
-    """After an answer: keep a stopped answer and show the stats line."""
-    if result.interrupted:
-        keep_partial(state.chat, result.text)
-        if result.hard_stop:
-            _forget_prompt_cache(state.model)
+    """After an answer: say how a stopped answer ended, and show the stats line."""
+    if result.interrupted:  # the runtime's Chat kept the partial answer; its prompt cache stays valid
         if not result.text:
             state.note("(stopped before the answer began)")
         elif state.interactive:
@@ -43,20 +40,6 @@ def finish_turn(state: ChatState, result: TurnResult) -> None:
     if result.stats is not None and not state.quiet:
         state.note(render.stats_line(result.stats))
     state.last = result
-
-
-def _forget_prompt_cache(model: Any) -> None:
-    """After an interrupt that cut through llama.cpp calls, don't trust the prompt cache.
-
-    The next turn then prefills from scratch: slower once, but never built on a KV
-    cache that may hold tokens the runtime did not get to record.
-    """
-    reset = getattr(model, "reset", None)
-    if callable(reset):
-        try:
-            reset()
-        except Exception:  # only a cache; the next turn still works without the reset
-            pass
 
 
 def stream_turn(state: ChatState, chunks: Any) -> TurnResult:

@@ -24,7 +24,6 @@ class TurnResult:
     text: str = ""
     stats: Any = None  # edgekit.Stats, None when stopped before the end
     interrupted: bool = False
-    hard_stop: bool = False  # KeyboardInterrupt went through the runtime (prefill, or a second Ctrl-C)
     dropped: list[dict] = field(default_factory=list)
 
 
@@ -72,28 +71,15 @@ def stream_answer(chunks: Iterator[Any], write: Callable[[str], None]) -> TurnRe
                         result.interrupted = True
                         break
             except KeyboardInterrupt:
-                result.interrupted = result.hard_stop = True
+                result.interrupted = True
             finally:
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     with contextlib.suppress(Exception):
                         close()  # GeneratorExit inside the runtime: it finishes its bookkeeping
     except KeyboardInterrupt:  # a late second Ctrl-C while restoring the handler
-        result.interrupted = result.hard_stop = True
+        result.interrupted = True
     result.text = "".join(parts)
     if result.interrupted and result.stats is not None:
         result.interrupted = False  # the stream had already finished
     return result
-
-
-def keep_partial(chat: Any, text: str) -> None:
-    """Make sure an interrupted answer stays in the history as the assistant turn.
-
-    The runtime may already do this when its stream is closed early; if the
-    history still ends with the user's message, the CLI adds the partial answer.
-    """
-    messages = chat.messages
-    if messages and messages[-1].get("role") == "user":
-        # chat.messages may be a fresh list each time; append where the history lives
-        target = getattr(chat, "history", None)
-        (target if isinstance(target, list) else messages).append({"role": "assistant", "content": text})

@@ -114,14 +114,8 @@ def _set(state: ChatState, arg: str) -> Action:
 
 
 def _sync_settings(state: ChatState) -> None:
-    """Keep the runtime's own session defaults in step when it has them."""
-    if hasattr(state.chat, "sampling"):
-        import dataclasses
-
-        try:
-            state.chat.sampling = dataclasses.replace(state.chat.sampling, **state.settings.kwargs())
-        except (TypeError, AttributeError, ValueError):
-            pass  # the CLI passes its settings on every turn anyway
+    """Keep the session's own sampling defaults (saved by /save) in step with /set."""
+    state.chat.sampling = state.chat.sampling.replace(**state.settings.kwargs())
 
 
 @command("/stats", "/stats", "the last turn's full stats, the memory plan and memory use")
@@ -144,11 +138,15 @@ def _context(state: ChatState, arg: str) -> Action:
     return Action.CONTINUE
 
 
+def _file_arg(arg: str, usage: str) -> Path:
+    if not arg:
+        raise EdgekitError(f"Usage: {usage}", f"For example: {usage.split()[0]} chat.json")
+    return Path(arg).expanduser()
+
+
 @command("/save", "/save FILE", "save the conversation and its settings as JSON (and the KV state beside it)")
 def _save(state: ChatState, arg: str) -> Action:
-    if not arg:
-        raise EdgekitError("Usage: /save FILE", "For example: /save chat.json")
-    path = Path(arg).expanduser()
+    path = _file_arg(arg, COMMANDS["/save"].usage)
     _sync_settings(state)  # the saved JSON carries the session's sampling settings
     state.chat.save(path, with_state=True)
     kv = path.with_name(path.name + ".kv")
@@ -159,48 +157,20 @@ def _save(state: ChatState, arg: str) -> Action:
 
 @command("/load", "/load FILE", "resume a saved conversation with its settings (and KV state)")
 def _load(state: ChatState, arg: str) -> Action:
-    if not arg:
-        raise EdgekitError("Usage: /load FILE", "For example: /load chat.json")
-    path = Path(arg).expanduser()
+    path = _file_arg(arg, COMMANDS["/load"].usage)
     if not path.is_file():
         raise EdgekitError(f"No such file: {path}.", "Give the path written by /save.")
     from edgekit import Chat
 
-    before = _cached(state.model)
     chat = Chat.load(state.model, path)
-    state.chat = chat
-    state.settings = _loaded_settings(chat, state.settings)
-    state.last = None
-    restored = getattr(chat, "state_restored", None)
-    if restored is None:  # older runtimes: infer it from the prompt cache changing
-        after = _cached(state.model)
-        restored = bool(after) and after != before
-    kv = " (KV state restored)" if restored else ""
+    settings = ChatSettings.from_dict(chat.sampling.as_dict())  # refuses values /set would refuse
+    state.chat, state.settings, state.last = chat, settings, None
+    kv = " (KV state restored)" if chat.state_restored else ""
     state.note(f"Loaded {state.turns()} turn(s) from {path}{kv}.")
     last_user = next((m for m in reversed(chat.messages) if m.get("role") == "user"), None)
     if last_user is not None:
         state.note(f"Last message: {render.snippet(last_user.get('content', ''), 70)}")
     return Action.CONTINUE
-
-
-def _cached(model: object) -> list[int] | None:
-    try:
-        return list(getattr(model, "cached_tokens", None) or [])
-    except Exception:  # a property of the runtime; a failure here must not break /load
-        return None
-
-
-def _loaded_settings(chat: object, current: ChatSettings) -> ChatSettings:
-    """The saved conversation's sampling settings (the runtime keeps them in ``chat.sampling``)."""
-    import dataclasses
-
-    sampling = getattr(chat, "sampling", None)
-    if sampling is not None and dataclasses.is_dataclass(sampling):
-        try:
-            return ChatSettings.from_dict(dataclasses.asdict(sampling))
-        except EdgekitError:
-            pass  # values the CLI can't show; keep the current ones
-    return current
 
 
 @command("/retry", "/retry", "regenerate the last answer")

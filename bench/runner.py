@@ -207,17 +207,23 @@ class _Loaded:
         measure.reset_peak_rss()
         t0 = time.perf_counter()
         if grid.engine == "edgekit":
-            self.model = _load_edgekit(group, grid)
-            ctx_ptr, model_ptr = _edgekit_pointers(self.model)
-            self.metadata = dict(getattr(self.model, "metadata", {}) or {})
+            model = self.model = _load_edgekit(group, grid)
+            ctx_ptr, model_ptr = model.llama_context, model.llama_model
+            self.metadata = dict(model.metadata)
+            self.load_s = model.load_s
+            # What the loader actually used (the planner may adjust a setting), not just what was asked.
+            self.type_k, self.type_v = model.type_k, model.type_v
+            self.gpu_layers, self.flash_attn = model.gpu_layers, model.flash_attn
             on_clear = None  # the Model is reset once after the raw tests (see run())
         else:
             llama = _load_raw(group, grid)
             self.model = _RawChat(llama)
             ctx_ptr, model_ptr = llama.ctx, llama.model
             self.metadata = dict(llama.metadata or {})
+            self.load_s = time.perf_counter() - t0
+            self.type_k, self.type_v = group.type_k, group.type_v
+            self.gpu_layers, self.flash_attn = _raw_gpu_layers(grid.gpu_layers), group.flash_attn
             on_clear = llama.reset
-        self.load_s = float(getattr(self.model, "load_s", 0.0) or 0.0) or (time.perf_counter() - t0)
         self.rss = measure.rss_bytes()
         buf = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(model_ptr, buf, 256)
@@ -225,35 +231,15 @@ class _Loaded:
         self.model_size = int(llama_cpp.llama_model_size(model_ptr))
         self.model_n_params = int(llama_cpp.llama_model_n_params(model_ptr))
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx_ptr))
-        # What the loader actually used (it may refuse or adjust a setting), not just what was asked.
-        self.type_k = str(getattr(self.model, "type_k", None) or group.type_k)
-        self.type_v = str(getattr(self.model, "type_v", None) or group.type_v)
-        gpu = getattr(self.model, "gpu_layers", None)
-        self.gpu_layers = int(gpu) if isinstance(gpu, int) else _raw_gpu_layers(grid.gpu_layers)
-        fa = getattr(self.model, "flash_attn", None)
-        self.flash_attn = group.flash_attn if fa is None else bool(fa)
         self.ctx = measure.Context(ctx_ptr, model_ptr, group.threads, on_clear=on_clear)
 
     def after_raw_tests(self) -> None:
         """The raw decodes bypassed the Model's prompt-cache bookkeeping: make it start clean."""
-        reset = getattr(self.model, "reset", None)
-        if callable(reset):
-            reset()
+        self.model.reset()
 
     def close(self) -> None:
-        closer = getattr(self.model, "close", None)
-        if callable(closer):
-            closer()
-
-
-def _edgekit_pointers(model: Any) -> tuple[Any, Any]:
-    """The Model's llama.cpp context and model pointers (public names first; see API_CONTRACT REQUESTS)."""
-    ctx = getattr(model, "llama_context", None) or getattr(model, "_ctx", None)
-    mdl = getattr(model, "llama_model", None) or getattr(model, "_model", None)
-    if not ctx or not mdl:
-        raise BenchError("this edgekit Model does not expose its llama.cpp context",
-                         "Use --engine llama-cpp-python meanwhile.")
-    return ctx, mdl
+        if self.model is not None:
+            self.model.close()
 
 
 def _load_edgekit(group: Group, grid: Grid) -> Any:

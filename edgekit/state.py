@@ -40,9 +40,9 @@ def model_identity(model: Model) -> dict:
 def save(model: Model, path: Path) -> Path:
     L = model._L
     tokens = list(model._tokens)
-    size = L.llama_state_seq_get_size(model._ctx, 0)
+    size = L.llama_state_seq_get_size(model.llama_context, 0)
     buf = (ctypes.c_uint8 * size)()
-    n = L.llama_state_seq_get_data(model._ctx, buf, size, 0)
+    n = L.llama_state_seq_get_data(model.llama_context, buf, size, 0)
     if n == 0 and tokens:
         raise EdgekitError("llama.cpp could not copy the KV cache state")
     header = json.dumps({
@@ -97,7 +97,7 @@ def load(model: Model, path: Path) -> int:
         if f.readinto(buf) != n:
             raise CorruptFile(f"{path.name} is truncated")
     model._resync()
-    if tokens and L.llama_state_seq_set_data(model._ctx, buf, n, 0) == 0:
+    if tokens and L.llama_state_seq_set_data(model.llama_context, buf, n, 0) == 0:
         model._resync()
         raise CorruptFile(f"llama.cpp rejected the state in {path.name}")
     model._tokens = tokens

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EvalError, ModelLoadError
+from edgekit.errors import EvalError
 from edgekit.progress import ProgressFn, report
 
 __all__ = ["EvalResult", "evaluate", "save_reference_logits", "default_text", "read_logits_header"]
@@ -84,51 +84,31 @@ def _mean_unc(s: float, s2: float, n: int) -> tuple[float, float]:
 
 
 class _Runner:
-    """One llama.cpp model + context that returns the scored logits of a chunk."""
+    """A model loaded by :func:`edgekit.load` whose context returns the scored logits of one chunk."""
 
     def __init__(self, path: Path, n_ctx: int, threads: int | None) -> None:
-        import llama_cpp
-        import llama_cpp._logger as llama_logger
+        from edgekit import _llama
+        from edgekit.model import load
 
-        llama_logger.set_verbose(False)
-        llama_cpp.llama_backend_init()
-        self._ll = llama_cpp
         if not path.is_file():
             raise EvalError(f"Model file {path} does not exist.", "Check the path.")
-        mparams = llama_cpp.llama_model_default_params()
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self.model:
-            raise ModelLoadError(f"llama.cpp could not load {path}.", "Check that it is a valid GGUF file.")
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_ctx
-        cparams.n_ubatch = min(n_ctx, 512)
-        cparams.n_seq_max = 1
-        cparams.n_threads = cparams.n_threads_batch = threads or os.cpu_count() or 1
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            llama_cpp.llama_model_free(self.model)
-            raise ModelLoadError(f"llama.cpp could not create a context of {n_ctx} tokens for {path}.",
-                                 "Try a smaller --ctx.")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab)) and self.bos >= 0
+        # Like llama-perplexity: an f16 KV cache and the whole chunk in one llama_decode.
+        self.model = load(path, n_ctx=n_ctx, kv_cache="f16", threads=threads, n_batch=n_ctx,
+                          n_ubatch=min(n_ctx, 512))
+        self._ll = ll = _llama.lib()
+        self.ctx = self.model.llama_context
+        vocab = ll.llama_model_get_vocab(self.model.llama_model)
+        self.n_vocab = self.model.n_vocab
+        self.bos = int(ll.llama_vocab_bos(vocab))
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(vocab)) and self.bos >= 0
         self.n_ctx = n_ctx
-        self.batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        # Model decodes prompts with llama_batch_get_one (logits for the last token only);
+        # scoring needs logits at every position of the second half, so keep our own batch.
+        self.batch = ll.llama_batch_init(n_ctx, 0, 1)
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of ``text`` as llama-perplexity makes them (special tokens added, not parsed)."""
-        ll = self._ll
-        raw = text.encode("utf-8")
-        cap = len(raw) + 16
-        buf = (ll.llama_token * cap)()
-        n = ll.llama_tokenize(self.vocab, raw, len(raw), buf, cap, True, False)
-        if n < 0:
-            cap = -n
-            buf = (ll.llama_token * cap)()
-            n = ll.llama_tokenize(self.vocab, raw, len(raw), buf, cap, True, False)
-        return list(buf[:n])
+        return self.model.tokenize(text, add_special=True, parse_special=False)
 
     def chunk_logits(self, chunk: list[int]):
         """Logits (float32, ``n_ctx-1-n_ctx/2`` x ``n_vocab``) at the scored positions of one chunk."""
@@ -152,16 +132,8 @@ class _Runner:
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()
 
     def close(self) -> None:
-        ll = self._ll
-        if getattr(self, "batch", None) is not None:
-            ll.llama_batch_free(self.batch)
-            self.batch = None
-        if getattr(self, "ctx", None):
-            ll.llama_free(self.ctx)
-            self.ctx = None
-        if getattr(self, "model", None):
-            ll.llama_model_free(self.model)
-            self.model = None
+        self._ll.llama_batch_free(self.batch)
+        self.model.close()
 
 
 @contextlib.contextmanager

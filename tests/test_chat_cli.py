@@ -125,6 +125,17 @@ def test_quiet_one_shot_has_no_stats(smollm2_gguf):
     assert out.stdout.strip() and not STATS.search(out.stderr)
 
 
+def test_a_closed_stdout_stops_quietly(smollm2_gguf):
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "chat", str(smollm2_gguf), "-s", SYSTEM, "-n", "300",
+                             "-p", "Tell me a long story about a lighthouse keeper."],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_env())
+    assert proc.stdout.read(1)  # the answer has started: now the reader goes away, as `| head -c 1` would
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=180) == 1  # click's EPIPE handling: exit 1, nothing on stderr
+    assert "Traceback" not in err and "Error" not in err and "Exception" not in err
+
+
 def test_checkpoint_dir_is_converted_once_then_cached(smollm2_hf_dir):
     args = [str(smollm2_hf_dir), "-s", SYSTEM, "-p", QUESTION, "--temp", "0", "-n", "24"]
     first = _run(args)

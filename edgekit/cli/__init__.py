@@ -24,14 +24,7 @@ app = typer.Typer(
 )
 
 # Registration by import: each module adds its command(s) to `app`.
-from edgekit.cli import convert_cmd  # noqa: E402,F401
-
-for _optional in ("chat_cmd", "bench_cmd", "eval_cmd", "models_cmd", "demo_cmd"):
-    try:
-        __import__(f"edgekit.cli.{_optional}")
-    except ModuleNotFoundError as exc:  # a command not written yet
-        if exc.name != f"edgekit.cli.{_optional}":
-            raise
+from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd  # noqa: E402,F401
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -110,12 +110,18 @@ def kv_bytes(info: ModelInfo, n_ctx: int, type_k: str, type_v: str) -> int:
 
 
 def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
-    """Compute-buffer bytes actually touched: one ubatch of activations, the output row of
-    logits, and without flash attention the f32 attention scores of one layer."""
+    """Compute-buffer bytes touched at full depth: one ubatch of activations, the attention
+    mask (ubatch x n_ctx; f16 with flash attention, else f32), the output row of logits,
+    and without flash attention the f32 attention scores of one layer.
+
+    llama.cpp reserves the buffer for the deepest graph up front, but pages become resident
+    only as the cache fills: a 32k prompt on the 0.5B grows by the mask's 32 MiB (measured).
+    """
     n_tok = min(n_ubatch, n_ctx)
     act = 4 * n_tok * (ACT_FLOATS_PER_TOKEN_EMBD * info.n_embd + ACT_FLOATS_PER_TOKEN_FF * info.n_ff)
+    mask = (2 if flash_attn else 4) * n_tok * n_ctx
     scores = 0 if flash_attn else 4 * n_tok * n_ctx * info.n_head
-    return int(act + scores + 4 * info.n_vocab)
+    return int(act + mask + scores + 4 * info.n_vocab)
 
 
 def overhead_bytes(info: ModelInfo) -> int:

@@ -143,6 +143,24 @@ def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     assert "-o jsonl" in calls[2] and "-n 4" in calls[3]
 
 
+def test_long_prompt_fills_the_context_and_runs_llama_bench_alike(smollm2_gguf, tmp_path):
+    """The 32k measurement's harness at n_ctx 512, with a stand-in llama-bench that takes 7 s."""
+    from edgekit.bench.long_prompt import run_edgekit, run_llama_bench
+
+    ours = run_edgekit(str(smollm2_gguf), 512, "q8_0", 16, threads=2)
+    assert ours["n_prompt"] == 512 - 16 - 16 and 1 <= ours["n_gen"] <= 16
+    assert ours["type_k"] == ours["type_v"] == "q8_0" and ours["flash_attn"]
+    assert ours["ttft_s"] > 0 and 0.85 < ours["peak_over_plan"] < 1.15
+    fake, argv_log = tmp_path / "llama-bench", tmp_path / "argv.txt"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nopen({str(argv_log)!r}, 'w').write(' '.join(sys.argv[1:]))\n"
+                    "print('{\"avg_ns\": 7000000000}')\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    theirs = run_llama_bench(str(fake), ours)
+    assert theirs["edgekit_speed_ratio"] == pytest.approx(7.0 / ours["wall_s"])
+    called = argv_log.read_text()
+    assert f"-pg 480,{ours['n_gen']} -t 2 -b 512 -ub 512 -ctk q8_0 -ctv q8_0 -fa on" in called
+
+
 def test_raw_llama_cpp_python_engine(smollm2_gguf):
     """The comparison path: llama-cpp-python's Llama with the same settings, no edgekit Model."""
     grid = suite_grid([str(smollm2_gguf)], "quick", n_prompt=(16,), n_gen=(4,), depths=(0,), reps=1, chat_gen=4,

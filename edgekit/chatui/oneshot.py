@@ -28,10 +28,10 @@ def run(state: ChatState, text: str, as_json: bool) -> int:
     state.quiet = quiet
     stats = result.stats
     payload = {
-        "model": str(getattr(state.model, "path", "")),
+        "model": str(state.model.path),
         "answer": result.text,
-        "finish_reason": getattr(stats, "finish_reason", None) if stats is not None else "interrupted",
-        "stats": stats.as_dict() if stats is not None and hasattr(stats, "as_dict") else None,
+        "finish_reason": stats.finish_reason if stats is not None else "interrupted",
+        "stats": stats.as_dict() if stats is not None else None,
         "settings": state.settings.as_dict(),
         "system": state.chat.system,
         "dropped": result.dropped,

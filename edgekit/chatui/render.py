@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from edgekit.model import Model
+    from edgekit.stats import Stats
 
 
 def use_colour(stream: Any) -> bool:
@@ -52,21 +56,13 @@ def fmt_bytes(n: float | int | None) -> str:
     return f"{value:.1f} GiB"
 
 
-def _get(stats: Any, name: str, default: Any = None) -> Any:
-    return getattr(stats, name, default)
-
-
-def stats_line(stats: Any) -> str:
+def stats_line(stats: Stats) -> str:
     """Compact one-line summary of a turn: time to first token, decode speed, context used."""
-    parts = [f"{_get(stats, 'ttft_s', 0.0):.2f} s to first token"]
-    gen = _get(stats, "gen_tokens", 0)
-    tps = _get(stats, "decode_tps", 0.0)
-    parts.append(f"{tps:.1f} tok/s ({gen} tokens)")
-    used, total = _get(stats, "ctx_used", 0), _get(stats, "n_ctx", 0)
+    parts = [f"{stats.ttft_s:.2f} s to first token", f"{stats.decode_tps:.1f} tok/s ({stats.gen_tokens} tokens)"]
+    used, total = stats.ctx_used, stats.n_ctx
     pct = f" ({100 * used / total:.0f}%)" if total else ""
     parts.append(f"context {used}/{total}{pct}")
-    reason = _get(stats, "finish_reason", "")
-    if reason == "length":
+    if stats.finish_reason == "length":
         parts.append("stopped at max tokens")
     return SEP.join(parts)
 
@@ -89,43 +85,35 @@ _STATS_ROWS = [
 ]
 
 
-def stats_table(stats: Any) -> Table:
+def stats_table(stats: Stats) -> Table:
     """The last turn's stats, every field."""
     table = Table(title="Last turn", show_header=False, box=None, title_justify="left", pad_edge=False)
     table.add_column(style="dim")
     table.add_column()
-    shown = set()
+    values = stats.as_dict()
     for field, label, fmt in _STATS_ROWS:
-        if hasattr(stats, field):
-            shown.add(field)
-            value = getattr(stats, field)
-            table.add_row(label, fmt(value) if value is not None else "-")
-    as_dict = getattr(stats, "as_dict", None)
-    if callable(as_dict):  # anything the runtime added later still shows up
-        for key, value in as_dict().items():
-            if key not in shown:
-                table.add_row(key.replace("_", " "), str(value))
+        value = values.pop(field)
+        table.add_row(label, fmt(value) if value is not None else "-")
+    for key, value in values.items():  # a field without a row of its own still shows up
+        table.add_row(key.replace("_", " "), str(value))
     return table
 
 
-def memory_table(model: Any) -> Table:
+def memory_table(model: Model) -> Table:
     """The memory plan next to what the process uses now."""
     import psutil
 
     table = Table(title="Memory", show_header=False, box=None, title_justify="left", pad_edge=False)
     table.add_column(style="dim")
     table.add_column()
-    plan = getattr(model, "plan", None)
-    if plan is not None:
-        for field, label in (("weights_bytes", "weights"), ("kv_bytes", "KV cache"),
-                             ("compute_bytes", "compute buffers"), ("overhead_bytes", "overhead"),
-                             ("total_bytes", "planned total"), ("available_bytes", "available on device")):
-            if hasattr(plan, field):
-                table.add_row(label, fmt_bytes(getattr(plan, field)))
-        kv = f"{getattr(plan, 'type_k', '?')}/{getattr(plan, 'type_v', '?')}"
-        fa = "on" if getattr(plan, "flash_attn", False) else "off"
-        fits = "fits" if getattr(plan, "fits", True) else "does NOT fit"
-        table.add_row("plan", f"n_ctx {getattr(plan, 'n_ctx', '?')}, KV {kv}, flash attention {fa}: {fits}")
+    plan = model.plan
+    for value, label in ((plan.weights_bytes, "weights"), (plan.kv_bytes, "KV cache"),
+                         (plan.compute_bytes, "compute buffers"), (plan.overhead_bytes, "overhead"),
+                         (plan.total_bytes, "planned total"), (plan.available_bytes, "available on device")):
+        table.add_row(label, fmt_bytes(value))
+    fa = "on" if plan.flash_attn else "off"
+    fits = "fits" if plan.fits else "does NOT fit"
+    table.add_row("plan", f"n_ctx {plan.n_ctx}, KV {plan.type_k}/{plan.type_v}, flash attention {fa}: {fits}")
     proc = psutil.Process()
     table.add_row("process RSS now", fmt_bytes(proc.memory_info().rss))
     table.add_row("system available", fmt_bytes(psutil.virtual_memory().available))

@@ -59,10 +59,8 @@ def stream_turn(state: ChatState, chunks: Any) -> TurnResult:
 
 def _banner(state: ChatState) -> None:
     model = state.model
-    name = Path(str(getattr(model, "path", "model"))).name
-    kv = f"{getattr(model, 'type_k', '?')}/{getattr(model, 'type_v', '?')}"
-    state.note(render.SEP.join([f"edgekit chat: {name}", f"context {getattr(model, 'n_ctx', '?')}",
-                                f"KV cache {kv}", f"{getattr(model, 'threads', '?')} threads"]))
+    state.note(render.SEP.join([f"edgekit chat: {model.path.name}", f"context {model.n_ctx}",
+                                f"KV cache {model.type_k}/{model.type_v}", f"{model.threads} threads"]))
     state.note('Type /help for commands, """ for multi-line input, Ctrl-C to stop an answer, Ctrl-D to exit.')
 
 

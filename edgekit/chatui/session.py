@@ -119,9 +119,7 @@ def run(opts: ChatOptions) -> int:
 
         return repl.run(state, history_path())
     finally:
-        close = getattr(model, "close", None)
-        if callable(close):
-            close()
+        model.close()
 
 
 def history_path() -> Path | None:

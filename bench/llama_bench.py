@@ -18,7 +18,7 @@ from edgekit.errors import BenchError
 
 from . import records
 
-__all__ = ["command", "run_case", "find_binary", "parse_output"]
+__all__ = ["command", "run", "run_case", "find_binary", "n_gpu_layers", "parse_output"]
 
 
 def find_binary(path: str) -> str:
@@ -48,13 +48,19 @@ def command(binary: str, group: Any, grid: Any, case: Any) -> list[str]:
     ]
 
 
-def _ngl(value: int | str) -> int:
-    """llama-bench's -ngl for our gpu_layers ("auto" = all layers when this build offloads)."""
+def n_gpu_layers(value: int | str) -> int:
+    """llama.cpp's n_gpu_layers for our gpu_layers setting: "auto" is every layer (-1) where the build offloads."""
     if value == "auto":
         import llama_cpp
 
-        return 99 if llama_cpp.llama_supports_gpu_offload() else 0
-    return max(0, int(value)) if int(value) >= 0 else 99
+        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return int(value)
+
+
+def _ngl(value: int | str) -> int:
+    """llama-bench's -ngl, which spells "every layer" as a large number."""
+    n = n_gpu_layers(value)
+    return 99 if n < 0 else n
 
 
 def parse_output(stdout: str) -> list[dict[str, Any]]:
@@ -70,18 +76,23 @@ def parse_output(stdout: str) -> list[dict[str, Any]]:
     return out
 
 
-def run_case(binary: str, group: Any, grid: Any, case: Any, device: dict[str, Any]) -> dict[str, Any]:
-    """Run llama-bench for one pp/tg test; return its result as an edgekit record with engine "llama-bench"."""
-    argv = command(find_binary(binary), group, grid, case)
+def run(argv: list[str], *, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Run llama-bench (``argv[0]``) with ``-o jsonl``; its result rows, or one clear BenchError."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except OSError as exc:
-        raise BenchError(f"could not run llama-bench: {exc.strerror or exc}", "Check the --vs-llama-bench path.") from None
+        raise BenchError(f"could not run llama-bench: {exc.strerror or exc}", "Check the llama-bench path.") from None
     rows = parse_output(proc.stdout)
     if proc.returncode != 0 or not rows:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise BenchError(f"llama-bench failed (exit {proc.returncode}): {last}",
-                         "Run the same llama-bench command by hand to see why.")
+                         "Run the same command by hand to see why: " + " ".join(argv))
+    return rows
+
+
+def run_case(binary: str, group: Any, grid: Any, case: Any, device: dict[str, Any]) -> dict[str, Any]:
+    """Run llama-bench for one pp/tg test; return its result as an edgekit record with engine "llama-bench"."""
+    rows = run(command(find_binary(binary), group, grid, case), timeout=3600)
     theirs = rows[-1]
     known = {k: theirs[k] for k in records.FIELDS if k in theirs}
     known.update(

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from typing import Any
 
 import edgekit
-from edgekit.errors import BenchError
 from edgekit.evaluate import default_text
 
 from . import llama_bench
@@ -56,12 +54,7 @@ def run_llama_bench(binary: str, ours: dict[str, Any]) -> dict[str, Any]:
             "-pg", f"{ours['n_prompt']},{ours['n_gen']}", "-t", str(ours["threads"]),
             "-b", str(ours["n_batch"]), "-ub", str(ours["n_batch"]), "-ctk", ours["type_k"], "-ctv", ours["type_v"],
             "-fa", "on" if ours["flash_attn"] else "off", "-r", "1", "-o", "jsonl"]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    rows = llama_bench.parse_output(proc.stdout)
-    if proc.returncode != 0 or not rows:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"llama-bench failed (exit {proc.returncode}): {last}",
-                         "Run the command by hand: " + " ".join(argv))
+    rows = llama_bench.run(argv)
     wall = rows[-1]["avg_ns"] / 1e9
     return {"argv": argv, "wall_s": wall, "edgekit_speed_ratio": wall / ours["wall_s"]}
 

@@ -21,6 +21,7 @@ from edgekit.errors import BenchError
 from edgekit.progress import ProgressFn, report
 
 from . import measure, records, roofline
+from .llama_bench import n_gpu_layers
 
 __all__ = ["Grid", "SUITES", "Case", "Group", "plan", "run", "suite_grid", "parse_kv", "ENGINES"]
 
@@ -222,7 +223,7 @@ class _Loaded:
             self.metadata = dict(llama.metadata or {})
             self.load_s = time.perf_counter() - t0
             self.type_k, self.type_v = group.type_k, group.type_v
-            self.gpu_layers, self.flash_attn = _raw_gpu_layers(grid.gpu_layers), group.flash_attn
+            self.gpu_layers, self.flash_attn = n_gpu_layers(grid.gpu_layers), group.flash_attn
             on_clear = llama.reset
         self.rss = measure.rss_bytes()
         buf = ctypes.create_string_buffer(256)
@@ -256,14 +257,6 @@ def _ggml_type(name: str) -> int:
     return int(getattr(llama_cpp, f"GGML_TYPE_{name.upper()}"))
 
 
-def _raw_gpu_layers(value: int | str) -> int:
-    if value == "auto":
-        import llama_cpp
-
-        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
-    return int(value)
-
-
 def _load_raw(group: Group, grid: Grid) -> Any:
     """llama-cpp-python's Llama with the same settings: the "no wrapper" baseline."""
     import llama_cpp
@@ -274,7 +267,7 @@ def _load_raw(group: Group, grid: Grid) -> Any:
         return llama_cpp.Llama(str(group.model), n_ctx=group.n_ctx, n_batch=grid.n_batch, n_ubatch=grid.n_ubatch,
                                n_threads=group.threads, n_threads_batch=group.threads, flash_attn=group.flash_attn,
                                type_k=_ggml_type(group.type_k), type_v=_ggml_type(group.type_v),
-                               n_gpu_layers=_raw_gpu_layers(grid.gpu_layers),
+                               n_gpu_layers=n_gpu_layers(grid.gpu_layers),
                                seed=1234, verbose=False)
     except ValueError as exc:
         raise ModelLoadError(f"llama.cpp could not load {group.model}: {exc}",

@@ -24,33 +24,25 @@ def n_params(path: Path) -> int:
 
 
 def decode_speed(paths: dict[str, Path], tokens: int, rounds: int) -> dict[str, float]:
-    import llama_cpp
-    import llama_cpp._logger as lg
-    lg.set_verbose(False)
-    llama_cpp.llama_backend_init()
-    ctxs = {}
-    for name, p in paths.items():
-        m = llama_cpp.llama_model_load_from_file(str(p).encode(), llama_cpp.llama_model_default_params())
-        cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 2, 2
-        ctxs[name] = (m, llama_cpp.llama_init_from_model(m, cp))
+    """Median decode tok/s of each file: all loaded at once, timed in turn each round (round 0 warms up)."""
+    import edgekit
+    from edgekit.bench.measure import Context
+
+    models = {n: edgekit.load(p, n_ctx=256, kv_cache="f16", threads=2, n_batch=256) for n, p in paths.items()}
     res: dict[str, list[float]] = {n: [] for n in paths}
-    prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345]
-    for r in range(rounds + 1):  # round 0 is a warm-up
-        for name, (_m, ctx) in ctxs.items():
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            arr = (llama_cpp.llama_token * len(prompt))(*prompt)
-            llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(prompt)))
-            tok = (llama_cpp.llama_token * 1)(504)
-            t0 = time.perf_counter()
-            for _ in range(tokens):
-                llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tok, 1))
-            dt = time.perf_counter() - t0
-            if r:
-                res[name].append(tokens / dt)
-    for m, ctx in ctxs.values():
-        llama_cpp.llama_free(ctx)
-        llama_cpp.llama_model_free(m)
+    try:
+        ctxs = {n: Context(m.llama_context, m.llama_model, threads=2) for n, m in models.items()}
+        for r in range(rounds + 1):
+            for name, ctx in ctxs.items():
+                ctx.clear()
+                ctx.prompt(8, 256)
+                t0 = time.perf_counter()
+                ctx.gen(tokens)
+                if r:
+                    res[name].append(tokens / (time.perf_counter() - t0))
+    finally:
+        for m in models.values():
+            m.close()
     return {n: statistics.median(v) for n, v in res.items()}
 
 

@@ -52,7 +52,7 @@ def ll_pp() -> float:
 
 def ek_tg(n: int = 128) -> float:
     m.reset()
-    # a grammar-free way to never hit EOG: repeat_penalty off, greedy; stop after n tokens
+    # greedy, at most n tokens; ek_tg_gen_tokens (printed below) shows an early stop at an end-of-generation token
     c = m.generate(tg_prompt, max_tokens=n, temperature=0)
     return c.stats.decode_tps
 

@@ -227,14 +227,6 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int:
     """Peak RSS since the last :func:`reset_peak_rss` (Linux VmHWM), else since process start."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
+    from edgekit.stats import peak_rss
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return peak_rss()

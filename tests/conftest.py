@@ -15,14 +15,14 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def qwen2_vocab_gguf():
-    from edgekit.bench.assets import qwen2_vocab
+    from edgekit.samples.assets import qwen2_vocab
 
     return qwen2_vocab()
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf():
-    from edgekit.bench.assets import smollm2_gguf
+    from edgekit.samples.assets import smollm2_gguf
 
     return smollm2_gguf()
 
@@ -30,7 +30,7 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def smollm2_hf_dir(smollm2_gguf):
     """SmolLM2-135M-Instruct's real weights as an HF checkpoint, built once per machine."""
-    from edgekit.bench.checkpoints import cached_smollm2_checkpoint
+    from edgekit.samples.checkpoints import cached_smollm2_checkpoint
 
     return cached_smollm2_checkpoint()
 
@@ -43,8 +43,8 @@ def smollm2_perturbed_f16(smollm2_gguf):
     """SmolLM2-135M as F16 with 5% Gaussian noise (off its Q4_1 grid), built once per machine."""
     import fcntl
 
-    from edgekit.bench.assets import CACHE
-    from edgekit.convert.tensor_quant import perturbed_f16
+    from edgekit.samples.assets import CACHE
+    from edgekit.samples.perturb import perturbed_f16
 
     out = CACHE / "smollm2-perturbed" / "SmolLM2-135M-perturbed5.F16.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,6 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory, qwen2_vocab_gguf):
     """A tiny Qwen2ForCausalLM (2 layers, hidden 64, bf16, tied, 4.x config) with the real Qwen2 vocabulary."""
-    from edgekit.bench.checkpoints import random_qwen2_checkpoint
+    from edgekit.samples.checkpoints import random_qwen2_checkpoint
 
     return random_qwen2_checkpoint(tmp_path_factory.mktemp("tiny-qwen2") / "tiny-qwen2", qwen2_vocab_gguf)

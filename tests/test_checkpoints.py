@@ -14,12 +14,12 @@ import pytest
 from reference import ReferenceModel
 from tokenizers import Tokenizer
 
-from edgekit.bench.checkpoints import (
+from edgekit.convert.safetensors import WeightSet, read_f32, read_raw
+from edgekit.samples.checkpoints import (
     hf_name_from_gguf,
     random_qwen2_checkpoint,
     unpermute_rope_rows,
 )
-from edgekit.convert.safetensors import WeightSet, read_f32, read_raw
 
 CHATML = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 

@@ -10,7 +10,6 @@ import gguf
 import numpy as np
 import pytest
 
-from edgekit.bench.checkpoints import random_qwen2_checkpoint
 from edgekit.convert import convert
 from edgekit.errors import (
     CorruptFile,
@@ -21,6 +20,7 @@ from edgekit.errors import (
     UnsupportedModel,
 )
 from edgekit.gguf_meta import read_header
+from edgekit.samples.checkpoints import random_qwen2_checkpoint
 
 
 def kv(path, key):

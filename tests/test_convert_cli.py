@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from edgekit.bench.checkpoints import random_qwen2_checkpoint
+from edgekit.samples.checkpoints import random_qwen2_checkpoint
 
 
 def run_cli(*args, env=None, **kw):

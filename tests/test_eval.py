@@ -39,7 +39,7 @@ def _tiny_qwen2(path):
     """A one-layer Qwen2 model with the real Qwen2 vocabulary (151k tokens) and random weights."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
-    from edgekit.bench.assets import qwen2_vocab
+    from edgekit.samples.assets import qwen2_vocab
 
     vocab = GGUFReader(str(qwen2_vocab()))
     n_vocab = len(vocab.get_field("tokenizer.ggml.tokens").data)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from reference import ReferenceModel
 
-from edgekit.bench.checkpoints import random_qwen2_checkpoint
 from edgekit.convert import convert
+from edgekit.samples.checkpoints import random_qwen2_checkpoint
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -82,7 +82,7 @@ def test_plan_of_a_file(smollm2_gguf):
 
 _MEASURE = """
 import json, sys, edgekit
-from edgekit.bench.assets import smollm2_gguf
+from edgekit.samples.assets import smollm2_gguf
 n_ctx, kv = int(sys.argv[1]), sys.argv[2]
 m = edgekit.load(smollm2_gguf(), n_ctx=n_ctx, kv_cache=kv, rope_scaling="linear" if n_ctx > 8192 else None)
 c = m.generate("The history of the city is long. " * 70, max_tokens=8, temperature=0)  # a full 512-token ubatch

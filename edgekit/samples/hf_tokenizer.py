@@ -56,7 +56,7 @@ def _read_kv(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
     result is kept in memory and as JSON in the asset cache, keyed by the file's
     size and mtime.
     """
-    from edgekit.bench.assets import CACHE
+    from edgekit.samples.assets import CACHE
 
     cached = CACHE / "gguf-kv" / f"{Path(path).stem}-{size}-{mtime_ns}.json"
     try:

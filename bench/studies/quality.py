@@ -1,6 +1,6 @@
 """Measure types and recipes on SmolLM2-135M (perturbed weights): size, bpw, decode tok/s ratio, KLD, top-1.
 
-Run: python -m edgekit.bench.quality [--only NAME,...] [--rounds 3] [--tokens 64]
+Run: python -m edgekit.bench.studies.quality [--only NAME,...] [--rounds 3] [--tokens 64]
 """
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import statistics
 import time
 from pathlib import Path
 
-from edgekit.bench.assets import CACHE, smollm2_gguf
 from edgekit.convert.recipes import RECIPES
-from edgekit.convert.tensor_quant import perturbed_f16, quantize_plain, quantize_with_recipe
+from edgekit.convert.tensor_quant import quantize_plain, quantize_with_recipe
 from edgekit.evaluate import evaluate, save_reference_logits
+from edgekit.samples.assets import CACHE, smollm2_gguf
+from edgekit.samples.perturb import perturbed_f16
 
 TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_NL"]
 

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.hf_tokenizer import gguf_metadata, tokenizer_files_from_gguf
 from edgekit.convert.safetensors import f32_to_bf16, write_safetensors
+from edgekit.samples.hf_tokenizer import gguf_metadata, tokenizer_files_from_gguf
 
 DTYPES = {"bf16": ("BF16", "bfloat16"), "f16": ("F16", "float16"), "f32": ("F32", "float32")}
 TRANSFORMERS_4X = "4.51.3"  # what a TRL fine-tune of 2025 was saved with
 TRANSFORMERS_5X = "5.0.0"
-RANDOM_NOTE = "random weights with the real vocabulary; made by edgekit.bench.checkpoints, not a trained model"
+RANDOM_NOTE = "random weights with the real vocabulary; made by edgekit.samples.checkpoints, not a trained model"
 
 # A tensor to write: HF name, shape, and a function producing its float32 values.
 TensorSpec = tuple[str, tuple[int, ...], Callable[[], np.ndarray]]
@@ -413,7 +413,7 @@ def cached_checkpoint(name: str, build: Callable[[Path], Path]) -> Path:
     import fcntl
     import shutil
 
-    from edgekit.bench.assets import CACHE
+    from edgekit.samples.assets import CACHE
 
     out = CACHE / f"{name}-v{BUILD_VERSION}"
     if (out / ".done").exists():
@@ -434,13 +434,13 @@ def cached_checkpoint(name: str, build: Callable[[Path], Path]) -> Path:
 
 def cached_smollm2_checkpoint() -> Path:
     """SmolLM2-135M-Instruct as an HF checkpoint (bf16), built once per machine."""
-    from edgekit.bench.assets import smollm2_gguf
+    from edgekit.samples.assets import smollm2_gguf
 
     return cached_checkpoint("smollm2-hf", lambda d: smollm2_checkpoint(d, smollm2_gguf()))
 
 
 def cached_full_size_qwen2_checkpoint() -> Path:
     """The full-size random Qwen2.5-0.5B-architecture checkpoint (~1 GB), built once per machine."""
-    from edgekit.bench.assets import qwen2_vocab
+    from edgekit.samples.assets import qwen2_vocab
 
     return cached_checkpoint("qwen2.5-0.5b-random-hf", lambda d: full_size_qwen2_checkpoint(d, qwen2_vocab()))

@@ -1,7 +1,7 @@
 """Decode speed and size of plain types against recipes on the full-size Qwen2.5-0.5B architecture.
 
 The weights are random (speed does not depend on them), so this measures speed
-and size only. Run: ``python -m edgekit.bench.quality_speed_05b [TOKENS] [ROUNDS]``.
+and size only. Run: ``python -m edgekit.bench.studies.quality_speed_05b [TOKENS] [ROUNDS]``.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import sys
 
-from edgekit.bench.assets import CACHE
-from edgekit.bench.checkpoints import cached_full_size_qwen2_checkpoint
-from edgekit.bench.quality import decode_speed
+from edgekit.bench.studies.quality import decode_speed
 from edgekit.convert import convert
 from edgekit.convert.recipes import RECIPES
 from edgekit.convert.tensor_quant import quantize_plain, quantize_with_recipe
+from edgekit.samples.assets import CACHE
+from edgekit.samples.checkpoints import cached_full_size_qwen2_checkpoint
 
 
 def main() -> None:

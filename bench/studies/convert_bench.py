@@ -4,7 +4,7 @@ Both run on the same checkpoint on the same machine, interleaved, each as a
 separate process so wall time and peak RSS (``wait4``'s ``ru_maxrss``) are
 measured the same way. Run::
 
-    python -m edgekit.bench.convert_bench --llama-cpp DIR --quantize-bin PATH --python PY
+    python -m edgekit.bench.studies.convert_bench --llama-cpp DIR --quantize-bin PATH --python PY
 
 where DIR is the llama.cpp source (with convert_hf_to_gguf.py), PATH a built
 ``llama-quantize`` and PY a Python that has torch and transformers (what
@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from edgekit.bench.checkpoints import cached_full_size_qwen2_checkpoint
+        from edgekit.samples.checkpoints import cached_full_size_qwen2_checkpoint
 
         checkpoint = cached_full_size_qwen2_checkpoint()
     print(json.dumps(run(checkpoint, args.llama_cpp, args.quantize_bin, args.python, args.reps), indent=2))

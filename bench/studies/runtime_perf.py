@@ -1,6 +1,6 @@
 """Side-by-side: edgekit vs llama-cpp-python's Llama on the same GGUF, threads and KV settings.
 
-Run: python -m edgekit.bench.runtime_perf [GGUF] [--rounds 3] [--throughput-only]
+Run: python -m edgekit.bench.studies.runtime_perf [GGUF] [--rounds 3] [--throughput-only]
 Prints JSON lines; interleaves the two so machine noise hits both alike.
 """
 
@@ -19,7 +19,7 @@ args = [a for i, a in enumerate(sys.argv[1:], 1) if not a.startswith("--") and s
 if args:
     GGUF = args[0]
 else:
-    from edgekit.bench.assets import smollm2_gguf
+    from edgekit.samples.assets import smollm2_gguf
 
     GGUF = str(smollm2_gguf())
 ROUNDS = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 3

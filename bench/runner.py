@@ -261,14 +261,19 @@ def _load_raw(group: Group, grid: Grid) -> Any:
     """llama-cpp-python's Llama with the same settings: the "no wrapper" baseline."""
     import llama_cpp
 
+    from edgekit import _llama
     from edgekit.errors import ModelLoadError
+    from edgekit.gguf_check import check
 
+    # The same weight buffers edgekit's own loader would use on this CPU (see _llama.extra_buffers_ok).
+    extra = _llama.extra_buffers_ok(Path(group.model), check(group.model).tensor_types)
     try:
-        return llama_cpp.Llama(str(group.model), n_ctx=group.n_ctx, n_batch=grid.n_batch, n_ubatch=grid.n_ubatch,
-                               n_threads=group.threads, n_threads_batch=group.threads, flash_attn=group.flash_attn,
-                               type_k=_ggml_type(group.type_k), type_v=_ggml_type(group.type_v),
-                               n_gpu_layers=n_gpu_layers(grid.gpu_layers),
-                               seed=1234, verbose=False)
+        with _llama.llama_cpp_python_model_params(use_extra_bufts=extra):
+            return llama_cpp.Llama(str(group.model), n_ctx=group.n_ctx, n_batch=grid.n_batch,
+                                   n_ubatch=grid.n_ubatch, n_threads=group.threads, n_threads_batch=group.threads,
+                                   flash_attn=group.flash_attn, type_k=_ggml_type(group.type_k),
+                                   type_v=_ggml_type(group.type_v), n_gpu_layers=n_gpu_layers(grid.gpu_layers),
+                                   seed=1234, verbose=False)
     except ValueError as exc:
         raise ModelLoadError(f"llama.cpp could not load {group.model}: {exc}",
                              "Check that the file is a complete GGUF.") from None

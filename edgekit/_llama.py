@@ -8,10 +8,13 @@ captured into a ring buffer. The tail is attached to load errors, and
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 _LOG: collections.deque[str] = collections.deque(maxlen=200)
@@ -55,8 +58,85 @@ def clear_log() -> None:
     _LOG.clear()
 
 
-def log_lines() -> list[str]:
-    return list(_LOG)
+def system_info() -> str:
+    """llama.cpp's own description of the build's CPU features, e.g. ``"AVX2 = 1 | AMX_INT8 = 1 | ..."``."""
+    return lib().llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+# Weight types llama.cpp's AMX buffer takes (ggml-cpu/amx/common.h, qtype_has_amx_kernels).
+AMX_TYPES = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"})
+_extra_buffers_verdicts: dict[str, bool] = {}
+
+
+def extra_buffers_ok(path: Path, tensor_types: frozenset[str]) -> bool:
+    """Whether llama.cpp may put this model's weights in its extra CPU buffers (AMX, repacked).
+
+    They are llama.cpp's fast path, but on some CPUs that report AMX (seen on a virtualised Xeon)
+    the AMX kernels crash the process on the first batched matmul. A crash can't be caught in
+    process, so the first load of a model with AMX-eligible weights on a build with AMX runs
+    :mod:`edgekit._llama_probe` once in a subprocess; the verdict is cached per build, CPU and
+    weight types. ``EDGEKIT_EXTRA_BUFFERS=0`` or ``1`` decides without probing.
+    """
+    forced = os.environ.get("EDGEKIT_EXTRA_BUFFERS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    info = system_info()
+    amx_types = tensor_types & AMX_TYPES
+    if "AMX_INT8 = 1" not in info or not amx_types:
+        return True
+    import hashlib
+    import platform
+
+    key = hashlib.sha256(f"{info}|{platform.processor()}|{platform.machine()}|{sorted(amx_types)}".encode())
+    key = key.hexdigest()[:16]
+    if key not in _extra_buffers_verdicts:
+        _extra_buffers_verdicts[key] = _cached_probe(key, path)
+    return _extra_buffers_verdicts[key]
+
+
+@contextlib.contextmanager
+def llama_cpp_python_model_params(**fields: Any) -> Iterator[None]:
+    """Let llama-cpp-python's high-level ``Llama`` be built with model params it doesn't expose
+    (e.g. ``use_extra_bufts=False``): its constructor starts from ``llama_model_default_params()``."""
+    L = lib()
+    original = L.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    L.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        L.llama_model_default_params = original
+
+
+def _cached_probe(key: str, path: Path) -> bool:
+    import json
+    import subprocess
+
+    from edgekit.convert.atomic import atomic_output
+    from edgekit.paths import cache_dir
+
+    store = cache_dir() / "extra-buffers.json"
+    try:
+        verdicts = json.loads(store.read_text())
+    except (OSError, ValueError):
+        verdicts = None
+    verdicts = verdicts if isinstance(verdicts, dict) else {}
+    if not isinstance(verdicts.get(key), bool):
+        try:
+            rc = subprocess.run([sys.executable, "-m", "edgekit._llama_probe", str(path)], capture_output=True,
+                                timeout=300).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+        verdicts[key] = rc >= 0  # a signal (SIGSEGV, SIGILL) or a hang is what condemns them
+        with atomic_output(store) as tmp:
+            tmp.write_text(json.dumps(verdicts, indent=1))
+    return verdicts[key]
 
 
 def tokenize(vocab: Any, text: str, add_special: bool, parse_special: bool) -> list[int]:

@@ -54,6 +54,7 @@ class ModelInfo:
     eog_token_ids: tuple[int, ...]
     name: str | None
     metadata: dict[str, Any] = field(repr=False)
+    tensor_types: frozenset[str] = frozenset()  # ggml type names of the tensors, e.g. {"F32", "Q4_0"}
 
     def kv_values_per_token(self) -> tuple[int, int]:
         """(K values, V values) the KV cache stores per token, over all layers."""
@@ -133,4 +134,14 @@ def check(path: str | Path) -> ModelInfo:
         eog_token_ids=tuple(eog),
         name=md.get("general.name") if isinstance(md.get("general.name"), str) else None,
         metadata=_short_metadata(md),
+        tensor_types=frozenset(_type_name(t.type) for t in header.tensors),
     )
+
+
+def _type_name(ggml_type: int) -> str:
+    from gguf import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return str(ggml_type)

@@ -66,6 +66,8 @@ class Model:
 
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = gpu_layers
+        self.extra_buffers = _llama.extra_buffers_ok(info.path, info.tensor_types)
+        mp.use_extra_bufts = self.extra_buffers
         mp.load_mode = (L.LLAMA_LOAD_MODE_MMAP_MLOCK if mmap and mlock else L.LLAMA_LOAD_MODE_MLOCK if mlock
                         else L.LLAMA_LOAD_MODE_MMAP if mmap else L.LLAMA_LOAD_MODE_NONE)
         if progress is not None:

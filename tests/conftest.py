@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _extra_buffers_verdict():
+    """Decide once per session whether llama.cpp's extra weight buffers (AMX) are safe on this CPU.
+
+    edgekit probes that in a subprocess per user cache; the tests isolate the cache per test, so
+    without this every CLI subprocess would probe again. tests/test_runtime.py tests the probe itself.
+    """
+    if "EDGEKIT_EXTRA_BUFFERS" in os.environ:
+        yield
+        return
+    from edgekit import _llama
+    from edgekit.samples.assets import smollm2_gguf
+
+    if "AMX_INT8 = 1" in _llama.system_info():
+        path = smollm2_gguf()
+        from edgekit.gguf_check import check
+
+        ok = _llama.extra_buffers_ok(path, check(path).tensor_types)
+        os.environ["EDGEKIT_EXTRA_BUFFERS"] = "1" if ok else "0"
+    yield
+    os.environ.pop("EDGEKIT_EXTRA_BUFFERS", None)
 
 
 @pytest.fixture(autouse=True)

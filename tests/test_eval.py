@@ -93,11 +93,14 @@ def test_perplexity_matches_numpy_over_the_same_logits(quants):
     """Chunking, BOS, second-half scoring and the NLL average, against a direct numpy log-softmax."""
     import llama_cpp
 
+    from edgekit import _llama
     from edgekit.evaluate import default_text, evaluate
+    from edgekit.gguf_check import check
 
     model = quants["Q8_0"]
     res = evaluate(model, n_ctx=N_CTX, n_chunks=3)
-    llm = llama_cpp.Llama(str(model), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, verbose=False)
+    with _llama.llama_cpp_python_model_params(use_extra_bufts=_llama.extra_buffers_ok(model, check(model).tensor_types)):
+        llm = llama_cpp.Llama(str(model), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, verbose=False)
     tokens = llm.tokenize(default_text().encode(), add_bos=True, special=False)
     add_bos = llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model))
     first, nlls = N_CTX // 2, []

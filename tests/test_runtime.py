@@ -221,3 +221,30 @@ def test_quantized_v_cache_turns_flash_attention_on(smollm2_gguf):
         assert m.generate("Hello", max_tokens=4, temperature=0).stats.gen_tokens == 4
     with pytest.raises(EdgekitError, match="flash attention"):
         edgekit.load(smollm2_gguf, n_ctx=512, kv_cache="q8_0", flash_attn=False)
+
+
+def test_extra_weight_buffers_are_probed_once_and_the_verdict_holds(smollm2_gguf, monkeypatch):
+    """On a build with AMX, a subprocess probe decides whether the AMX weight buffers survive a batched
+    decode here; the verdict is cached and a load with it decodes a batch without crashing."""
+    from edgekit import _llama
+    from edgekit.gguf_check import check
+
+    monkeypatch.delenv("EDGEKIT_EXTRA_BUFFERS", raising=False)
+    monkeypatch.setattr(_llama, "_extra_buffers_verdicts", {})
+    types = check(smollm2_gguf).tensor_types
+    assert {"Q4_1", "Q8_0"} <= types  # SmolLM2's file: both AMX-eligible types
+    verdict = _llama.extra_buffers_ok(smollm2_gguf, types)
+    amx = "AMX_INT8 = 1" in _llama.system_info()
+    from edgekit.paths import cache_dir
+
+    store = cache_dir() / "extra-buffers.json"
+    assert store.exists() == amx  # probed (and cached) only where AMX is in the build
+    if not amx:
+        assert verdict is True
+    assert _llama.extra_buffers_ok(smollm2_gguf, frozenset({"F16", "F32"})) is True  # nothing AMX would take
+    monkeypatch.setenv("EDGEKIT_EXTRA_BUFFERS", "0")
+    assert _llama.extra_buffers_ok(smollm2_gguf, types) is False
+    monkeypatch.setenv("EDGEKIT_EXTRA_BUFFERS", "1" if verdict else "0")
+    with edgekit.load(smollm2_gguf, n_ctx=256) as m:
+        assert m.extra_buffers is verdict
+        assert m.generate("The capital of France is a city called", max_tokens=4, temperature=0).stats.prompt_tokens > 4

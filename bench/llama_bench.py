@@ -18,7 +18,7 @@ from edgekit.errors import BenchError
 
 from . import records
 
-__all__ = ["command", "run", "run_case", "find_binary", "n_gpu_layers", "parse_output"]
+__all__ = ["command", "run", "run_case", "find_binary", "parse_output"]
 
 
 def find_binary(path: str) -> str:
@@ -38,29 +38,21 @@ def find_binary(path: str) -> str:
 
 
 def command(binary: str, group: Any, grid: Any, case: Any) -> list[str]:
-    """The llama-bench argv measuring ``case`` with the group's load settings."""
+    """The llama-bench argv measuring ``case`` with the group's load settings.
+
+    ``-ngl`` gets the same explicit layer count edgekit's loader uses (``resolve_gpu_layers``).
+    """
+    from edgekit.gguf_check import check
+    from edgekit.llama_facts import resolve_gpu_layers
+
+    ngl = resolve_gpu_layers(grid.gpu_layers, check(group.model).n_layer)
     return [
         binary, "-m", str(group.model), "-p", str(case.n_prompt), "-n", str(case.n_gen), "-d", str(case.n_depth),
         "-t", str(group.threads), "-ctk", group.type_k, "-ctv", group.type_v,
         "-fa", "on" if group.flash_attn else "off", "-b", str(grid.n_batch), "-ub", str(grid.n_ubatch),
-        "-ngl", str(_ngl(grid.gpu_layers)), "-r", str(grid.reps), "-o", "jsonl",
+        "-ngl", str(ngl), "-r", str(grid.reps), "-o", "jsonl",
         *([] if grid.warmup else ["--no-warmup"]),
     ]
-
-
-def n_gpu_layers(value: int | str) -> int:
-    """llama.cpp's n_gpu_layers for our gpu_layers setting: "auto" is every layer (-1) where the build offloads."""
-    if value == "auto":
-        import llama_cpp
-
-        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
-    return int(value)
-
-
-def _ngl(value: int | str) -> int:
-    """llama-bench's -ngl, which spells "every layer" as a large number."""
-    n = n_gpu_layers(value)
-    return 99 if n < 0 else n
 
 
 def parse_output(stdout: str) -> list[dict[str, Any]]:

@@ -66,15 +66,15 @@ class Context:
     _depth_state: tuple[int, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        import llama_cpp
+        from edgekit import _llama
 
-        self._lib = llama_cpp
-        vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
-        self.bos = int(llama_cpp.llama_vocab_bos(vocab)) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
+        self._lib = L = _llama.lib()
+        vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = int(L.llama_vocab_n_tokens(vocab))
+        self.bos = int(L.llama_vocab_bos(vocab)) if L.llama_vocab_get_add_bos(vocab) else None
         self._rng = random.Random(self.seed)
         # Once, as llama-bench does per test (it logs each call, so not inside the timed loops).
-        llama_cpp.llama_set_n_threads(self.ctx, self.threads, self.threads)
+        L.llama_set_n_threads(self.ctx, self.threads, self.threads)
 
     def _token(self) -> int:
         return self._rng.randrange(self.n_vocab)

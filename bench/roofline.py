@@ -13,13 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["measure_bandwidth", "bandwidth", "kv_bytes_per_token", "decode_ceiling", "KV_TYPE_BYTES"]
+__all__ = ["measure_bandwidth", "bandwidth", "decode_ceiling"]
 
-# Bytes per element of the KV cache types llama.cpp accepts (block size / block bytes).
-KV_TYPE_BYTES = {
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
-    "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
-}
 _CACHE_FILE = "roofline.json"
 
 
@@ -69,30 +64,6 @@ def bandwidth(device_id: str, *, refresh: bool = False, cache_dir: Path | None =
     tmp.write_text(json.dumps(cache, indent=1))
     tmp.replace(path)
     return value
-
-
-def kv_bytes_per_token(metadata: dict[str, Any], type_k: str, type_v: str) -> float:
-    """KV cache bytes per token of context, from GGUF metadata (``<arch>.block_count`` etc.); 0 if unknown."""
-    arch = metadata.get("general.architecture")
-    if not arch:
-        return 0.0
-
-    def get(key: str) -> int | None:
-        value = metadata.get(f"{arch}.{key}")
-        try:
-            return int(value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
-
-    n_layer, n_embd, n_head = get("block_count"), get("embedding_length"), get("attention.head_count")
-    if not (n_layer and n_embd and n_head):
-        return 0.0
-    n_head_kv = get("attention.head_count_kv") or n_head
-    head_k = get("attention.key_length") or n_embd // n_head
-    head_v = get("attention.value_length") or n_embd // n_head
-    bk = KV_TYPE_BYTES.get(type_k.lower(), 2.0)
-    bv = KV_TYPE_BYTES.get(type_v.lower(), 2.0)
-    return n_layer * n_head_kv * (head_k * bk + head_v * bv)
 
 
 def decode_ceiling(bandwidth_bytes_per_s: float, weights_bytes: int, kv_per_token: float, depth: int) -> tuple[float, float]:

@@ -18,15 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BenchError
+from edgekit.llama_facts import (
+    CTX_ALIGN,
+    KV_CACHE_TYPES,
+    is_quantized,
+    kv_bytes_per_token,
+    physical_cores,
+)
 from edgekit.progress import ProgressFn, report
 
 from . import measure, records, roofline
-from .llama_bench import n_gpu_layers
+from .engines import Loaded
 
 __all__ = ["Grid", "SUITES", "Case", "Group", "plan", "run", "suite_grid", "parse_kv", "ENGINES"]
 
 ENGINES = ("edgekit", "llama-cpp-python")
-_QUANT_KV = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,9 @@ def parse_kv(spec: str) -> tuple[str, str]:
     parts = spec.lower().split("/")
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or any(p not in roofline.KV_TYPE_BYTES for p in parts):
+    if len(parts) != 2 or any(p not in KV_CACHE_TYPES for p in parts):
         raise BenchError(f"unknown KV cache type {spec!r}",
-                         f"Use one of {', '.join(roofline.KV_TYPE_BYTES)}, or K/V like q8_0/f16.")
+                         f"Use one of {', '.join(KV_CACHE_TYPES)}, or K/V like q8_0/f16.")
     return parts[0], parts[1]
 
 
@@ -104,12 +110,6 @@ class Group:
     cases: list[Case] = field(default_factory=list)
 
 
-def _default_threads() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
 def plan(grid: Grid) -> tuple[list[Group], list[str]]:
     """Expand the grid into load groups; also return why any combination was skipped."""
     if not grid.models:
@@ -120,7 +120,7 @@ def plan(grid: Grid) -> tuple[list[Group], list[str]]:
         raise BenchError(f"unknown engine {grid.engine!r}", f"Use one of: {', '.join(ENGINES)}.")
     for model in grid.models:
         _check_model(model)
-    threads = grid.threads or (_default_threads(),)
+    threads = grid.threads or (physical_cores(),)
     if any(t < 1 for t in threads):
         raise BenchError("thread counts must be at least 1", "Pass --threads like 1,2,4.")
     depths = sorted(set(grid.depths))
@@ -145,15 +145,15 @@ def plan(grid: Grid) -> tuple[list[Group], list[str]]:
         type_k, type_v = parse_kv(kv)
         limit = trained[model]
         fitting = [c for c in cases if not limit or c.n_depth + c.n_prompt + c.n_gen <= limit]
-        if type_v in _QUANT_KV and not fa:
+        if is_quantized(type_v) and not fa:
             skipped.append(f"{Path(model).name} KV {type_k}/{type_v} with flash attention off: llama.cpp needs "
                            "flash attention for a quantized V cache")
             continue
-        # Room for the deepest test plus a chat turn (its prompt is under 128 tokens), in whole KV pages.
+        # Room for the deepest test plus a chat turn (its prompt is under 128 tokens), as llama.cpp pads it.
         if not fitting:
             continue
         need = max([c.n_depth + c.n_prompt + c.n_gen for c in fitting] + [128 + grid.chat_gen])
-        n_ctx = -(-need // 256) * 256
+        n_ctx = -(-need // CTX_ALIGN) * CTX_ALIGN
         if limit:
             n_ctx = min(n_ctx, max(limit, need))
         groups.append(Group(model, type_k, type_v, fa, t, n_ctx, fitting))
@@ -194,123 +194,6 @@ def _units(group: Group, grid: Grid) -> int:
     return len(group.cases) * per
 
 
-# -- loading -----------------------------------------------------------------------------------------------
-
-class _Loaded:
-    """A loaded model: the edgekit Model (or a raw Llama), its llama.cpp pointers and model facts."""
-
-    def __init__(self, group: Group, grid: Grid) -> None:
-        import ctypes
-
-        import llama_cpp
-
-        self.model: Any = None
-        measure.reset_peak_rss()
-        t0 = time.perf_counter()
-        if grid.engine == "edgekit":
-            model = self.model = _load_edgekit(group, grid)
-            ctx_ptr, model_ptr = model.llama_context, model.llama_model
-            self.metadata = dict(model.metadata)
-            self.load_s = model.load_s
-            # What the loader actually used (the planner may adjust a setting), not just what was asked.
-            self.type_k, self.type_v = model.type_k, model.type_v
-            self.gpu_layers, self.flash_attn = model.gpu_layers, model.flash_attn
-            on_clear = None  # the Model is reset once after the raw tests (see run())
-        else:
-            llama = _load_raw(group, grid)
-            self.model = _RawChat(llama)
-            ctx_ptr, model_ptr = llama.ctx, llama.model
-            self.metadata = dict(llama.metadata or {})
-            self.load_s = time.perf_counter() - t0
-            self.type_k, self.type_v = group.type_k, group.type_v
-            self.gpu_layers, self.flash_attn = n_gpu_layers(grid.gpu_layers), group.flash_attn
-            on_clear = llama.reset
-        self.rss = measure.rss_bytes()
-        buf = ctypes.create_string_buffer(256)
-        llama_cpp.llama_model_desc(model_ptr, buf, 256)
-        self.model_type = buf.value.decode(errors="replace")
-        self.model_size = int(llama_cpp.llama_model_size(model_ptr))
-        self.model_n_params = int(llama_cpp.llama_model_n_params(model_ptr))
-        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx_ptr))
-        self.ctx = measure.Context(ctx_ptr, model_ptr, group.threads, on_clear=on_clear)
-
-    def after_raw_tests(self) -> None:
-        """The raw decodes bypassed the Model's prompt-cache bookkeeping: make it start clean."""
-        self.model.reset()
-
-    def close(self) -> None:
-        if self.model is not None:
-            self.model.close()
-
-
-def _load_edgekit(group: Group, grid: Grid) -> Any:
-    import edgekit
-
-    return edgekit.load(group.model, n_ctx=group.n_ctx, kv_cache=f"{group.type_k}/{group.type_v}",
-                        threads=group.threads, flash_attn=group.flash_attn, n_batch=grid.n_batch,
-                        n_ubatch=grid.n_ubatch, gpu_layers=grid.gpu_layers, seed=1234)
-
-
-def _ggml_type(name: str) -> int:
-    import llama_cpp
-
-    return int(getattr(llama_cpp, f"GGML_TYPE_{name.upper()}"))
-
-
-def _load_raw(group: Group, grid: Grid) -> Any:
-    """llama-cpp-python's Llama with the same settings: the "no wrapper" baseline."""
-    import llama_cpp
-
-    from edgekit import _llama
-    from edgekit.errors import ModelLoadError
-    from edgekit.gguf_check import check
-
-    # The same weight buffers edgekit's own loader would use on this CPU (see _llama.extra_buffers_ok).
-    extra = _llama.extra_buffers_ok(Path(group.model), check(group.model).tensor_types)
-    try:
-        with _llama.llama_cpp_python_model_params(use_extra_bufts=extra):
-            return llama_cpp.Llama(str(group.model), n_ctx=group.n_ctx, n_batch=grid.n_batch,
-                                   n_ubatch=grid.n_ubatch, n_threads=group.threads, n_threads_batch=group.threads,
-                                   flash_attn=group.flash_attn, type_k=_ggml_type(group.type_k),
-                                   type_v=_ggml_type(group.type_v), n_gpu_layers=n_gpu_layers(grid.gpu_layers),
-                                   seed=1234, verbose=False)
-    except ValueError as exc:
-        raise ModelLoadError(f"llama.cpp could not load {group.model}: {exc}",
-                             "Check that the file is a complete GGUF.") from None
-
-
-class _RawChat:
-    """stream_chat for the raw Llama engine, via llama-cpp-python's own chat formatting."""
-
-    def __init__(self, llama: Any) -> None:
-        self.llama = llama
-
-    def reset(self) -> None:
-        import llama_cpp
-
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llama.ctx), True)
-        self.llama.reset()
-
-    def stream_chat(self, messages: list[dict], **sampling: Any) -> Iterator[Any]:
-        n = 0
-        for chunk in self.llama.create_chat_completion(messages, stream=True, temperature=sampling["temperature"],
-                                                        max_tokens=sampling["max_tokens"], seed=sampling.get("seed")):
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                n += 1
-                yield text
-        yield _RawStats(gen_tokens=n)
-
-    def close(self) -> None:
-        self.llama.close()
-
-
-@dataclass
-class _RawStats:
-    gen_tokens: int
-    prompt_tokens: int = 0
-
-
 # -- the sweep ---------------------------------------------------------------------------------------------
 
 def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any] | None = None,
@@ -337,7 +220,8 @@ def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any
         report(progress, "bench", done, total)
 
     for group in groups:
-        loaded = _Loaded(group, grid)
+        loaded = Loaded(group.model, group.type_k, group.type_v, group.flash_attn, group.threads, group.n_ctx,
+                        grid.engine, grid.n_batch, grid.n_ubatch, grid.gpu_layers)
         try:
             for case in group.cases:
                 if case.test == "chat":
@@ -352,7 +236,7 @@ def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any
             loaded.close()
 
 
-def _vs_llama_bench(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any],
+def _vs_llama_bench(loaded: Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any],
                     bandwidth: float, tick: Any) -> Iterator[dict[str, Any]]:
     """Ours, llama-bench, ours, llama-bench... (``grid.vs_rounds`` rounds); yield both merged records."""
     from .llama_bench import run_case as run_llama_bench
@@ -384,7 +268,7 @@ def _merge(recs: list[dict[str, Any]], n_tokens: int) -> dict[str, Any]:
     return merged
 
 
-def _common(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any]) -> dict[str, Any]:
+def _common(loaded: Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any]) -> dict[str, Any]:
     return {
         "engine": grid.engine, "test": case.test, "n_prompt": case.n_prompt, "n_gen": case.n_gen,
         "n_depth": case.n_depth, "build_commit": None, "cpu_info": device.get("cpu_model"), "gpu_info": "",
@@ -399,7 +283,7 @@ def _common(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[
     }
 
 
-def _run_case(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any], bandwidth: float,
+def _run_case(loaded: Loaded, group: Group, grid: Grid, case: Case, device: dict[str, Any], bandwidth: float,
               tick: Any) -> dict[str, Any]:
     fields = _common(loaded, group, grid, case, device)
     if case.test == "chat":
@@ -420,7 +304,7 @@ def _run_case(loaded: _Loaded, group: Group, grid: Grid, case: Case, device: dic
                                      n_batch=grid.n_batch, reps=grid.reps, warmup=grid.warmup, on_rep=tick)
         fields.update(records.stats_from_ns(samples, case.n_prompt + case.n_gen))
         if case.test == "tg":
-            kv = roofline.kv_bytes_per_token(loaded.metadata, loaded.type_k, loaded.type_v)
+            kv = kv_bytes_per_token(loaded.info.kv_values_per_token(), loaded.type_k, loaded.type_v)
             # Average depth over the generated tokens: the KV read grows while generating.
             per_token, ceiling = roofline.decode_ceiling(bandwidth, loaded.model_size, kv,
                                                          case.n_depth + case.n_gen // 2)

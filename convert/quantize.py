@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import QuantizeError
+from edgekit.llama_facts import bits_per_weight, ggml_type_id, llama_ftypes
 from edgekit.progress import ProgressFn, report
 
 
@@ -27,41 +28,25 @@ class QuantType:
     bits_per_weight: float
 
 
-# llama.cpp's file types that need no importance matrix (llama_ftype values).
+# llama.cpp's file types that need no importance matrix, with bits per weight. For a
+# single-type file that is the type's own size (gguf-py's block table: Q8_0 = 8.5); a
+# K-quant mix keeps some tensors in a larger type (llama.cpp's per-tensor rules in
+# llama-quant.cpp), so its figure is an estimate a little above its main type. The figure
+# only sizes the conversion's progress bar; nothing is decided by it.
+_MIX_BITS = {"Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
+             "Q3_K_S": 3.5, "Q2_K": 3.0}
 QUANT_TYPES: dict[str, QuantType] = {
-    q.name.lower(): q
-    for q in (
-        QuantType("F32", 0, 32.0),
-        QuantType("F16", 1, 16.0),
-        QuantType("BF16", 32, 16.0),
-        QuantType("Q8_0", 7, 8.5),
-        QuantType("Q6_K", 18, 6.6),
-        QuantType("Q5_K_M", 17, 5.7),
-        QuantType("Q5_K_S", 16, 5.5),
-        QuantType("Q5_1", 9, 6.0),
-        QuantType("Q5_0", 8, 5.5),
-        QuantType("Q4_K_M", 15, 4.9),
-        QuantType("Q4_K_S", 14, 4.6),
-        QuantType("Q4_1", 3, 5.0),
-        QuantType("Q4_0", 2, 4.5),
-        QuantType("IQ4_NL", 25, 4.5),
-        QuantType("IQ4_XS", 30, 4.3),
-        QuantType("Q3_K_L", 13, 4.3),
-        QuantType("Q3_K_M", 12, 3.9),
-        QuantType("Q3_K_S", 11, 3.5),
-        QuantType("Q2_K", 10, 3.0),
-    )
+    name.lower(): QuantType(name, llama_ftypes()[name], _MIX_BITS.get(name) or bits_per_weight(name))
+    for name in ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S",
+                 "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
 }
 FLOAT_TYPES = ("f32", "f16", "bf16")
 
 
-
 def ggml_type(name: str) -> int:
     """A ggml tensor type's number from its name (``q4_k``, ``Q8_0``, ...)."""
-    import gguf
-
     try:
-        return int(gguf.GGMLQuantizationType[name.upper()])
+        return ggml_type_id(name)
     except KeyError:
         raise QuantizeError(f"unknown tensor type {name!r}") from None
 
@@ -72,21 +57,6 @@ def quant_type(name: str) -> QuantType:
     if found is None:
         raise QuantizeError(f"unknown type {name!r}", f"Known types: {', '.join(q.name for q in QUANT_TYPES.values())}.")
     return found
-
-
-def _silence_llama_logs() -> None:
-    """llama.cpp logs every tensor it quantizes to stderr; keep the terminal for our progress bar."""
-    import llama_cpp
-
-    if not getattr(_silence_llama_logs, "done", False):
-        @llama_cpp.llama_log_callback
-        def _quiet(level, text, user_data):  # noqa: ARG001
-            return None
-
-        _silence_llama_logs.callback = _quiet  # keep a reference alive
-        if os.environ.get("EDGEKIT_DEBUG") != "1":
-            llama_cpp.llama_log_set(_quiet, ctypes.c_void_p(0))
-        _silence_llama_logs.done = True
 
 
 def quantize(
@@ -113,9 +83,9 @@ def quantize(
     worker thread so Ctrl-C stays responsive; progress is the output's growth
     towards ``expected_bytes``.
     """
-    import llama_cpp
+    from edgekit import _llama
 
-    _silence_llama_logs()
+    llama_cpp = _llama.lib()  # its log callback keeps llama.cpp's per-tensor log off the terminal
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quant_type(qtype).ftype
     params.nthread = threads or os.cpu_count() or 1

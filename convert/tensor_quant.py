@@ -13,18 +13,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from edgekit.convert.quantize import QUANT_TYPES
 from edgekit.errors import QuantizeError
 from edgekit.gguf_meta import read_header
 from edgekit.progress import ProgressFn, report
 
 __all__ = ["quantize_with_recipe", "quantize_plain", "tensor_types"]
 
-# llama_ftype values for the recipe's "base" type; they only set general.file_type
+# The recipe's "base" type as a llama.cpp file type; it only sets general.file_type,
 # because every tensor gets an explicit override.
-_FTYPES = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12,
-    "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_NL": 25, "BF16": 32,
-}
 _FTYPE_OF_TYPE = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 
 
@@ -93,7 +90,7 @@ def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
                             "Quantize from the F16 GGUF that `edgekit convert -q f16` writes.")
     plan = resolve_types(rec, shapes, n_layer)
     base = _FTYPE_OF_TYPE.get(rec.base, rec.base)
-    _run_llama_quantize(src, dst, base if base in _FTYPES else "Q4_0", plan, threads, progress)
+    _run_llama_quantize(src, dst, base if base.lower() in QUANT_TYPES else "Q4_0", plan, threads, progress)
     report(progress, "quantize", 1, 1)
     return dst
 
@@ -101,7 +98,8 @@ def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
 def quantize_plain(src_gguf: str | Path, dst: str | Path, qtype: str, threads: int | None = None) -> Path:
     """Quantize with one llama.cpp ftype (e.g. ``"Q4_K_M"``) using llama.cpp's own mixture rules."""
     key = qtype.upper()
-    if key not in _FTYPES:
-        raise QuantizeError(f"Unknown quantization type {qtype!r}.", f"Use one of: {', '.join(_FTYPES)}.")
+    if qtype.lower() not in QUANT_TYPES:
+        raise QuantizeError(f"Unknown quantization type {qtype!r}.",
+                            f"Use one of: {', '.join(q.name for q in QUANT_TYPES.values())}.")
     _run_llama_quantize(Path(src_gguf), Path(dst), key, None, threads)
     return Path(dst)

@@ -37,6 +37,22 @@ PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
     (BYTE_LEVEL_REGEX,): "gpt-2",  # GPT-2 style
 }
 
+# Other tokenizer.ggml.pre names llama.cpp splits exactly like one in PRE_TOKENIZERS.
+SAME_SPLITS = {"gpt2": "gpt-2", "starcoder": "smollm"}
+
+
+def pre_tokenizer_splits(pre: str) -> tuple[str, ...]:
+    """The split regexes of llama.cpp's pre-tokenizer ``pre`` (the inverse of :data:`PRE_TOKENIZERS`).
+
+    Raises KeyError for a name edgekit has no definition of.
+    """
+    name = SAME_SPLITS.get(pre, pre)
+    for steps, known in PRE_TOKENIZERS.items():
+        if known == name:
+            return steps
+    raise KeyError(pre)
+
+
 # Texts llama.cpp and chat templates use to end a turn.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 

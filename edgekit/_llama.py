@@ -1,8 +1,11 @@
 """The thin ctypes layer over llama.cpp that edgekit needs (and nothing more).
 
-llama.cpp logs to stderr by default; the library must not print, so its log is
-captured into a ring buffer. The tail is attached to load errors, and
-``EDGEKIT_DEBUG=1`` also echoes it to stderr.
+Every edgekit module reaches llama.cpp (llama-cpp-python's bindings) through
+here: :func:`lib` for the raw functions, plus the few helpers below. llama.cpp
+logs to stderr by default; the library must not print, so this module installs
+the one process-wide log callback, which captures the log into a ring buffer.
+The tail is attached to load errors, and ``EDGEKIT_DEBUG=1`` also echoes it to
+stderr.
 """
 
 from __future__ import annotations
@@ -56,6 +59,39 @@ def log_tail(n: int = 5, contains: str = "") -> str:
 
 def clear_log() -> None:
     _LOG.clear()
+
+
+def supports_gpu_offload() -> bool:
+    """Whether this llama.cpp build can put layers on a GPU (Metal, CUDA, ...)."""
+    return bool(lib().llama_supports_gpu_offload())
+
+
+def bindings_version() -> str | None:
+    """llama-cpp-python's version, or None where it isn't installed (the device fingerprint still works)."""
+    try:
+        from importlib.metadata import version
+
+        return version("llama_cpp_python")
+    except Exception:
+        return None
+
+
+def high_level_llama() -> Any:
+    """llama-cpp-python's high-level ``Llama`` class, for the benchmark's "no wrapper" baseline.
+
+    Build it inside :func:`llama_cpp_python_model_params` (see :func:`extra_buffers_ok`).
+    """
+    lib()  # our log callback and backend first
+    from llama_cpp import Llama
+
+    return Llama
+
+
+def json_schema_to_gbnf(schema_json: str) -> str:
+    """llama-cpp-python's JSON-schema-to-GBNF converter (it raises plain exceptions on bad schemas)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
+
+    return convert(schema_json)
 
 
 def system_info() -> str:

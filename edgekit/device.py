@@ -101,20 +101,13 @@ def _board() -> str | None:
 
 
 def _llama_info() -> dict[str, Any]:
-    try:
-        import llama_cpp
-    except ImportError:  # the fingerprint still works without the runtime
+    from edgekit import _llama
+
+    version = _llama.bindings_version()
+    if version is None:  # the fingerprint still works without the runtime
         return {"llama_cpp_python": None, "system_info": None, "gpu_offload": None}
-    try:
-        system_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-    except Exception:  # an old binding without it; the rest is still useful
-        system_info = None
-    try:
-        gpu = bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:
-        gpu = None
-    return {"llama_cpp_python": getattr(llama_cpp, "__version__", None), "system_info": system_info,
-            "gpu_offload": gpu}
+    return {"llama_cpp_python": version, "system_info": _llama.system_info(),
+            "gpu_offload": _llama.supports_gpu_offload()}
 
 
 def fingerprint() -> dict[str, Any]:
@@ -126,12 +119,13 @@ def fingerprint() -> dict[str, Any]:
     import psutil
 
     from edgekit import __version__
+    from edgekit.llama_facts import physical_cores
 
     cpu_model, isa, apple_chip = _cpu()
     info: dict[str, Any] = {
         "cpu_model": cpu_model,
         "arch": platform.machine(),
-        "cores_physical": psutil.cpu_count(logical=False) or os.cpu_count() or 0,
+        "cores_physical": physical_cores(),
         "cores_logical": psutil.cpu_count(logical=True) or os.cpu_count() or 0,
         "isa": isa,
         "ram_bytes": int(psutil.virtual_memory().total),

@@ -22,19 +22,12 @@ from typing import Any
 from edgekit import _llama, state
 from edgekit.errors import ContextOverflow, EdgekitError, ModelLoadError
 from edgekit.gguf_check import ModelInfo, check
-from edgekit.planner import KV_TYPES, Plan, plan_info, require_fit
+from edgekit.llama_facts import ggml_type_id, physical_cores, resolve_gpu_layers
+from edgekit.planner import Plan, plan_info, require_fit
 from edgekit.progress import ProgressFn, report
 from edgekit.sampling import Sampling, build_sampler, resolve
 from edgekit.stats import Completion, FinishReason, Stats, peak_rss
 from edgekit.textstream import TextStream
-
-
-def _physical_cores() -> int:
-    import os
-
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 class Model:
@@ -91,8 +84,8 @@ class Model:
         cp.n_ubatch = min(n_ubatch, n_batch)
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = threads
-        cp.type_k = KV_TYPES[plan.type_k][0]
-        cp.type_v = KV_TYPES[plan.type_v][0]
+        cp.type_k = ggml_type_id(plan.type_k)
+        cp.type_v = ggml_type_id(plan.type_v)
         cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         if plan.n_ctx > info.n_ctx_train and rope_scaling:
@@ -395,15 +388,6 @@ class Model:
             self._release()
 
 
-def _resolve_gpu_layers(gpu_layers: int | str, info: ModelInfo) -> int:
-    if gpu_layers == "auto":
-        return info.n_layer + 1 if _llama.lib().llama_supports_gpu_offload() else 0
-    try:
-        return max(0, int(gpu_layers))
-    except (TypeError, ValueError):
-        raise EdgekitError(f"gpu_layers must be 'auto' or a number, got {gpu_layers!r}") from None
-
-
 def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
@@ -417,7 +401,8 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
             the trained context is refused unless ``rope_scaling`` ("linear" or "yarn") is given.
         kv_cache: "auto" (fastest type that fits), "f16", "q8_0", "q4_0", or "K/V" like "q8_0/f16".
         threads: CPU threads; None = physical cores.
-        gpu_layers: "auto" = all layers where the build supports GPU offload (Metal), else 0.
+        gpu_layers: layers to offload: "auto" = all where the build supports GPU offload (Metal), else 0;
+            a negative number = all. ``Model.gpu_layers`` is the resolved count (all = n_layer + 1).
         flash_attn: "auto" (on), True or False. A quantized V cache turns it on.
         mmap, mlock: map the weights instead of reading them; lock them in RAM.
         seed: default sampling seed (None = random per call unless the call gives one).
@@ -445,8 +430,8 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
         raise EdgekitError("n_batch and n_ubatch must be positive")
     p = plan_info(info, n_ctx, kv_cache, flash_attn, min(n_ubatch, n_batch))
     require_fit(p)
-    n_threads = int(threads) if threads else _physical_cores()
-    return Model(info, p, threads=n_threads, gpu_layers=_resolve_gpu_layers(gpu_layers, info), mmap=mmap,
+    n_threads = int(threads) if threads else physical_cores()
+    return Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
                  mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
                  progress=progress)
 

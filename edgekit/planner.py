@@ -18,20 +18,20 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError, OutOfMemory
 from edgekit.gguf_check import ModelInfo
+from edgekit.llama_facts import (
+    CTX_ALIGN,
+    KV_CACHE_TYPES,
+    block_size,
+    is_quantized,
+    kv_bytes_per_token,
+    kv_bytes_per_value,
+)
 
 MiB = 1 << 20
-# KV cache types: name -> (ggml_type id, bytes per value). Quantized blocks hold
-# 32 values: q8_0 = 32 int8 + f16 scale = 34 bytes; q4_0 = 16 bytes + f16 scale = 18.
-KV_TYPES: dict[str, tuple[int, float]] = {
-    "f32": (0, 4.0), "f16": (1, 2.0), "bf16": (30, 2.0),
-    "q8_0": (8, 34 / 32), "q4_0": (2, 18 / 32), "q4_1": (3, 20 / 32), "q5_0": (6, 22 / 32), "q5_1": (7, 24 / 32),
-}
 # kv_cache="auto" tries these in order and takes the first that fits. The order is
 # by decode speed measured on CPU (FACTS.md): a q8_0 K cache is faster than f16
 # and smaller; a quantized V cache is slower, so it only comes when memory is short.
 AUTO_ORDER: tuple[tuple[str, str], ...] = (("q8_0", "f16"), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
-CTX_ALIGN = 256
-_QUANT = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}
 # Calibrated constants (bytes): see module docstring.
 OVERHEAD_BASE = 68 * MiB  # Python, numpy and the llama.cpp libraries, measured
 OVERHEAD_PER_VOCAB = 400  # llama.cpp's token and merge tables, per vocabulary entry (measured)
@@ -83,9 +83,9 @@ def parse_kv_cache(kv_cache: str) -> list[tuple[str, str]]:
     k, _, v = value.partition("/")
     v = v or k
     for t in (k, v):
-        if t not in KV_TYPES:
+        if t not in KV_CACHE_TYPES:
             raise EdgekitError(f"unknown KV cache type {t!r}",
-                               f"Use auto, one of {', '.join(KV_TYPES)}, or a K/V pair like q8_0/f16.")
+                               f"Use auto, one of {', '.join(KV_CACHE_TYPES)}, or a K/V pair like q8_0/f16.")
     return [(k, v)]
 
 
@@ -105,8 +105,7 @@ def available_memory() -> int:
 
 
 def kv_bytes(info: ModelInfo, n_ctx: int, type_k: str, type_v: str) -> int:
-    k_vals, v_vals = info.kv_values_per_token()
-    return int(n_ctx * (k_vals * KV_TYPES[type_k][1] + v_vals * KV_TYPES[type_v][1]))
+    return int(n_ctx * kv_bytes_per_token(info.kv_values_per_token(), type_k, type_v))
 
 
 def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
@@ -152,15 +151,17 @@ def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto",
         raise EdgekitError(f"n_ctx must be at least 16, got {n_ctx}")
     avail = available_memory() if available is None else int(available)
     candidates = parse_kv_cache(kv_cache)
-    # Quantized cache rows are 32-value blocks: the head size must be a multiple of 32.
+    # A quantized cache row is whole blocks (32 values): the head size must be a multiple of the block.
     usable = [(k, v) for k, v in candidates
-              if (k not in _QUANT or info.head_dim_k % 32 == 0) and (v not in _QUANT or info.head_dim_v % 32 == 0)]
+              if info.head_dim_k % block_size(k) == 0 and info.head_dim_v % block_size(v) == 0]
     if not usable:
-        raise EdgekitError(f"a {candidates[0][0]}/{candidates[0][1]} KV cache needs heads of a multiple of 32 values; "
+        k, v = candidates[0]
+        block = max(block_size(k), block_size(v))
+        raise EdgekitError(f"a {k}/{v} KV cache needs heads of a multiple of {block} values; "
                            f"this model's are {info.head_dim_k}", "Use kv_cache='f16'.")
     candidates = usable
     if flash_attn is False:  # a quantized V cache needs flash attention in llama.cpp
-        usable = [(k, v) for k, v in candidates if v in ("f16", "f32", "bf16")]
+        usable = [(k, v) for k, v in candidates if not is_quantized(v)]
         if not usable:
             raise EdgekitError(f"a quantized V cache ({candidates[0][1]}) needs flash attention",
                                "Use flash_attn=True (or 'auto'), or an f16 V cache.")
@@ -168,7 +169,7 @@ def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto",
     chosen = None
     for tk, tv in candidates:
         fa = True if flash_attn == "auto" else bool(flash_attn)
-        fa = fa or tv not in ("f16", "f32", "bf16")
+        fa = fa or is_quantized(tv)
         total = _total(info, n_ctx, tk, tv, n_ubatch, fa)
         chosen = (tk, tv, fa, total)
         if total <= avail:
@@ -176,8 +177,8 @@ def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto",
     assert chosen is not None
     tk, tv, fa, total = chosen
     # The largest context that fits with the smallest cache on offer.
-    sk, sv = min(candidates, key=lambda kv: KV_TYPES[kv[0]][1] + KV_TYPES[kv[1]][1])
-    sfa = fa or sv not in ("f16", "f32", "bf16")
+    sk, sv = min(candidates, key=lambda kv: kv_bytes_per_value(kv[0]) + kv_bytes_per_value(kv[1]))
+    sfa = fa or is_quantized(sv)
     max_ctx = _max_ctx(info, max(n_ctx, info.n_ctx_train), sk, sv, n_ubatch, sfa, avail)
     return Plan(
         weights_bytes=info.weights_bytes, kv_bytes=kv_bytes(info, n_ctx, tk, tv),

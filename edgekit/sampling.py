@@ -75,10 +75,10 @@ def resolve(base: Sampling | None, sampling: Sampling | None, kwargs: dict[str, 
 def grammar_text(s: Sampling) -> str | None:
     """The GBNF grammar for ``s`` (converting ``json_schema`` if given), or None."""
     if s.json_schema is not None:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+        from edgekit import _llama
 
         try:
-            return json_schema_to_gbnf(json.dumps(s.json_schema))
+            return _llama.json_schema_to_gbnf(json.dumps(s.json_schema))
         except Exception as exc:  # the converter raises plain exceptions on bad schemas
             raise EdgekitError(f"can't turn the JSON schema into a grammar: {exc}") from exc
     return s.grammar
@@ -90,8 +90,9 @@ def build_sampler(s: Sampling, vocab: Any, n_vocab: int, *, default_seed: int | 
     ``history`` (recent prompt tokens) primes the repeat penalty, so it also
     covers the prompt, as llama.cpp's own tools do.
     """
-    import llama_cpp.llama_cpp as L
+    from edgekit import _llama
 
+    L = _llama.lib()
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     if s.repeat_penalty != 1.0:
         pen = L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0)

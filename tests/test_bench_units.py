@@ -15,9 +15,8 @@ from edgekit.bench.store import Filters, Store, compare, format_compare
 from edgekit.device import device_id, fingerprint, isa_features, parse_cpuinfo
 from edgekit.errors import BenchError
 
-# Qwen2.5-0.5B's attention geometry, as the GGUF stores it (FACTS.md).
-QWEN05_META = {"general.architecture": "qwen2", "qwen2.block_count": "24", "qwen2.embedding_length": "896",
-               "qwen2.attention.head_count": "14", "qwen2.attention.head_count_kv": "2"}
+# Qwen2.5-0.5B's KV values per token (FACTS.md): 24 layers x 2 KV heads x 64, for K and for V.
+QWEN05_KV_VALUES = (24 * 2 * 64, 24 * 2 * 64)
 
 
 def _record(device: dict, **over) -> dict:
@@ -121,8 +120,9 @@ def test_parse_arm_cpuinfo_pi5():
 
 @pytest.mark.parametrize("kv, per_token", [("f16", 12288), ("q8_0", 6528), ("q4_0", 3456)])
 def test_kv_bytes_match_facts(kv, per_token):
-    assert roofline.kv_bytes_per_token(QWEN05_META, kv, kv) == per_token
-    assert roofline.kv_bytes_per_token({}, kv, kv) == 0.0
+    from edgekit.llama_facts import kv_bytes_per_token
+
+    assert kv_bytes_per_token(QWEN05_KV_VALUES, kv, kv) == per_token
 
 
 def test_decode_ceiling_and_bandwidth_cache(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@ The test checkpoints need a real tokenizer (the converter reads
 inside GGUF files. This module inverts what llama.cpp's converter does for
 byte-level BPE vocabularies: tokens and merges go back into a BPE model, control
 and user-defined tokens become ``added_tokens``, and the pre-tokenizer regex is
-the one Hugging Face's own ``tokenizer.json`` uses for that ``tokenizer.ggml.pre``.
+the one Hugging Face's own ``tokenizer.json`` uses for that ``tokenizer.ggml.pre``
+(taken from the converter's table, :data:`edgekit.convert.vocab.PRE_TOKENIZERS`).
 """
 
 from __future__ import annotations
@@ -19,30 +20,6 @@ from typing import Any
 
 # gguf token types (gguf.TokenType); kept literal so importing this module stays light.
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
-
-# Hugging Face's pre-tokenizer regexes, as they appear in the real tokenizer.json
-# files. llama.cpp's llama-vocab.cpp spells the same patterns without the (?i:...)
-# group because its regex engine lacks it; the split is identical.
-_QWEN2 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_LLAMA3 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# GPT-2's pattern; it is what tokenizers' ByteLevel(use_regex=True) applies.
-_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-
-# tokenizer.ggml.pre -> regexes applied in order (each one an isolating Split).
-# "smollm" is StarCoder-style: single digits first, then GPT-2 (HF writes it as
-# Digits(individual_digits=True) + ByteLevel(use_regex=True), which splits the same).
-PRE_TOKENIZER_REGEXES: dict[str, list[str]] = {
-    "qwen2": [_QWEN2],
-    "llama-bpe": [_LLAMA3],
-    "gpt-2": [_GPT2],
-    "gpt2": [_GPT2],
-    "smollm": [r"\p{N}", _GPT2],
-    "starcoder": [r"\p{N}", _GPT2],
-}
 
 _PAD_TOKEN = re.compile(r"\[PAD\d+\]")
 _BYTE_LEVEL = {"add_prefix_space": False, "trim_offsets": False, "use_regex": False}
@@ -85,8 +62,10 @@ def gguf_metadata(gguf_path: str | Path) -> dict[str, Any]:
 
 
 def _pre_tokenizer(pre: str) -> dict[str, Any]:
+    from edgekit.convert.vocab import pre_tokenizer_splits  # the converter's table: one copy of the regexes
+
     try:
-        regexes = PRE_TOKENIZER_REGEXES[pre]
+        regexes = pre_tokenizer_splits(pre)
     except KeyError:
         raise ValueError(f"no Hugging Face pre-tokenizer known for tokenizer.ggml.pre={pre!r}") from None
     splits = [

@@ -240,7 +240,13 @@ def _type_label(type_name: str) -> str:
 
 
 def _estimate_bytes(n_params: int, type_name: str) -> int:
-    bits = QUANT_TYPES[type_name].bits_per_weight if type_name in QUANT_TYPES else 6.5  # recipes: 4-8 bit mixes
+    if type_name in QUANT_TYPES:
+        bits = QUANT_TYPES[type_name].bits_per_weight
+    else:  # a recipe: its bits per weight as measured in recipes.py's quality table (SmolLM2-135M)
+        from edgekit.convert.recipes import get_recipe
+
+        measured = get_recipe(type_name).measured
+        bits = measured.bpw if measured else 8.5  # an unmeasured recipe: no more than all Q8_0
     return int(n_params * bits / 8) + (16 << 20)
 
 

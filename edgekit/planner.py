@@ -32,11 +32,23 @@ MiB = 1 << 20
 # by decode speed measured on CPU (FACTS.md): a q8_0 K cache is faster than f16
 # and smaller; a quantized V cache is slower, so it only comes when memory is short.
 AUTO_ORDER: tuple[tuple[str, str], ...] = (("q8_0", "f16"), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
-# Calibrated constants (bytes): see module docstring.
-OVERHEAD_BASE = 68 * MiB  # Python, numpy and the llama.cpp libraries, measured
-OVERHEAD_PER_VOCAB = 400  # llama.cpp's token and merge tables, per vocabulary entry (measured)
-ACT_FLOATS_PER_TOKEN_EMBD = 8  # f32 activations kept alive per token, in units of n_embd
-ACT_FLOATS_PER_TOKEN_FF = 3  # ... and in units of n_ff
+# Calibrated constants (bytes). They are checked by tests/test_plan.py, which loads
+# SmolLM2-135M in a fresh process at n_ctx 4096 (f16 KV) and 32768 (q8_0/f16), prefills a
+# 512-token ubatch, and requires the plan to be within 15% of the peak RSS (VmHWM).
+# Process baseline: a fresh Python 3.11 with edgekit, numpy and llama.cpp's libraries loaded
+# and the backend initialised peaks at about 41 MiB (measured 2026-12-03 on an Intel Xeon,
+# llama-cpp-python 0.3.36); the other 27 MiB is what that fit needed for allocations the
+# weights, KV and compute terms don't model.
+OVERHEAD_BASE = 68 * MiB
+# llama.cpp's token and merge tables: loading only the vocabulary (vocab_only) grew peak RSS
+# by 18.9 MB for SmolLM2's 49152 tokens and 52.5 MB for Qwen2's 151936 (384 and 345 bytes a
+# token, measured the same way); 400 keeps the plan on the safe side.
+OVERHEAD_PER_VOCAB = 400
+# f32 activations one layer keeps alive per ubatch token, in units of n_embd (residual, its
+# norm, Q, K, V, the attention output and its projection: about 8) and of n_ff (the FFN's
+# gate, up and their product: 3). An estimate from the layer's graph, checked by the test above.
+ACT_FLOATS_PER_TOKEN_EMBD = 8
+ACT_FLOATS_PER_TOKEN_FF = 3
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ class Chat:
         chunks: list[str] = []
         self._last_tokens: list[int] = []
         done = False
-        gen = self.model._run(tokens, s)
+        gen = self.model.generation(tokens, s)
         try:
             while True:
                 try:

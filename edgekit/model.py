@@ -1,6 +1,6 @@
 """Model: a GGUF loaded into llama.cpp, with generate / stream / chat and a prompt cache.
 
-One generator (:meth:`Model._run`) does all the work: reuse the KV prefix shared
+One generator (:meth:`Model.generation`) does all the work: reuse the KV prefix shared
 with the previous evaluation, prefill only the new tokens, then sample in C and
 decode one token at a time, yielding text that is safe to show and finally a
 :class:`Stats`. ``generate``, ``chat`` and :class:`edgekit.Chat` all consume it.
@@ -13,18 +13,19 @@ raises :class:`~edgekit.EdgekitError` instead of deadlocking.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import _llama, state
-from edgekit.errors import ContextOverflow, EdgekitError, ModelLoadError
-from edgekit.gguf_check import ModelInfo, check
-from edgekit.llama_facts import ggml_type_id, physical_cores, resolve_gpu_layers
-from edgekit.planner import Plan, plan_info, require_fit
-from edgekit.progress import ProgressFn, report
+from edgekit import _llama, loading, state
+from edgekit.errors import ContextOverflow, CorruptFile, EdgekitError
+from edgekit.gguf_check import ModelInfo
+from edgekit.loading import load
+from edgekit.planner import Plan
+from edgekit.progress import ProgressFn
 from edgekit.sampling import Sampling, build_sampler, resolve
 from edgekit.stats import Completion, FinishReason, Stats, peak_rss
 from edgekit.textstream import TextStream
@@ -35,14 +36,14 @@ class Model:
 
     def __init__(self, info: ModelInfo, plan: Plan, *, threads: int, gpu_layers: int, mmap: bool, mlock: bool,
                  seed: int | None, n_batch: int, n_ubatch: int, rope_scaling: str | None,
-                 progress: ProgressFn | None) -> None:
+                 progress: ProgressFn | None, chat_template: str | None = None) -> None:
         L = _llama.lib()
         self._L = L
         self.info = info
         self.path: Path = info.path
         self.plan = plan
         self.metadata: dict = info.metadata
-        self.chat_template: str | None = info.chat_template
+        self.chat_template: str | None = chat_template if chat_template is not None else info.chat_template
         self.threads = threads
         self.gpu_layers = gpu_layers
         self.seed = seed
@@ -54,51 +55,19 @@ class Model:
         self._owner: int | None = None
         self._model = self._ctx = None
         self._tokens: list[int] = []  # exactly the tokens whose KV is in the cache, in order
-        self._state_id: str | None = None
         t0 = time.perf_counter()
 
-        mp = L.llama_model_default_params()
-        mp.n_gpu_layers = gpu_layers
         self.extra_buffers = _llama.extra_buffers_ok(info.path, info.tensor_types)
-        mp.use_extra_bufts = self.extra_buffers
-        mp.load_mode = (L.LLAMA_LOAD_MODE_MMAP_MLOCK if mmap and mlock else L.LLAMA_LOAD_MODE_MLOCK if mlock
-                        else L.LLAMA_LOAD_MODE_MMAP if mmap else L.LLAMA_LOAD_MODE_NONE)
-        if progress is not None:
-            def _on_progress(fraction: float, _user: Any) -> bool:
-                report(progress, "load", int(fraction * 1000), 1000)
-                return True
-
-            self._progress_cb = L.llama_progress_callback(_on_progress)
-            mp.progress_callback = self._progress_cb
-        _llama.clear_log()
-        self._model = L.llama_model_load_from_file(str(info.path).encode(), mp)
-        if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load {info.path.name}: {_llama.log_tail(3) or 'no details'}",
-                                 "The file may be corrupt or of a newer format; convert it again.")
+        self._model = loading.load_weights(info, gpu_layers=gpu_layers, mmap=mmap, mlock=mlock,
+                                           extra_buffers=self.extra_buffers, progress=progress)
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
-
-        cp = L.llama_context_default_params()
-        cp.n_ctx = plan.n_ctx
-        cp.n_batch = n_batch
-        cp.n_ubatch = min(n_ubatch, n_batch)
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.type_k = ggml_type_id(plan.type_k)
-        cp.type_v = ggml_type_id(plan.type_v)
-        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cp.no_perf = True
-        if plan.n_ctx > info.n_ctx_train and rope_scaling:
-            cp.rope_scaling_type = (L.LLAMA_ROPE_SCALING_TYPE_YARN if rope_scaling == "yarn"
-                                    else L.LLAMA_ROPE_SCALING_TYPE_LINEAR)
-            cp.rope_freq_scale = info.n_ctx_train / plan.n_ctx
-            cp.yarn_orig_ctx = info.n_ctx_train
-        self._ctx = L.llama_init_from_model(self._model, cp)
-        if not self._ctx:
-            detail = _llama.log_tail(3)
+        try:
+            self._ctx = loading.new_context(self._model, info, plan, threads=threads, n_batch=n_batch,
+                                            n_ubatch=n_ubatch, rope_scaling=rope_scaling)
+        except BaseException:
             self.close()
-            raise ModelLoadError(f"llama.cpp could not create a context of {plan.n_ctx} tokens: {detail or 'no details'}",
-                                 "Try a smaller n_ctx or kv_cache type.")
+            raise
         self._mem = L.llama_get_memory(self._ctx)
         self.n_ctx: int = L.llama_n_ctx(self._ctx)
         self._pieces = _llama.Pieces(self._vocab)
@@ -112,10 +81,10 @@ class Model:
     def close(self) -> None:
         """Free the context and the weights. The model can't be used afterwards."""
         L = self._L
-        if getattr(self, "_ctx", None):
+        if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
-        if getattr(self, "_model", None):
+        if self._model:
             L.llama_model_free(self._model)
             self._model = None
 
@@ -128,11 +97,11 @@ class Model:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # also a Model whose __init__ failed before its attributes existed
             pass
 
     def __repr__(self) -> str:
-        return (f"Model({self.path.name}, n_ctx={getattr(self, 'n_ctx', '?')}, kv={self.type_k}/{self.type_v}, "
+        return (f"Model({self.path.name}, n_ctx={self.n_ctx}, kv={self.type_k}/{self.type_v}, "
                 f"threads={self.threads})")
 
     def _check_open(self) -> None:
@@ -210,7 +179,7 @@ class Model:
     def generate(self, prompt: str | list[int], sampling: Sampling | None = None, **kwargs: Any) -> Completion:
         """Complete ``prompt`` (text, or token ids used as is). See :class:`Sampling` for the options."""
         chunks: list[str] = []
-        gen = self._run(prompt, resolve(self.defaults, sampling, kwargs))
+        gen = self.generation(prompt, resolve(self.defaults, sampling, kwargs))
         completion = None
         while True:
             try:
@@ -229,7 +198,7 @@ class Model:
         s = resolve(self.defaults, sampling, kwargs)
 
         def items() -> Iterator[str | Stats]:
-            completion = yield from self._run(prompt, s)
+            completion = yield from self.generation(prompt, s)
             yield completion.stats
 
         return items()
@@ -271,8 +240,9 @@ class Model:
         del self._tokens[n:]
         return n
 
-    def _run(self, prompt: str | list[int], s: Sampling) -> Iterator[str]:
-        """The generation loop (a generator whose return value is the :class:`Completion`)."""
+    def generation(self, prompt: str | list[int], s: Sampling) -> Generator[str, None, Completion]:
+        """The generation loop: yields text chunks; its return value (``StopIteration.value``) is the
+        :class:`Completion`. :meth:`generate`, :meth:`stream` and :class:`edgekit.Chat` build on it."""
         L = self._L
         self._acquire()
         sampler = None
@@ -375,65 +345,30 @@ class Model:
         """
         self._acquire()
         try:
-            return state.save(self, Path(path))
+            L = self._L
+            size = L.llama_state_seq_get_size(self._ctx, 0)
+            buf = (ctypes.c_uint8 * size)()
+            n = L.llama_state_seq_get_data(self._ctx, buf, size, 0)
+            if n == 0 and self._tokens:
+                raise EdgekitError("llama.cpp could not copy the KV cache state")
+            return state.write(self, Path(path), list(self._tokens), memoryview(buf)[:n])
         finally:
             self._release()
 
     def load_state(self, path: str | Path) -> int:
         """Restore a state written by :meth:`save_state` (same model file, KV types); returns its token count."""
+        path = Path(path)
+        tokens, data = state.read(self, path)
         self._acquire()
         try:
-            return state.load(self, Path(path))
+            self._resync()
+            if tokens and self._L.llama_state_seq_set_data(self._ctx, data, len(data), 0) == 0:
+                self._resync()
+                raise CorruptFile(f"llama.cpp rejected the state in {path.name}")
+            self._tokens = tokens
+            return len(tokens)
         finally:
             self._release()
-
-
-def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
-         gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
-         seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
-         quant: str | None = None, progress: ProgressFn | None = None) -> Model:
-    """Load a model for generation, planned to fit memory.
-
-    Args:
-        model: a GGUF path, a Hugging Face checkpoint dir or Hub repo id (converted once
-            into the cache, type ``quant``), or a name from the local store.
-        n_ctx: context size in tokens; None = the model's trained context. More than
-            the trained context is refused unless ``rope_scaling`` ("linear" or "yarn") is given.
-        kv_cache: "auto" (fastest type that fits), "f16", "q8_0", "q4_0", or "K/V" like "q8_0/f16".
-        threads: CPU threads; None = physical cores.
-        gpu_layers: layers to offload: "auto" = all where the build supports GPU offload (Metal), else 0;
-            a negative number = all. ``Model.gpu_layers`` is the resolved count (all = n_layer + 1).
-        flash_attn: "auto" (on), True or False. A quantized V cache turns it on.
-        mmap, mlock: map the weights instead of reading them; lock them in RAM.
-        seed: default sampling seed (None = random per call unless the call gives one).
-        n_batch, n_ubatch: prompt tokens per llama_decode call / per compute pass.
-        progress: ``progress(stage, done, total)`` for conversion and loading.
-
-    Raises:
-        SourceError, CorruptFile, UnsupportedModel: the model can't be found or read.
-        OutOfMemory: the plan doesn't fit; the message says which n_ctx would.
-        ModelLoadError: llama.cpp refused the file or the context.
-    """
-    from edgekit.store import DEFAULT_QUANT
-    from edgekit.store import resolve as resolve_model
-
-    path = resolve_model(model, quant=quant or DEFAULT_QUANT, progress=progress)
-    info = check(path)
-    if n_ctx is not None and n_ctx > info.n_ctx_train and not rope_scaling:
-        raise ContextOverflow(
-            f"n_ctx {n_ctx} is above the model's trained context of {info.n_ctx_train} tokens",
-            "Use a smaller n_ctx, or pass rope_scaling='yarn' (or 'linear') to stretch it on purpose.",
-            needed=n_ctx, available=info.n_ctx_train)
-    if rope_scaling not in (None, "linear", "yarn"):
-        raise EdgekitError(f"rope_scaling must be 'linear' or 'yarn', got {rope_scaling!r}")
-    if n_batch < 1 or n_ubatch < 1:
-        raise EdgekitError("n_batch and n_ubatch must be positive")
-    p = plan_info(info, n_ctx, kv_cache, flash_attn, min(n_ubatch, n_batch))
-    require_fit(p)
-    n_threads = int(threads) if threads else physical_cores()
-    return Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
-                 mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
-                 progress=progress)
 
 
 __all__ = ["Completion", "Model", "Stats", "load", "peak_rss"]

@@ -4,6 +4,8 @@ File layout: ``EKSTATE1`` magic, u32 header length, a JSON header (model
 identity, KV types, the cached tokens), then llama.cpp's sequence state bytes.
 The header is checked before llama.cpp sees the bytes, so a state from another
 model or KV type is refused with a clear message instead of garbage output.
+:meth:`Model.save_state` and :meth:`Model.load_state` move the bytes in and out
+of llama.cpp; this module only writes and reads the file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import CorruptFile, EdgekitError
 
@@ -37,24 +39,17 @@ def model_identity(model: Model) -> dict:
     return {"file_size": size, "arch": model.info.arch, "n_tensors": model.info.n_tensors, "digest": h.hexdigest()}
 
 
-def save(model: Model, path: Path) -> Path:
-    L = model._L
-    tokens = list(model._tokens)
-    size = L.llama_state_seq_get_size(model.llama_context, 0)
-    buf = (ctypes.c_uint8 * size)()
-    n = L.llama_state_seq_get_data(model.llama_context, buf, size, 0)
-    if n == 0 and tokens:
-        raise EdgekitError("llama.cpp could not copy the KV cache state")
+def write(model: Model, path: Path, tokens: list[int], data: memoryview) -> Path:
+    """Write ``tokens`` and llama.cpp's sequence state ``data`` (from :meth:`Model.save_state`) to ``path``."""
+    from edgekit.convert.atomic import atomic_output  # edgekit.convert is heavy; only saving needs it
+
     header = json.dumps({
         "format": FORMAT, "model": model_identity(model), "model_file": model.path.name, "n_ctx": model.n_ctx,
         "type_k": model.type_k, "type_v": model.type_v, "tokens": tokens,
     }).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + struct.pack("<I", len(header)) + header + struct.pack("<Q", n))
-        f.write(memoryview(buf)[:n])
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(MAGIC + struct.pack("<I", len(header)) + header + struct.pack("<Q", len(data)))
+        f.write(data)
     return path
 
 
@@ -76,8 +71,8 @@ def read_header(path: Path) -> tuple[dict, int]:
         raise CorruptFile(f"{path.name} has a damaged header: {exc}") from None
 
 
-def load(model: Model, path: Path) -> int:
-    L = model._L
+def read(model: Model, path: Path) -> tuple[list[int], Any]:
+    """(tokens, state bytes) of a state file, checked against ``model`` before llama.cpp sees them."""
     header, offset = read_header(path)
     if header.get("model") != model_identity(model):
         raise EdgekitError(f"{path.name} was saved with another model ({header.get('model_file')})",
@@ -96,9 +91,4 @@ def load(model: Model, path: Path) -> int:
         buf = (ctypes.c_uint8 * n)()
         if f.readinto(buf) != n:
             raise CorruptFile(f"{path.name} is truncated")
-    model._resync()
-    if tokens and L.llama_state_seq_set_data(model.llama_context, buf, n, 0) == 0:
-        model._resync()
-        raise CorruptFile(f"llama.cpp rejected the state in {path.name}")
-    model._tokens = tokens
-    return len(tokens)
+    return tokens, buf

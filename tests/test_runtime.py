@@ -134,30 +134,46 @@ def test_nested_generation_in_one_thread_is_refused(m):
     assert m.generate("Hi", temperature=0, max_tokens=1).stats.gen_tokens == 1
 
 
-class _InterruptAfterDecode:
-    """llama_cpp with a llama_decode that finishes its work, then raises KeyboardInterrupt (as Ctrl-C would)."""
-
-    def __init__(self, real, at_call: int) -> None:
-        self._real, self._at, self.calls = real, at_call, 0
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def llama_decode(self, ctx, batch):
-        rc = self._real.llama_decode(ctx, batch)
-        self.calls += 1
-        if self.calls == self._at:
-            raise KeyboardInterrupt
-        return rc
+@pytest.fixture
+def fresh_m(m):
+    """The shared model with an empty prompt cache before and after the test (through its public reset)."""
+    m.reset()
+    yield m
+    m.reset()
 
 
-def test_ctrl_c_inside_prefill_leaves_a_cache_the_next_call_can_trust(m, monkeypatch):
+@pytest.fixture
+def ctrl_c_after_decode(monkeypatch):
+    """``arm(n)``: llama.cpp's llama_decode finishes its n-th call, then KeyboardInterrupt is raised
+    (where Python would raise a Ctrl-C that arrived during the call). monkeypatch puts the real one back."""
+    from edgekit import _llama
+
+    L = _llama.lib()
+    real = L.llama_decode
+
+    def arm(at_call: int) -> None:
+        calls = 0
+
+        def decode(ctx, batch):
+            nonlocal calls
+            rc = real(ctx, batch)
+            calls += 1
+            if calls == at_call:
+                raise KeyboardInterrupt
+            return rc
+
+        monkeypatch.setattr(L, "llama_decode", decode)
+
+    return arm
+
+
+def test_ctrl_c_inside_prefill_leaves_a_cache_the_next_call_can_trust(fresh_m, ctrl_c_after_decode, monkeypatch):
+    m = fresh_m
     prompt = "The river ran past the mill and the old stone bridge. " * 100  # three n_batch chunks
     assert m.count_tokens(prompt) > 2 * m.n_batch
-    m.reset()
     expected = m.generate(prompt, temperature=0, max_tokens=12)
     m.reset()
-    monkeypatch.setattr(m, "_L", _InterruptAfterDecode(m._L, at_call=2))  # chunk 2 is in the KV cache, unrecorded
+    ctrl_c_after_decode(2)  # chunk 2 is in the KV cache, unrecorded
     with pytest.raises(KeyboardInterrupt):
         m.generate(prompt, temperature=0, max_tokens=12)
     monkeypatch.undo()

@@ -28,6 +28,7 @@ class ChatOptions:
     n_ctx: int | None = None
     kv_cache: str = "auto"
     threads: int | None = None
+    chat_template: str | None = None  # template text overriding the model's own
     sampling: dict[str, Any] = field(default_factory=dict)  # None values: keep the default
     prompt: str | None = None
     json: bool = False
@@ -50,6 +51,8 @@ def load_model(opts: ChatOptions) -> Any:
     kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "kv_cache": opts.kv_cache}
     if opts.threads is not None:
         kwargs["threads"] = opts.threads
+    if opts.chat_template is not None:
+        kwargs["chat_template"] = opts.chat_template
     if quant is not None and "quant" in inspect.signature(edgekit.load).parameters:
         kwargs["quant"] = quant
     try:

@@ -1,0 +1,177 @@
+"""Loading: :func:`load` resolves the options and the memory plan; then the weights (a load
+Ctrl-C can cancel) and the context become llama.cpp objects for :class:`~edgekit.Model`.
+
+Ctrl-C during a load: llama.cpp reads the weights inside one C call and calls back
+into Python only through its progress callback. A KeyboardInterrupt raised inside
+a ctypes callback is swallowed (Python prints "Exception ignored ..." and llama.cpp
+goes on loading), so while the weights load, SIGINT only sets a flag (on the main
+thread, where Python runs signal handlers); the progress callback then returns
+False, llama.cpp cancels and frees what it allocated, and :func:`load_weights`
+raises KeyboardInterrupt once the C call has returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekit import _llama
+from edgekit.errors import ContextOverflow, EdgekitError, ModelLoadError
+from edgekit.gguf_check import ModelInfo, check
+from edgekit.llama_facts import ggml_type_id, physical_cores, resolve_gpu_layers
+from edgekit.planner import Plan, plan_info, require_fit
+from edgekit.progress import ProgressFn, report
+
+if TYPE_CHECKING:
+    from edgekit.model import Model
+
+
+@contextlib.contextmanager
+def sigint_sets(flag: threading.Event) -> Iterator[None]:
+    """Within the block, SIGINT sets ``flag`` instead of raising KeyboardInterrupt.
+
+    Only on the main thread (the only one where Python can install handlers) and only
+    where SIGINT isn't ignored; the previous handler comes back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda _signum, _frame: flag.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, extra_buffers: bool,
+                 progress: ProgressFn | None) -> Any:
+    """``llama_model_load_from_file`` for ``info.path``: the ``llama_model*``.
+
+    Raises KeyboardInterrupt if Ctrl-C came during the load (nothing stays allocated),
+    and ModelLoadError if llama.cpp refused the file.
+    """
+    L = _llama.lib()
+    mp = L.llama_model_default_params()
+    mp.n_gpu_layers = gpu_layers
+    mp.use_extra_bufts = extra_buffers
+    mp.load_mode = (L.LLAMA_LOAD_MODE_MMAP_MLOCK if mmap and mlock else L.LLAMA_LOAD_MODE_MLOCK if mlock
+                    else L.LLAMA_LOAD_MODE_MMAP if mmap else L.LLAMA_LOAD_MODE_NONE)
+    cancel = threading.Event()
+    failure: list[BaseException] = []
+
+    def on_progress(fraction: float, _user: Any) -> bool:
+        if cancel.is_set():
+            return False
+        try:
+            report(progress, "load", int(fraction * 1000), 1000)
+        except BaseException as exc:  # raised here, ctypes would print and swallow it: re-raise after the load
+            failure.append(exc)
+            cancel.set()
+        return not cancel.is_set()
+
+    callback = L.llama_progress_callback(on_progress)  # referenced until the C call returns
+    mp.progress_callback = callback
+    _llama.clear_log()
+    model = None
+    try:
+        with sigint_sets(cancel):
+            model = L.llama_model_load_from_file(str(info.path).encode(), mp)
+    except KeyboardInterrupt:  # the signal was handled only as the old handler came back
+        cancel.set()
+    if cancel.is_set():
+        if model:  # Ctrl-C after the last progress call: the load finished, so free it here
+            L.llama_model_free(model)
+        if failure:
+            raise failure[0]
+        raise KeyboardInterrupt
+    if not model:
+        raise ModelLoadError(f"llama.cpp could not load {info.path.name}: {_llama.log_tail(3) or 'no details'}",
+                             "The file may be corrupt or of a newer format; convert it again.")
+    return model
+
+
+def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batch: int, n_ubatch: int,
+                rope_scaling: str | None) -> Any:
+    """A ``llama_context*`` as ``plan`` says (n_ctx, KV types, flash attention); ModelLoadError if refused."""
+    L = _llama.lib()
+    cp = L.llama_context_default_params()
+    cp.n_ctx = plan.n_ctx
+    cp.n_batch = n_batch
+    cp.n_ubatch = min(n_ubatch, n_batch)
+    cp.n_seq_max = 1
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.type_k = ggml_type_id(plan.type_k)
+    cp.type_v = ggml_type_id(plan.type_v)
+    cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    cp.no_perf = True
+    if plan.n_ctx > info.n_ctx_train and rope_scaling:
+        cp.rope_scaling_type = (L.LLAMA_ROPE_SCALING_TYPE_YARN if rope_scaling == "yarn"
+                                else L.LLAMA_ROPE_SCALING_TYPE_LINEAR)
+        cp.rope_freq_scale = info.n_ctx_train / plan.n_ctx
+        cp.yarn_orig_ctx = info.n_ctx_train
+    ctx = L.llama_init_from_model(model, cp)
+    if not ctx:
+        raise ModelLoadError(f"llama.cpp could not create a context of {plan.n_ctx} tokens: "
+                             f"{_llama.log_tail(3) or 'no details'}", "Try a smaller n_ctx or kv_cache type.")
+    return ctx
+
+
+def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
+         gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
+         seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
+         quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None) -> Model:
+    """Load a model for generation, planned to fit memory.
+
+    Args:
+        model: a GGUF path, a Hugging Face checkpoint dir or Hub repo id (converted once
+            into the cache, type ``quant``), or a name from the local store.
+        n_ctx: context size in tokens; None = the model's trained context. More than
+            the trained context is refused unless ``rope_scaling`` ("linear" or "yarn") is given.
+        kv_cache: "auto" (fastest type that fits), "f16", "q8_0", "q4_0", or "K/V" like "q8_0/f16".
+        threads: CPU threads; None = physical cores.
+        gpu_layers: layers to offload: "auto" = all where the build supports GPU offload (Metal), else 0;
+            a negative number = all. ``Model.gpu_layers`` is the resolved count (all = n_layer + 1).
+        flash_attn: "auto" (on), True or False. A quantized V cache turns it on.
+        mmap, mlock: map the weights instead of reading them; lock them in RAM.
+        seed: default sampling seed (None = random per call unless the call gives one).
+        n_batch, n_ubatch: prompt tokens per llama_decode call / per compute pass.
+        progress: ``progress(stage, done, total)`` for conversion and loading.
+        chat_template: a chat template (Jinja text) to use instead of the one in the GGUF,
+            e.g. for a model converted without one.
+
+    Raises:
+        SourceError, CorruptFile, UnsupportedModel: the model can't be found or read.
+        OutOfMemory: the plan doesn't fit; the message says which n_ctx would.
+        ModelLoadError: llama.cpp refused the file or the context.
+        KeyboardInterrupt: Ctrl-C while the weights loaded (the load is cancelled, nothing kept).
+    """
+    from edgekit.store import DEFAULT_QUANT
+    from edgekit.store import resolve as resolve_model
+
+    path = resolve_model(model, quant=quant or DEFAULT_QUANT, progress=progress)
+    info = check(path)
+    if n_ctx is not None and n_ctx > info.n_ctx_train and not rope_scaling:
+        raise ContextOverflow(
+            f"n_ctx {n_ctx} is above the model's trained context of {info.n_ctx_train} tokens",
+            "Use a smaller n_ctx, or pass rope_scaling='yarn' (or 'linear') to stretch it on purpose.",
+            needed=n_ctx, available=info.n_ctx_train)
+    if rope_scaling not in (None, "linear", "yarn"):
+        raise EdgekitError(f"rope_scaling must be 'linear' or 'yarn', got {rope_scaling!r}")
+    if n_batch < 1 or n_ubatch < 1:
+        raise EdgekitError("n_batch and n_ubatch must be positive")
+    p = plan_info(info, n_ctx, kv_cache, flash_attn, min(n_ubatch, n_batch))
+    require_fit(p)
+    n_threads = int(threads) if threads else physical_cores()
+    from edgekit.model import Model
+
+    return Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
+                 mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
+                 progress=progress, chat_template=chat_template)

@@ -31,8 +31,9 @@ class QuantType:
 # llama.cpp's file types that need no importance matrix, with bits per weight. For a
 # single-type file that is the type's own size (gguf-py's block table: Q8_0 = 8.5); a
 # K-quant mix keeps some tensors in a larger type (llama.cpp's per-tensor rules in
-# llama-quant.cpp), so its figure is an estimate a little above its main type. The figure
-# only sizes the conversion's progress bar; nothing is decided by it.
+# llama-quant.cpp), so its figure is an estimate at or a little above its main type's. The
+# figures only estimate output sizes: the progress bar's end and the free-space check
+# (which keeps a 64 MiB margin besides).
 _MIX_BITS = {"Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q4_K_M": 4.9, "Q4_K_S": 4.6, "Q3_K_L": 4.3, "Q3_K_M": 3.9,
              "Q3_K_S": 3.5, "Q2_K": 3.0}
 QUANT_TYPES: dict[str, QuantType] = {

@@ -13,9 +13,9 @@ table applies, then F16. With a tied embedding there is no ``output.weight``:
 ``token_embd`` is also the output projection, so its type drives both quality
 and decode speed.
 
-``measured`` holds the numbers from the README's quality table
-(SmolLM2-135M, weights perturbed off the Q4_1 grid, F16 reference, 1785 tokens
-of edgekit's eval text at ctx 512); :func:`pick_auto` uses them.
+``measured`` holds the numbers of the quality table that ``bench/studies/quality.py``
+measures (SmolLM2-135M, weights perturbed off the Q4_1 grid, F16 reference, 1785
+tokens of edgekit's eval text at ctx 512); :func:`pick_auto` uses them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from edgekit.errors import QuantizeError
+from edgekit.llama_facts import block_size
 
 __all__ = ["Recipe", "Measured", "RECIPES", "is_recipe", "get_recipe", "resolve_types", "pick_auto",
            "DEFAULT_MAX_KLD"]
@@ -98,18 +99,12 @@ def get_recipe(name: str, max_kld: float | None = None) -> Recipe:
     return RECIPES[key]
 
 
-def _block(ty: str) -> int:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    return GGML_QUANT_SIZES[GGMLQuantizationType[ty]][0]
-
-
 def _fit(prefs: tuple[str, ...], row: int) -> str:
     for ty in prefs:
-        if row % _block(ty) == 0:
+        if row % block_size(ty) == 0:
             return ty
     ty = _FALLBACK.get(prefs[-1], prefs[-1])
-    return ty if row % _block(ty) == 0 else "F16"
+    return ty if row % block_size(ty) == 0 else "F16"
 
 
 def _selects(selector: str, role: str, layer: int | None, n_layer: int) -> bool:

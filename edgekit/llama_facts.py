@@ -88,7 +88,7 @@ def kv_bytes_per_token(values_per_token: tuple[int, int], type_k: str, type_v: s
 
 
 def physical_cores() -> int:
-    """Physical CPU cores (llama.cpp's fastest thread count on CPU); logical ones if unknown."""
+    """Physical CPU cores, edgekit's default thread count (logical ones where psutil can't tell)."""
     import psutil
 
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from edgekit.cli import app
 from edgekit.errors import BenchError
+
+if TYPE_CHECKING:
+    from edgekit.bench.store import Filters
 
 
 class _DefaultRun(TyperGroup):
     """A group whose default subcommand is ``run``: ``edgekit bench m.gguf`` = ``edgekit bench run m.gguf``."""
 
-    def parse_args(self, ctx, args):  # noqa: ANN001 (click's signature)
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
@@ -28,7 +30,6 @@ class _DefaultRun(TyperGroup):
 
 bench_app = typer.Typer(cls=_DefaultRun, no_args_is_help=True, add_completion=False,
                         help="Measure speed and latency on this device; compare devices (run is the default).")
-app.add_typer(bench_app, name="bench")
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -109,7 +110,7 @@ def run_cmd(
 
     from edgekit.bench.measure import clear_stop, request_stop
 
-    def on_sigint(signum, frame):  # noqa: ANN001
+    def on_sigint(signum: int, frame: object) -> None:
         # First Ctrl-C: stop cleanly at the next batch/token (see measure.request_stop); second: right away.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         request_stop()
@@ -118,7 +119,7 @@ def run_cmd(
     db = Store() if store else None
     clear_stop()
     previous = signal.signal(signal.SIGINT, on_sigint)
-    out = open(output, "a") if output else None  # noqa: SIM115 (closed in finally; appended per record)
+    out = open(output, "a") if output else None  # closed in finally; appended per record
     try:
         with rich_progress(enabled=not quiet) as progress:
             for rec in run(grid, progress=progress):
@@ -145,7 +146,8 @@ def run_cmd(
     sys.stdout.write(records.format_records(done, fmt))
 
 
-def _filters(device, model, test, engine, kv, depth, threads, since):  # noqa: ANN001, ANN202
+def _filters(device: str | None, model: str | None, test: str | None, engine: str | None, kv: str | None,
+             depth: int | None, threads: int | None, since: str | None) -> Filters:
     from edgekit.bench.store import Filters
 
     return Filters(device=device, model=model, test=test, engine=engine, kv=kv, depth=depth, threads=threads, since=since)

@@ -197,6 +197,39 @@ def plot_cmd(
         typer.echo(f"wrote {path}")
 
 
+@bench_app.command("long-prompt")
+def long_prompt_cmd(
+    model: Annotated[str, typer.Argument(help="GGUF file (or a model name edgekit can load).")],
+    ctx: Annotated[int, typer.Option("--ctx", "-c", help="Context size; the prompt fills it but for --gen + 16 tokens.")] = 32768,
+    kv_cache: Annotated[str, typer.Option("--kv-cache", "-k", help="KV cache type, e.g. q8_0, f16 or q8_0/f16 (K/V).")] = "q8_0",
+    gen: Annotated[int, typer.Option("--gen", "-n", help="Tokens to generate after the prompt.")] = 64,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: physical cores).",
+                                                show_default=False)] = None,
+    llama_bench: Annotated[str | None, typer.Option("--llama-bench", help="Path of llama.cpp's llama-bench: run the same job with it afterwards, report the ratio.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """Time one prompt that fills the context: first token, decode speed at that depth, peak memory vs the plan."""
+    import json
+
+    from edgekit.bench.long_prompt import long_prompt
+
+    res = long_prompt(model, n_ctx=ctx, kv_cache=kv_cache, n_gen=gen, threads=threads, llama_bench_path=llama_bench)
+    if json_out:
+        print(json.dumps(res, indent=1))
+        return
+    ek = res["edgekit"]
+    typer.echo(f"{Path(ek['model']).name}: {ek['n_prompt']}-token prompt + {ek['n_gen']} generated, "
+               f"ctx {ek['n_ctx']}, KV {ek['type_k']}/{ek['type_v']}, {ek['threads']} threads")
+    typer.echo(f"  time to first token  {ek['ttft_s']:9.2f} s   (prefill {ek['prefill_tps']:.1f} tok/s)")
+    typer.echo(f"  decode at that depth {ek['decode_tps']:9.2f} tok/s")
+    typer.echo(f"  peak RSS             {ek['peak_rss_mib']:9.0f} MiB (plan {ek['plan_mib']:.0f} MiB, "
+               f"x{ek['peak_over_plan']:.2f})")
+    typer.echo(f"  wall                 {ek['wall_s']:9.2f} s")
+    if "llama_bench" in res:
+        lb = res["llama_bench"]
+        typer.echo(f"  llama-bench wall     {lb['wall_s']:9.2f} s   (edgekit's speed: x{lb['edgekit_speed_ratio']:.3f} of it)")
+
+
 @bench_app.command("import")
 def import_cmd(
     files: Annotated[list[Path], typer.Argument(help="JSONL files written by edgekit bench --output (e.g. on a Pi).")],

@@ -14,8 +14,6 @@ Record kinds (``test``):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -23,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from edgekit.errors import BenchError
+
+from . import tables
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "FIELDS", "REQUIRED", "FORMATS", "make_record", "stats_from_ns",
            "validate", "test_name", "format_records", "read_jsonl", "percentile"]
@@ -90,11 +90,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) with linear interpolation; ``nan`` for no values."""
     if not values:
         return math.nan
-    data = sorted(values)
-    pos = (len(data) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+    import numpy as np  # here, not at the top: the record schema stays importable without numpy's start-up
+
+    return float(np.percentile(values, q))
 
 
 def make_record(**fields: Any) -> dict[str, Any]:
@@ -184,19 +182,6 @@ def _row(r: dict[str, Any]) -> list[str]:
             eff, ttft, e2e, ratio]
 
 
-def _md(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in _TABLE_COLUMNS) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(_TABLE_COLUMNS)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(_TABLE_COLUMNS, widths, strict=True))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in out) + "\n"
-
-
 def _csv_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
@@ -209,16 +194,8 @@ def format_records(records: Iterable[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(records, indent=2) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        extra = sorted({k for r in records for k in r} - set(FIELDS))
-        writer = csv.DictWriter(buf, fieldnames=[*FIELDS, *extra], lineterminator="\n")
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: _csv_value(v) for k, v in r.items()})
-        return buf.getvalue()
-    rows = [_row(r) for r in records]
-    if fmt == "md":
-        return _md(rows)
-    if fmt == "table":
-        return _table(rows)
+        columns = [*FIELDS, *sorted({k for r in records for k in r} - set(FIELDS))]
+        return tables.render(columns, [[_csv_value(r.get(k)) for k in columns] for r in records], "csv")
+    if fmt in ("md", "table"):
+        return tables.render(_TABLE_COLUMNS, [_row(r) for r in records], fmt)
     raise BenchError(f"unknown output format {fmt!r}", f"Use one of: {', '.join(FORMATS)}.")

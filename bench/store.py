@@ -17,7 +17,7 @@ from typing import Any
 
 from edgekit.errors import BenchError
 
-from . import records
+from . import records, tables
 
 __all__ = ["Store", "Filters", "compare", "COMPARE_BY", "default_path"]
 
@@ -226,20 +226,6 @@ def format_compare(result: dict[str, Any], fmt: str = "table") -> str:
         cells += [f"{row['ratios'][c]:.3f}" if row["ratios"].get(c) is not None else "-"
                   for c in result["columns"] if c != result["baseline"]]
         lines.append(cells)
-    if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(lines)
-        return buf.getvalue()
-    if fmt == "md":
-        out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        out += ["| " + " | ".join(c) + " |" for c in lines]
-        return "\n".join(out) + "\n"
-    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(s.rstrip() for s in out) + "\n"
+    if fmt not in tables.TABLE_FORMATS:
+        raise BenchError(f"unknown format {fmt!r}", "Use one of: table, md, csv, json.")
+    return tables.render(header, lines, fmt)

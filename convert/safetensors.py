@@ -24,7 +24,6 @@ from edgekit.errors import CorruptFile, UnsupportedModel
 
 # Bytes per element of the dtypes a checkpoint may hold.
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-FLOAT_DTYPES = ("BF16", "F16", "F32")
 MAX_HEADER = 100 * 1024 * 1024
 
 

@@ -16,11 +16,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.errors import DiskFull, EdgekitError, HubUnreachable, MissingFiles, SourceError, UnsupportedModel
 from edgekit.progress import ProgressFn
 
 from .hub_progress import HubProgress
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelInfo
+    from huggingface_hub.errors import HfHubHTTPError
 
 __all__ = ["NEEDED_PATTERNS", "Source", "parse_repo_id", "resolve_source"]
 
@@ -224,20 +229,18 @@ def _check_listing(repo_id: str, names: list[str]) -> None:
         )
 
 
-def _bytes_to_fetch(repo_id: str, info: object, s: _HubSettings) -> int:
+def _bytes_to_fetch(repo_id: str, info: ModelInfo, s: _HubSettings) -> int:
     """Bytes of the needed files not yet in the cache: the download bar's total from the start.
 
     huggingface_hub's own byte total only grows as each file starts, which makes bars jump back.
     """
     from huggingface_hub.utils import filter_repo_objects
 
-    sha = getattr(info, "sha", None)
-    siblings = getattr(info, "siblings", None) or []
-    if not sha:
+    if not info.sha:
         return 0
-    snapshot = s.cache_dir / f"models--{repo_id.replace('/', '--')}" / "snapshots" / sha
+    snapshot = s.cache_dir / f"models--{repo_id.replace('/', '--')}" / "snapshots" / info.sha
     wanted = filter_repo_objects(
-        siblings, allow_patterns=list(NEEDED_PATTERNS), ignore_patterns=list(SKIPPED_PATTERNS),
+        info.siblings or [], allow_patterns=list(NEEDED_PATTERNS), ignore_patterns=list(SKIPPED_PATTERNS),
         key=lambda sibling: sibling.rfilename,
     )
     return sum(sib.size or 0 for sib in wanted if not (snapshot / sib.rfilename).exists())
@@ -341,7 +344,7 @@ def _reason(exc: BaseException, s: _HubSettings) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _hub_error(exc: Exception, repo_id: str, revision: str | None, s: _HubSettings) -> EdgekitError:
+def _hub_error(exc: HfHubHTTPError, repo_id: str, revision: str | None, s: _HubSettings) -> EdgekitError:
     """Map a huggingface_hub HTTP error to one clear line."""
     from huggingface_hub.errors import (
         DisabledRepoError,
@@ -352,7 +355,7 @@ def _hub_error(exc: Exception, repo_id: str, revision: str | None, s: _HubSettin
     )
 
     url = f"{s.endpoint}/{repo_id}"
-    status = getattr(getattr(exc, "response", None), "status_code", None)
+    status = exc.response.status_code if exc.response is not None else None
     token_hint = "set HF_TOKEN to a token that can read it" if s.token is None else "check that HF_TOKEN can read it"
     if isinstance(exc, GatedRepoError):
         who = "no Hugging Face token is set" if s.token is None else "the token in HF_TOKEN has no access"

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,6 +206,8 @@ def _score(path: Path, out: Path | None, text: str | None, n_ctx: int, n_chunks:
 
     import numpy as np
 
+    from edgekit.convert.atomic import atomic_output
+
     t0 = time.perf_counter()
     s = s2 = 0.0
     count = 0
@@ -216,10 +216,8 @@ def _score(path: Path, out: Path | None, text: str | None, n_ctx: int, n_chunks:
         n = _chunks(tokens, n_ctx, n_chunks)
         f = None
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            stack.callback(lambda: tmp.unlink(missing_ok=True))
-            f = stack.enter_context(open(tmp, "wb"))
+            # Closed before atomic_output renames it (the stack unwinds in reverse).
+            f = stack.enter_context(open(stack.enter_context(atomic_output(out)), "wb"))
             f.write(_MAGIC)
             np.array([n_ctx], dtype=np.uint32).tofile(f)
             np.array([r.n_vocab, n], dtype=np.int32).tofile(f)
@@ -231,9 +229,6 @@ def _score(path: Path, out: Path | None, text: str | None, n_ctx: int, n_chunks:
             s += float(nll.sum())
             s2 += float((nll * nll).sum())
             count += len(nll)
-        if f is not None:
-            f.close()
-            os.replace(tmp, out)
     mean, unc = _mean_unc(s, s2, count)
     ppl = math.exp(mean)
     return EvalResult(model=str(path), n_ctx=n_ctx, n_chunks=n, n_tokens=count, perplexity=ppl,
@@ -290,17 +285,13 @@ def evaluate(model: str | Path, *, reference: str | Path | None = None, referenc
         base = save_reference_logits(ref, save_logits, text=text, n_ctx=n_ctx, n_chunks=n_chunks,
                                      threads=threads, progress=progress)
         return _compare(path, Path(save_logits), base, None, threads, progress, text=text)
+    from edgekit.convert.atomic import scratch_file
     from edgekit.paths import cache_dir
 
-    fd, tmpname = tempfile.mkstemp(prefix="eval-ref-", suffix=".logits", dir=cache_dir())
-    os.close(fd)
-    try:
-        base = save_reference_logits(ref, tmpname, text=text, n_ctx=n_ctx, n_chunks=n_chunks,
+    with scratch_file(cache_dir(), suffix=".logits") as tmp:
+        base = save_reference_logits(ref, tmp, text=text, n_ctx=n_ctx, n_chunks=n_chunks,
                                      threads=threads, progress=progress)
-        res = _compare(path, Path(tmpname), base, None, threads, progress, text=text)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmpname)
+        res = _compare(path, tmp, base, None, threads, progress, text=text)
     res.reference = str(ref)
     return res
 

@@ -98,6 +98,6 @@ def resolve(model: str | Path, *, quant: str = DEFAULT_QUANT, progress: Progress
                           f"Pass a GGUF path, a checkpoint dir or a Hub repo id; stored models: {names}.")
     repo_id, revision = parsed
     source = resolve_source(text, progress=progress)
-    rev = getattr(source, "commit", None) or revision or "default"
+    rev = source.commit or revision or "default"
     key = f"{_safe(repo_id)}-{_safe(str(rev))[:40]}-{quant.lower()}"
     return _converted(text, key, quant, progress)

@@ -144,21 +144,30 @@ def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
 
 
 def test_long_prompt_fills_the_context_and_runs_llama_bench_alike(smollm2_gguf, tmp_path):
-    """The 32k measurement's harness at n_ctx 512, with a stand-in llama-bench that takes 7 s."""
-    from edgekit.bench.long_prompt import run_edgekit, run_llama_bench
-
-    ours = run_edgekit(str(smollm2_gguf), 512, "q8_0", 16, threads=2)
-    assert ours["n_prompt"] == 512 - 16 - 16 and 1 <= ours["n_gen"] <= 16
-    assert ours["type_k"] == ours["type_v"] == "q8_0" and ours["flash_attn"]
-    assert ours["ttft_s"] > 0 and 0.85 < ours["peak_over_plan"] < 1.15
+    """`edgekit bench long-prompt` (the 32k measurement) at n_ctx 512, with a stand-in llama-bench that takes 7 s."""
     fake, argv_log = tmp_path / "llama-bench", tmp_path / "argv.txt"
     fake.write_text(f"#!{sys.executable}\nimport sys\nopen({str(argv_log)!r}, 'w').write(' '.join(sys.argv[1:]))\n"
                     "print('{\"avg_ns\": 7000000000}')\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    theirs = run_llama_bench(str(fake), ours)
+    res = _cli("long-prompt", str(smollm2_gguf), "--ctx", "512", "--kv-cache", "q8_0", "--gen", "16",
+               "--threads", "2", "--llama-bench", str(fake), "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    ours, theirs = out["edgekit"], out["llama_bench"]
+    assert ours["n_prompt"] == 512 - 16 - 16 and 1 <= ours["n_gen"] <= 16
+    assert ours["type_k"] == ours["type_v"] == "q8_0" and ours["flash_attn"]
+    assert ours["ttft_s"] > 0 and 0.85 < ours["peak_over_plan"] < 1.15
     assert theirs["edgekit_speed_ratio"] == pytest.approx(7.0 / ours["wall_s"])
     called = argv_log.read_text()
-    assert f"-pg 480,{ours['n_gen']} -t 2 -b 512 -ub 512 -ctk q8_0 -ctv q8_0 -fa on" in called
+    assert f"-pg 480,{ours['n_gen']} -t 2 -b 512 -ub 512 -ctk q8_0 -ctv q8_0 -fa on -ngl {ours['gpu_layers']}" in called
+
+
+def test_long_prompt_refuses_a_context_without_room_before_loading(tmp_path):
+    missing = tmp_path / "not-there.gguf"  # never opened: the settings are checked first
+    res = _cli("long-prompt", str(missing), "--ctx", "64", "--gen", "64")
+    assert res.returncode == 1 and res.stderr.startswith("Error: a 64-token context leaves no room")
+    res = _cli("long-prompt", str(missing), "--llama-bench", str(tmp_path / "no-llama-bench"))
+    assert res.returncode == 1 and "llama-bench not found" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_raw_llama_cpp_python_engine(smollm2_gguf):

@@ -56,6 +56,7 @@ def run(checkpoint: Path, llama_cpp: Path, quantize_bin: Path, ref_python: str, 
                 [sys.executable, "-m", "edgekit", "convert", str(checkpoint), "-q", "q4_k_m", "-o",
                  str(work / "ek-q4km.gguf"), "--quiet", "--force"]))
             samples["llama_quantize_q4_k_m"].append(measure(
+                # all logical cores: what edgekit convert's quantizer uses by default
                 [str(quantize_bin), str(ref_f16), str(work / "ref-q4km.gguf"), "Q4_K_M", str(os.cpu_count())]))
         sizes = {p.name: p.stat().st_size for p in work.glob("*.gguf")}
     medians = {k: {"wall_s": statistics.median(w for w, _ in v), "peak_rss_mb": statistics.median(r for _, r in v) / 2**20,
@@ -69,14 +70,16 @@ def run(checkpoint: Path, llama_cpp: Path, quantize_bin: Path, ref_python: str, 
     return {"checkpoint": str(checkpoint), "reps": reps, "medians": medians, "ratios": ratios, "sizes": sizes}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags, run the interleaved comparison and print it as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m edgekit.bench.studies.convert_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="HF checkpoint (default: full-size random Qwen2.5-0.5B)")
-    parser.add_argument("--llama-cpp", type=Path, required=True)
-    parser.add_argument("--quantize-bin", type=Path, required=True)
+    parser.add_argument("--llama-cpp", type=Path, required=True, help="llama.cpp source dir (has convert_hf_to_gguf.py)")
+    parser.add_argument("--quantize-bin", type=Path, required=True, help="a built llama-quantize")
     parser.add_argument("--python", default=sys.executable, help="Python with torch+transformers for convert_hf_to_gguf.py")
-    parser.add_argument("-r", "--reps", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("-r", "--reps", type=int, default=3, help="interleaved rounds (default: 3)")
+    args = parser.parse_args(argv)
     checkpoint = args.checkpoint
     if checkpoint is None:
         from edgekit.samples.checkpoints import cached_full_size_qwen2_checkpoint

@@ -1,7 +1,8 @@
 """Measure types and recipes on SmolLM2-135M (perturbed weights): size, bpw, decode tok/s ratio, KLD, top-1.
 
-Run: python -m edgekit.bench.studies.quality [--only NAME,...] [--rounds 3] [--tokens 64]
+Run: python -m edgekit.bench.studies.quality [--only NAME,...] [--rounds 5] [--tokens 128] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,29 +11,28 @@ import statistics
 import time
 from pathlib import Path
 
-from edgekit.convert.recipes import RECIPES
-from edgekit.convert.tensor_quant import quantize_plain, quantize_with_recipe
-from edgekit.evaluate import evaluate, save_reference_logits
-from edgekit.samples.assets import CACHE, smollm2_gguf
-from edgekit.samples.perturb import perturbed_f16
-
 TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_NL"]
 
 
 def n_params(path: Path) -> int:
+    """Weights in a GGUF (all tensors' elements)."""
     from gguf import GGUFReader
+
     return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
 
 
-def decode_speed(paths: dict[str, Path], tokens: int, rounds: int) -> dict[str, float]:
-    """Median decode tok/s of each file: all loaded at once, timed in turn each round (round 0 warms up)."""
+def decode_speed(paths: dict[str, Path], tokens: int, rounds: int, threads: int | None = None) -> dict[str, float]:
+    """Median decode tok/s of each file: all loaded at once, timed in turn each round (round 0 warms up).
+
+    ``threads`` None is edgekit.load's default (the physical cores).
+    """
     import edgekit
     from edgekit.bench.measure import Context
 
-    models = {n: edgekit.load(p, n_ctx=256, kv_cache="f16", threads=2, n_batch=256) for n, p in paths.items()}
+    models = {n: edgekit.load(p, n_ctx=256, kv_cache="f16", threads=threads, n_batch=256) for n, p in paths.items()}
     res: dict[str, list[float]] = {n: [] for n in paths}
     try:
-        ctxs = {n: Context(m.llama_context, m.llama_model, threads=2) for n, m in models.items()}
+        ctxs = {n: Context(m.llama_context, m.llama_model, threads=m.threads) for n, m in models.items()}
         for r in range(rounds + 1):
             for name, ctx in ctxs.items():
                 ctx.clear()
@@ -47,13 +47,23 @@ def decode_speed(paths: dict[str, Path], tokens: int, rounds: int) -> dict[str, 
     return {n: statistics.median(v) for n, v in res.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--out", default="quality_results.json")
-    a = ap.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags, quantize, score and time each type and recipe; print a table and merge into --out."""
+    from edgekit.convert.recipes import RECIPES
+
+    ap = argparse.ArgumentParser(prog="python -m edgekit.bench.studies.quality", description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated types/recipes to measure (default: all)")
+    ap.add_argument("--rounds", type=int, default=5, help="timed decode rounds after one warm-up (default: 5)")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens generated per timed round (default: 128)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: edgekit's, the physical cores)")
+    ap.add_argument("--out", default="quality_results.json", help="JSON file the rows are merged into")
+    a = ap.parse_args(argv)
+
+    from edgekit.convert.tensor_quant import quantize_plain, quantize_with_recipe
+    from edgekit.evaluate import evaluate, save_reference_logits
+    from edgekit.samples.assets import CACHE, smollm2_gguf
+    from edgekit.samples.perturb import perturbed_f16
+
     d = CACHE / "smollm2-perturbed"
     f16 = d / "SmolLM2-135M-perturbed5.F16.gguf"
     if not f16.exists():
@@ -79,7 +89,7 @@ def main() -> None:
         rows[n] = {"size": p.stat().st_size, "bpw": p.stat().st_size * 8 / npar, "ppl": r.perplexity,
                    "kld": r.kld_mean, "kld_err": r.kld_err, "kld_p99": r.kld_p99, "top1": r.same_top_p,
                    "rms_dp": r.rms_dp, "n_tokens": r.n_tokens}
-    speed = decode_speed(paths, a.tokens, a.rounds)
+    speed = decode_speed(paths, a.tokens, a.rounds, a.threads)
     for n in rows:
         rows[n]["tg"] = speed[n]
         rows[n]["tg_ratio"] = speed[n] / speed["F16"]

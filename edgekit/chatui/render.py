@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -19,14 +19,13 @@ if TYPE_CHECKING:
     from edgekit.stats import Stats
 
 
-def use_colour(stream: Any) -> bool:
+def use_colour(stream: TextIO) -> bool:
     """Colour only on a real terminal, never with NO_COLOR or TERM=dumb."""
     if os.environ.get("NO_COLOR"):
         return False
     if os.environ.get("TERM") == "dumb":
         return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
+    return stream.isatty()
 
 
 def stderr_console() -> Console:
@@ -37,8 +36,8 @@ def stderr_console() -> Console:
                    no_color=not colour, emoji=False)
 
 
-def _unicode_ok(stream: Any) -> bool:
-    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+def _unicode_ok(stream: TextIO) -> bool:
+    encoding = (stream.encoding or "").lower().replace("-", "")
     return encoding in ("utf8", "utf_8")
 
 

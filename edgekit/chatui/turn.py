@@ -73,6 +73,7 @@ def stream_answer(chunks: Iterator[Any], write: Callable[[str], None]) -> TurnRe
             except KeyboardInterrupt:
                 result.interrupted = True
             finally:
+                # The runtime's streams are generators, but typed as plain iterators.
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     with contextlib.suppress(Exception):

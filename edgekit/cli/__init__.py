@@ -1,8 +1,10 @@
 """The ``edgekit`` command line: a thin typer layer over the library.
 
-Each command lives in its own module and registers itself on :data:`app`.
-Command modules import the heavy parts of edgekit (llama.cpp, numpy) only
-inside the command function, so ``edgekit --help`` starts fast.
+Each command is a plain function in its own ``*_cmd`` module (``bench`` is a
+sub-app); this module alone assembles them into :data:`app`, so the command
+modules never import this package. They import the heavy parts of edgekit
+(llama.cpp, numpy) only inside the command function, so ``edgekit --help``
+starts fast.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 
 import typer
 
+from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -23,8 +26,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Registration by import: each module adds its command(s) to `app`.
-from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd  # noqa: E402,F401
+app.command("chat")(chat_cmd.chat)
+app.command("convert")(convert_cmd.convert)
+app.command("demo")(demo_cmd.demo)
+app.command("eval")(eval_cmd.eval_command)
+app.command("models")(models_cmd.models)
+app.add_typer(bench_cmd.bench_app, name="bench")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         if debug:
             raise
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        where = f" ({exc.filename})" if exc.filename else ""
         fail(f"Error: {exc.strerror or exc}{where}. Set EDGEKIT_DEBUG=1 for details.")
     except Exception as exc:
         interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise
             fail("Interrupted. Nothing partial was kept.", 130)
         if _is_click(exc, "Exit"):
-            raise SystemExit(getattr(exc, "exit_code", 0)) from None
+            raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
         if _is_click(exc, "ClickException"):  # usage errors: click's own message and exit code
             exc.show()  # type: ignore[attr-defined]
             raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]

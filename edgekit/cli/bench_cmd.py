@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from edgekit.cli import app
 from edgekit.errors import BenchError
+
+if TYPE_CHECKING:
+    from edgekit.bench.store import Filters
 
 
 class _DefaultRun(TyperGroup):
     """A group whose default subcommand is ``run``: ``edgekit bench m.gguf`` = ``edgekit bench run m.gguf``."""
 
-    def parse_args(self, ctx, args):  # noqa: ANN001 (click's signature)
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
@@ -28,7 +30,6 @@ class _DefaultRun(TyperGroup):
 
 bench_app = typer.Typer(cls=_DefaultRun, no_args_is_help=True, add_completion=False,
                         help="Measure speed and latency on this device; compare devices (run is the default).")
-app.add_typer(bench_app, name="bench")
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -109,7 +110,7 @@ def run_cmd(
 
     from edgekit.bench.measure import clear_stop, request_stop
 
-    def on_sigint(signum, frame):  # noqa: ANN001
+    def on_sigint(signum: int, frame: object) -> None:
         # First Ctrl-C: stop cleanly at the next batch/token (see measure.request_stop); second: right away.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         request_stop()
@@ -118,7 +119,7 @@ def run_cmd(
     db = Store() if store else None
     clear_stop()
     previous = signal.signal(signal.SIGINT, on_sigint)
-    out = open(output, "a") if output else None  # noqa: SIM115 (closed in finally; appended per record)
+    out = open(output, "a") if output else None  # closed in finally; appended per record
     try:
         with rich_progress(enabled=not quiet) as progress:
             for rec in run(grid, progress=progress):
@@ -145,7 +146,8 @@ def run_cmd(
     sys.stdout.write(records.format_records(done, fmt))
 
 
-def _filters(device, model, test, engine, kv, depth, threads, since):  # noqa: ANN001, ANN202
+def _filters(device: str | None, model: str | None, test: str | None, engine: str | None, kv: str | None,
+             depth: int | None, threads: int | None, since: str | None) -> Filters:
     from edgekit.bench.store import Filters
 
     return Filters(device=device, model=model, test=test, engine=engine, kv=kv, depth=depth, threads=threads, since=since)
@@ -193,6 +195,39 @@ def plot_cmd(
         recs = db.query(_filters(device, model, None, engine, kv_cache, None, threads, since))
     for path in plot(recs, out):
         typer.echo(f"wrote {path}")
+
+
+@bench_app.command("long-prompt")
+def long_prompt_cmd(
+    model: Annotated[str, typer.Argument(help="GGUF file (or a model name edgekit can load).")],
+    ctx: Annotated[int, typer.Option("--ctx", "-c", help="Context size; the prompt fills it but for --gen + 16 tokens.")] = 32768,
+    kv_cache: Annotated[str, typer.Option("--kv-cache", "-k", help="KV cache type, e.g. q8_0, f16 or q8_0/f16 (K/V).")] = "q8_0",
+    gen: Annotated[int, typer.Option("--gen", "-n", help="Tokens to generate after the prompt.")] = 64,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: physical cores).",
+                                                show_default=False)] = None,
+    llama_bench: Annotated[str | None, typer.Option("--llama-bench", help="Path of llama.cpp's llama-bench: run the same job with it afterwards, report the ratio.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """Time one prompt that fills the context: first token, decode speed at that depth, peak memory vs the plan."""
+    import json
+
+    from edgekit.bench.long_prompt import long_prompt
+
+    res = long_prompt(model, n_ctx=ctx, kv_cache=kv_cache, n_gen=gen, threads=threads, llama_bench_path=llama_bench)
+    if json_out:
+        print(json.dumps(res, indent=1))
+        return
+    ek = res["edgekit"]
+    typer.echo(f"{Path(ek['model']).name}: {ek['n_prompt']}-token prompt + {ek['n_gen']} generated, "
+               f"ctx {ek['n_ctx']}, KV {ek['type_k']}/{ek['type_v']}, {ek['threads']} threads")
+    typer.echo(f"  time to first token  {ek['ttft_s']:9.2f} s   (prefill {ek['prefill_tps']:.1f} tok/s)")
+    typer.echo(f"  decode at that depth {ek['decode_tps']:9.2f} tok/s")
+    typer.echo(f"  peak RSS             {ek['peak_rss_mib']:9.0f} MiB (plan {ek['plan_mib']:.0f} MiB, "
+               f"x{ek['peak_over_plan']:.2f})")
+    typer.echo(f"  wall                 {ek['wall_s']:9.2f} s")
+    if "llama_bench" in res:
+        lb = res["llama_bench"]
+        typer.echo(f"  llama-bench wall     {lb['wall_s']:9.2f} s   (edgekit's speed: x{lb['edgekit_speed_ratio']:.3f} of it)")
 
 
 @bench_app.command("import")

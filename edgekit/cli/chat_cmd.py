@@ -11,13 +11,10 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli import app
-
 _SAMPLING = "Sampling"
 _OUTPUT = "Output"
 
 
-@app.command("chat")
 def chat(
     model: Annotated[str | None, typer.Argument(
         help="GGUF file, Hugging Face checkpoint dir or repo id (converted once and cached), or a store name. "

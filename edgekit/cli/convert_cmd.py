@@ -8,10 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli import app
 
-
-@app.command()
 def convert(
     src: Annotated[str, typer.Argument(help="Checkpoint directory or Hub repo id owner/name[@revision].")],
     quant: Annotated[str, typer.Option("-q", "--quant", help="Output types or recipes, comma-separated: f16, bf16, q8_0, q4_k_m, q4-best, auto, ...")] = "q4_k_m",

@@ -7,10 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli import app
 
-
-@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", "-o", help="Where the GGUF files go.")] = Path("edgekit-demo"),
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Finish with a quick benchmark.")] = True,

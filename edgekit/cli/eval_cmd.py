@@ -8,10 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli import app
 
-
-@app.command("eval")
 def eval_command(
     model: Annotated[Path, typer.Argument(help="GGUF file to evaluate.")],
     reference: Annotated[Path | None, typer.Option("--reference", "-r", help="Reference GGUF (e.g. the F16 it came from).")] = None,

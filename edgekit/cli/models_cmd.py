@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from edgekit.cli import app
 
-
-@app.command()
 def models() -> None:
     """List the models in the local store; pass a name from it to chat, bench or load()."""
     from edgekit.store import list_models, models_dir

@@ -12,7 +12,6 @@ the one Hugging Face's own ``tokenizer.json`` uses for that ``tokenizer.ggml.pre
 from __future__ import annotations
 
 import json
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -44,13 +43,14 @@ def _read_kv(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
 
     reader = GGUFReader(path)
     kv = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    from edgekit.convert.atomic import atomic_output
+    from edgekit.errors import DiskFull
+
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(kv, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, cached)
-    except OSError:
-        pass  # a read-only cache only costs speed
+        with atomic_output(cached) as tmp:
+            tmp.write_text(json.dumps(kv, ensure_ascii=False), encoding="utf-8")
+    except (OSError, DiskFull):
+        pass  # a read-only or full cache only costs speed
     return kv
 
 

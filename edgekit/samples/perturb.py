@@ -7,8 +7,6 @@ type (and any type sharing the grid) when measuring. The quality table in
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 
@@ -23,12 +21,12 @@ def perturbed_f16(src_gguf: str | Path, dst: str | Path, noise: float = 0.05, se
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
 
+    from edgekit.convert.atomic import atomic_output
+
     src, dst = Path(src_gguf), Path(dst)
     reader = GGUFReader(str(src))
     arch = reader.get_field("general.architecture").contents()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    writer = GGUFWriter(str(tmp), arch)
+    writer = GGUFWriter(None, arch)  # the path is given when the atomic output opens
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF."):
             continue
@@ -45,15 +43,11 @@ def perturbed_f16(src_gguf: str | Path, dst: str | Path, noise: float = 0.05, se
         arrays.append(w)
         ty = GGMLQuantizationType.F16 if w.dtype == np.float16 else GGMLQuantizationType.F32
         writer.add_tensor_info(t.name, w.shape, w.dtype, w.nbytes, ty)
-    try:
-        writer.write_header_to_file()
+    with atomic_output(dst) as tmp:
+        writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for w in arrays:
             writer.write_tensor_data(w)
         writer.close()
-        os.replace(tmp, dst)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return dst

@@ -28,6 +28,8 @@ class Arch:
     skip_suffixes: tuple[str, ...] = (".rotary_emb.inv_freq",)
     write_rope_dims: bool = False
     write_vocab_size: bool = False
+    # How HF names a block's tensors; group 1 is the layer number (counted from the file, not the config).
+    block_pattern: str = r"model\.layers\.(\d+)\."
 
     @property
     def gguf_name(self) -> str:

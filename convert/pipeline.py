@@ -18,7 +18,7 @@ import gguf
 
 from edgekit.convert.archs import Arch, arch_for
 from edgekit.convert.atomic import atomic_output, check_free_space, check_writable, scratch_file
-from edgekit.convert.hparams import HParams, read_hparams
+from edgekit.convert.hparams import HParams, check_shapes, count_blocks, read_hparams
 from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
 from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize
 from edgekit.convert.safetensors import WeightSet
@@ -67,6 +67,7 @@ class Checkpoint:
     hparams: HParams
     weights: WeightSet
     vocab: Vocab
+    name_map: gguf.TensorNameMap  # HF -> GGUF tensor names, for the layers the weights hold
     repo_id: str | None = None
     url: str | None = None
 
@@ -113,19 +114,23 @@ def open_checkpoint(directory: Path, repo_id: str | None = None, url: str | None
     hparams = read_hparams(config)
     files = weight_files(directory)
     weights = WeightSet(files)
+    # Check the config's counts against the weights before any work proportional to them.
+    n_blocks = count_blocks(weights.names(), arch.block_pattern, hparams)
+    name_map = gguf.get_tensor_name_map(arch.gguf_arch, n_blocks)
+    check_shapes(hparams, weights.tensors.values(), name_map)
     token_config = dict(config)
     if (directory / "generation_config.json").is_file():
         generation = _read_json(directory / "generation_config.json")
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_config.setdefault(key, generation.get(key))
     vocab = load_vocab(directory, hparams.vocab_size, token_config)
-    return Checkpoint(directory, config, arch, hparams, weights, vocab, repo_id, url)
+    return Checkpoint(directory, config, arch, hparams, weights, vocab, name_map, repo_id, url)
 
 
 def plan_tensors(ckpt: Checkpoint, out_type: str) -> list[TensorPlan]:
     """Map every checkpoint tensor to its GGUF name and storage type; refuse unknown tensors."""
     hp = ckpt.hparams
-    names = gguf.get_tensor_name_map(ckpt.arch.gguf_arch, hp.n_layer)
+    names = ckpt.name_map
     plans: list[TensorPlan] = []
     for hf_name, ref in ckpt.weights.tensors.items():
         if hf_name.endswith(ckpt.arch.skip_suffixes):
@@ -183,13 +188,11 @@ def _write_hparams(writer: gguf.GGUFWriter, ckpt: Checkpoint) -> None:
     kind = scaling.get("rope_type")
     if kind == "yarn":
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(float(scaling["factor"]))
-        writer.add_rope_scaling_orig_ctx_len(int(scaling.get("original_max_position_embeddings", hp.n_ctx_train)))
+        writer.add_rope_scaling_factor(scaling["factor"])
+        writer.add_rope_scaling_orig_ctx_len(scaling.get("original_max_position_embeddings", hp.n_ctx_train))
     elif kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(scaling["factor"]))
-    elif kind not in (None, "default"):
-        raise UnsupportedModel(f"rope scaling type {kind!r} is not supported", "Supported: yarn, linear.")
+        writer.add_rope_scaling_factor(scaling["factor"])
 
 
 def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):

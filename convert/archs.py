@@ -8,6 +8,7 @@ own ``TensorNameMap``, the table llama.cpp's converter uses.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import gguf
@@ -49,6 +50,9 @@ ARCHS: dict[str, Arch] = {
 def arch_for(config: dict) -> Arch:
     """Return the table entry for a config.json, or refuse with the supported list."""
     names = config.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UnsupportedModel(f"config.json says architectures={json.dumps(names)[:60]}, not a list of names",
+                               "Use the config.json that transformers saved with the model.")
     for name in names:
         if name in ARCHS:
             return ARCHS[name]

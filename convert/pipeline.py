@@ -73,10 +73,14 @@ class Checkpoint:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON file that must hold an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
+    if not isinstance(value, dict):
+        raise UnsupportedModel(f"{path.name} holds a {type(value).__name__}, not a JSON object", "Download it again.")
+    return value
 
 
 def weight_files(directory: Path) -> list[Path]:

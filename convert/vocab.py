@@ -113,7 +113,7 @@ def _token_text(value: object) -> str | None:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
 
 
@@ -130,6 +130,15 @@ def chat_template_of(directory: Path, tokenizer_config: dict) -> str | None:
 
 def load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
     """Read tokenizer.json (+ tokenizer_config.json, chat_template.jinja) from a checkpoint dir."""
+    try:
+        return _load_vocab(directory, n_vocab, config)
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # The files are untrusted JSON: any value may have any type.
+        raise UnsupportedModel(f"tokenizer.json or tokenizer_config.json is malformed ({type(exc).__name__}: {exc})",
+                               "Copy them again from the base model.") from exc
+
+
+def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
     directory = Path(directory)
     tok_path = directory / "tokenizer.json"
     if not tok_path.is_file():

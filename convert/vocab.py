@@ -160,6 +160,10 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         if added.get("special") or _looks_special(added["content"]):
             special.add(int(added["id"]))
     added_ids = {int(a["id"]) for a in tokenizer.get("added_tokens", [])}
+    if by_id and max(by_id) >= max(n_vocab, len(by_id)):
+        # Padding up to an id beyond both the embedding and the tokens present would be unbounded work.
+        raise UnsupportedModel(f"tokenizer.json has token id {max(by_id)} but only {len(by_id)} tokens "
+                               f"and an embedding of {n_vocab} rows", "Copy it again from the base model.")
     if by_id and max(by_id) >= n_vocab:
         n_vocab = max(by_id) + 1
 

@@ -8,6 +8,7 @@ and allocation. Examples are drawn from a fixed seed, so CI runs the same ones.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import tracemalloc
@@ -97,3 +98,25 @@ def mutations(data: bytes, hot: int | None = None) -> st.SearchStrategy[bytes]:
     inserted = st.tuples(pos, st.binary(min_size=1, max_size=64)).map(lambda t: data[: t[0]] + t[1] + data[t[0]:])
     duplicated = st.tuples(pos, st.integers(1, 256)).map(lambda t: data[: t[0] + t[1]] + data[t[0]:])
     return st.one_of(flips, truncated, deleted, inserted, duplicated)
+
+
+# --- JSON values, for the readers of JSON files and headers ----------------------------------------------
+
+DEEP = "\x00deep\x00"  # stands for a value nested thousands of levels deep (json can't dump one)
+DTYPE_NAMES = ["BF16", "F16", "F32", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL", "bf16", "F8_E4M3"]
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from(INTERESTING_INTS),
+    st.integers(-3, 300), st.floats(), st.text(max_size=8), st.sampled_from(DTYPE_NAMES),
+)
+# Any JSON value, with a bias to the numbers and lists a header or config holds; DEEP marks deep nesting.
+json_values = st.one_of(
+    st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                        max_size=3), max_leaves=8),
+    st.lists(st.one_of(st.sampled_from(INTERESTING_INTS), st.integers(-2, 80)), max_size=4),
+    st.just(DEEP),
+)
+
+
+def dump_json(value, depth: int) -> bytes:
+    """``value`` as JSON text, each DEEP replaced by a list nested ``depth`` levels deep."""
+    return json.dumps(value).replace(json.dumps(DEEP), "[" * depth + "]" * depth).encode()

@@ -20,7 +20,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from fuzzing import INTERESTING_INTS, fuzz_settings, mutations, only_edgekit_errors
+from fuzzing import (
+    DEEP,
+    INTERESTING_INTS,
+    dump_json,
+    fuzz_settings,
+    json_values,
+    mutations,
+    only_edgekit_errors,
+)
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -32,8 +40,6 @@ from edgekit.convert.safetensors import (
     read_raw,
     write_safetensors,
 )
-
-DEEP = "\x00deep\x00"  # stands for a value nested thousands of levels deep (json can't dump one)
 
 
 def _seed_file() -> tuple[bytes, dict, int]:
@@ -57,29 +63,12 @@ SEED, SEED_HEADER, SEED_N = _seed_file()
 
 def _with(header: dict, depth: int = 0) -> bytes:
     """The seed file with another header (its length field right)."""
-    blob = _dump(header, depth)
+    blob = dump_json(header, depth)
     return struct.pack("<Q", len(blob)) + blob + SEED[8 + SEED_N :]
 
 
 def _entry(name: str, **fields) -> dict:
     return {**SEED_HEADER, name: {**SEED_HEADER[name], **fields}}
-
-
-_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from(INTERESTING_INTS),
-    st.integers(-3, 300), st.floats(), st.text(max_size=8), st.sampled_from([*DTYPE_SIZES, "bf16", "F8_E4M3"]),
-)
-json_values = st.one_of(
-    st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
-                                                                                        max_size=3), max_leaves=8),
-    st.lists(st.one_of(st.sampled_from(INTERESTING_INTS), st.integers(-2, 80)), max_size=4),  # shapes, offsets
-    st.just(DEEP),
-)
-
-
-def _dump(header: dict, depth: int) -> bytes:
-    text = json.dumps(header)
-    return text.replace(json.dumps(DEEP), "[" * depth + "]" * depth).encode()
 
 
 @st.composite
@@ -95,7 +84,7 @@ def edited_headers(draw):
             header[target].pop(draw(st.sampled_from(["dtype", "shape", "data_offsets"])), None)
         else:
             header[target][field] = value
-    blob = _dump(header, draw(st.integers(1, 5000)))
+    blob = dump_json(header, draw(st.integers(1, 5000)))
     blob += b" " * draw(st.integers(0, 8))
     length = draw(st.one_of(st.just(len(blob)), st.sampled_from(INTERESTING_INTS), st.integers(0, len(blob) + 64)))
     return struct.pack("<Q", length) + blob + SEED[8 + SEED_N :]

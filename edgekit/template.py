@@ -2,7 +2,8 @@
 
 Templates come from model files, so they are untrusted code: they run in
 jinja2's ImmutableSandboxedEnvironment, with the few helpers Hugging Face
-templates expect (``raise_exception``, ``strftime_now``, ``tojson``).
+templates expect (``raise_exception``, ``strftime_now``, ``tojson``). Any
+failure of the template is a :class:`TemplateError`.
 """
 
 from __future__ import annotations
@@ -37,18 +38,25 @@ def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, *
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
 
 
-@lru_cache(maxsize=8)
-def _compile(source: str):
-    from jinja2 import TemplateSyntaxError
+@lru_cache(maxsize=1)
+def _environment():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
+    return env
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
     try:
-        return env.from_string(source)
-    except TemplateSyntaxError as exc:
+        return _environment().from_string(source)
+    # Untrusted code: besides Jinja's syntax errors, its compiler leaves some to Python (a {% break %}
+    # outside a loop is a SyntaxError), folds constants ({{ {[]: 1} }} is a TypeError), and a template
+    # nested thousands deep exhausts the parser's recursion.
+    except Exception as exc:
         raise TemplateError(f"the model's chat template is not valid Jinja: {exc}",
                             "Pass chat_template= to override it.") from exc
 
@@ -59,14 +67,13 @@ def render(source: str | None, messages: list[dict], *, add_generation_prompt: b
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise EdgekitError(f"message {i} must be a dict with 'role' and 'content'")
-    from jinja2 import TemplateError as JinjaError
-    from jinja2.exceptions import SecurityError
-
     template = _compile(source or CHATML)
     try:
         return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                bos_token=bos_token, eos_token=eos_token, **extra)
     except TemplateError:
         raise
-    except (JinjaError, SecurityError, TypeError, ValueError, KeyError) as exc:
+    # The template is untrusted code: whatever it raises (jinja's errors, the sandbox's SecurityError,
+    # TypeError, ZeroDivisionError, OverflowError, RecursionError from a recursive macro...) is its failure.
+    except Exception as exc:
         raise TemplateError(f"the model's chat template failed: {exc}") from exc

@@ -169,7 +169,7 @@ def mutated(draw, seed):
                                                                 + pair[1][len(pair[1]) // 2:])))
 
 
-@fuzz_settings(600)
+@fuzz_settings(300)
 @given(st.data())
 def test_mutated_gguf_is_read_or_refused(seed_gguf, tmp_path, data):
     path = tmp_path / "fuzz.gguf"
@@ -195,7 +195,7 @@ _values = st.one_of(
 )
 
 
-@fuzz_settings(600)
+@fuzz_settings(250)
 @given(st.dictionaries(st.sampled_from(sorted(SEED_KEYS)), _values, min_size=1, max_size=4))
 # Found by this test: alignment was passed to int() (ValueError/TypeError) ...
 @example(overrides={"general.alignment": (V.STRING, "")})
@@ -211,7 +211,7 @@ def test_any_value_for_the_keys_edgekit_reads_is_read_or_refused(tmp_path, overr
     _assert_read_or_refused(path)
 
 
-@fuzz_settings(300)
+@fuzz_settings(200)
 @given(st.one_of(st.binary(max_size=512), st.binary(max_size=512).map(lambda b: b"GGUF\x03\x00\x00\x00" + b)))
 def test_random_bytes_are_refused(tmp_path, blob):
     path = tmp_path / "random.gguf"

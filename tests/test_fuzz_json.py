@@ -143,7 +143,7 @@ def test_the_seed_checkpoint_opens():
     assert ckpt.vocab.pre == "qwen2" and ckpt.hparams.rope_scaling["rope_type"] == "yarn"
 
 
-@fuzz_settings(300)
+@fuzz_settings(200)
 @given(edited(CONFIG))
 # Found by this test: a config.json holding null or a list raised AttributeError, one nested thousands deep
 # RecursionError, and architectures of the wrong type TypeError.
@@ -163,7 +163,7 @@ def _edited_tokenizer(path, value) -> bytes:
     return json.dumps(_edit(TOKENIZER, path, value)).encode()
 
 
-@fuzz_settings(300)
+@fuzz_settings(200)
 @given(edited(TOKENIZER))
 # Found by this test: a tokenizer.json nested thousands deep raised RecursionError, and a value of the wrong
 # type (model, vocab, an added token, the pre-tokenizer) AttributeError or TypeError ...
@@ -182,7 +182,7 @@ def test_edited_tokenizer_is_read_or_refused(tokenizer):
         assert all(0 <= i < len(vocab.tokens) for i in vocab.special_ids.values())
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(edited(TOKENIZER_CONFIG))
 @example(b"[]")  # found by this test: AttributeError
 def test_edited_tokenizer_config_is_read_or_refused(tokenizer_config):

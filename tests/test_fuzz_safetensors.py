@@ -115,7 +115,7 @@ def test_the_seed_file_reads(tmp_path):
     _assert_read_or_refused(path)
 
 
-@fuzz_settings(500)
+@fuzz_settings(400)
 @given(edited_headers())
 # Found by this test: an unhashable dtype raised TypeError, a header nested thousands deep RecursionError ...
 @example(_with(_entry("model.embed.weight", dtype=[])))

@@ -73,7 +73,7 @@ messages = st.lists(
 )
 
 
-@fuzz_settings(800)
+@fuzz_settings(400)
 @given(templates, messages, st.booleans())
 @example(CHATML, [{"role": "user", "content": "hi"}], True)
 # Found by this test: compiling raised Python's SyntaxError or a constant-folding TypeError ...

@@ -24,7 +24,7 @@ from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quant
 from edgekit.convert.safetensors import WeightSet
 from edgekit.convert.vocab import Vocab, load_vocab, write_vocab
 from edgekit.convert.writer import TensorPlan, write_gguf
-from edgekit.errors import EdgekitError, MissingFiles, UnsupportedModel
+from edgekit.errors import CorruptFile, EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -87,7 +87,14 @@ def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint (following the shard index); refuse pickles."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        weight_map = _read_json(index).get("weight_map")
+        # Shard names must be plain file names in the checkpoint directory (never a path out of it).
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(n, str) and n and n == Path(n).name and n not in (".", "..") for n in weight_map.values()
+        ):
+            raise CorruptFile(f"{index.name} has no weight_map from tensor names to shard file names",
+                              "Download model.safetensors.index.json again.")
+        names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (directory / n).is_file()]
         if missing:
             raise MissingFiles(f"{directory} lacks the weight shards {', '.join(missing)}",

@@ -82,6 +82,8 @@ _weights(CKPT / "model.safetensors")
 SEED_FILES = {"config.json": CONFIG, "tokenizer.json": TOKENIZER, "tokenizer_config.json": TOKENIZER_CONFIG}
 for _name, _seed in SEED_FILES.items():
     (CKPT / _name).write_text(json.dumps(_seed))
+(CKPT / "elsewhere").mkdir()
+_weights(CKPT / "elsewhere" / "model.safetensors")  # a valid shard outside the checkpoint's own files
 
 
 def _open(files: dict[str, bytes]):
@@ -91,7 +93,10 @@ def _open(files: dict[str, bytes]):
         return only_edgekit_errors(open_checkpoint, CKPT)
     finally:
         for name in files:
-            (CKPT / name).write_text(json.dumps(SEED_FILES[name]))
+            if name in SEED_FILES:
+                (CKPT / name).write_text(json.dumps(SEED_FILES[name]))
+            else:
+                (CKPT / name).unlink()
 
 
 def _paths(value, prefix=(), limit=40):
@@ -187,3 +192,20 @@ def test_edited_tokenizer_is_read_or_refused(tokenizer):
 @example(b"[]")  # found by this test: AttributeError
 def test_edited_tokenizer_config_is_read_or_refused(tokenizer_config):
     _open({"tokenizer_config.json": tokenizer_config})
+
+
+INDEX = {"metadata": {"total_size": 1}, "weight_map": {"model.embed_tokens.weight": "model.safetensors",
+                                                       "model.norm.weight": "model.safetensors"}}
+
+
+@fuzz_settings(100)
+@given(edited(INDEX))
+# Found by this test: a weight_map that is not an object raised AttributeError, a shard name that is not a
+# string TypeError; and a shard named by a path ("/etc/passwd") was read from outside the checkpoint.
+@example(json.dumps({"weight_map": []}).encode())
+@example(json.dumps({"weight_map": {"a": 1}}).encode())
+@example(json.dumps({"weight_map": {"a": "elsewhere/model.safetensors"}}).encode())
+def test_edited_shard_index_is_read_or_refused(index):
+    ckpt = _open({"model.safetensors.index.json": index})
+    if ckpt is not None:
+        assert ckpt.weights.files == [CKPT / "model.safetensors"]

@@ -8,6 +8,7 @@ own ``TensorNameMap``, the table llama.cpp's converter uses.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import gguf
@@ -28,6 +29,8 @@ class Arch:
     skip_suffixes: tuple[str, ...] = (".rotary_emb.inv_freq",)
     write_rope_dims: bool = False
     write_vocab_size: bool = False
+    # How HF names a block's tensors; group 1 is the layer number (counted from the file, not the config).
+    block_pattern: str = r"model\.layers\.(\d+)\."
 
     @property
     def gguf_name(self) -> str:
@@ -47,6 +50,9 @@ ARCHS: dict[str, Arch] = {
 def arch_for(config: dict) -> Arch:
     """Return the table entry for a config.json, or refuse with the supported list."""
     names = config.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UnsupportedModel(f"config.json says architectures={json.dumps(names)[:60]}, not a list of names",
+                               "Use the config.json that transformers saved with the model.")
     for name in names:
         if name in ARCHS:
             return ARCHS[name]

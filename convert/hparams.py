@@ -1,10 +1,26 @@
-"""Read config.json, in the forms transformers 4.x and 5.x write, into one record."""
+"""Read config.json, in the forms transformers 4.x and 5.x write, into one record, and check it.
+
+Every number here comes from a file, so nothing is trusted: :func:`read_hparams`
+refuses counts that are not positive or don't fit GGUF's 32-bit fields, and
+:func:`check_against_weights` compares them with the tensor shapes in the
+safetensors headers before any work proportional to them is done (a config
+claiming 100000 layers must fail at once, not after minutes of name mapping).
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
-from edgekit.errors import UnsupportedModel
+import gguf
+
+from edgekit.errors import CorruptFile, UnsupportedModel
+
+# GGUF stores these counts as uint32; llama.cpp reads several into int32.
+MAX_COUNT = 2**31 - 1
+ROPE_SCALING_TYPES = ("yarn", "linear")
+_CONFIG_HINT = "Use the config.json that transformers saved with these weights."
 
 
 @dataclass(frozen=True)
@@ -38,33 +54,129 @@ def _rope(config: dict) -> tuple[float, dict]:
         scaling = dict(config.get("rope_scaling") or {})
     if scaling:
         scaling["rope_type"] = scaling.get("rope_type") or scaling.get("type")
+        kind = scaling["rope_type"]
+        if kind not in (None, "default", *ROPE_SCALING_TYPES):
+            raise UnsupportedModel(f"config.json: rope scaling type {kind!r} is not supported",
+                                   f"Supported: {', '.join(ROPE_SCALING_TYPES)}.")
+        if kind in ROPE_SCALING_TYPES:
+            scaling["factor"] = float(scaling["factor"])
+            if not (math.isfinite(scaling["factor"]) and scaling["factor"] > 0):
+                raise UnsupportedModel(f"config.json says rope scaling factor={scaling['factor']}; it must be positive")
+            if "original_max_position_embeddings" in scaling:
+                scaling["original_max_position_embeddings"] = _count(
+                    "original_max_position_embeddings", scaling["original_max_position_embeddings"])
     return theta, scaling
 
 
+def _count(key: str, value: object) -> int:
+    """A count from config.json: an integer in 1..MAX_COUNT, or a clear refusal naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UnsupportedModel(f"config.json says {key}={value!r}, which is not a number", _CONFIG_HINT)
+    number = int(value)
+    if not 1 <= number <= MAX_COUNT:
+        raise UnsupportedModel(f"config.json says {key}={value}; it must be between 1 and {MAX_COUNT}", _CONFIG_HINT)
+    return number
+
+
+def _positive(key: str, value: object) -> float:
+    number = float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(number) and number > 0):
+        raise UnsupportedModel(f"config.json says {key}={value}; it must be a positive number", _CONFIG_HINT)
+    return number
+
+
 def read_hparams(config: dict) -> HParams:
-    """Build :class:`HParams` from a parsed config.json."""
+    """Build :class:`HParams` from a parsed config.json; refuse missing, malformed or impossible values."""
+    if not isinstance(config, dict):
+        raise UnsupportedModel(f"config.json holds a {type(config).__name__}, not an object", _CONFIG_HINT)
     try:
-        n_embd = int(config["hidden_size"])
-        n_head = int(config["num_attention_heads"])
+        n_embd = _count("hidden_size", config["hidden_size"])
+        n_head = _count("num_attention_heads", config["num_attention_heads"])
+        n_head_kv = _count("num_key_value_heads", config.get("num_key_value_heads") or n_head)
+        if n_head % n_head_kv:
+            raise UnsupportedModel(
+                f"config.json says num_attention_heads={n_head} and num_key_value_heads={n_head_kv}; "
+                "the heads must be a multiple of the KV heads", _CONFIG_HINT)
+        head_dim = config.get("head_dim") or n_embd // n_head
         theta, scaling = _rope(config)
         return HParams(
-            n_layer=int(config["num_hidden_layers"]),
+            n_layer=_count("num_hidden_layers", config["num_hidden_layers"]),
             n_embd=n_embd,
-            n_ff=int(config["intermediate_size"]),
+            n_ff=_count("intermediate_size", config["intermediate_size"]),
             n_head=n_head,
-            n_head_kv=int(config.get("num_key_value_heads") or n_head),
-            head_dim=int(config.get("head_dim") or n_embd // n_head),
-            n_ctx_train=int(config.get("max_position_embeddings") or 2048),
-            rope_theta=theta,
-            rms_eps=float(config.get("rms_norm_eps", 1e-6)),
-            vocab_size=int(config["vocab_size"]),
+            n_head_kv=n_head_kv,
+            head_dim=_count("head_dim", head_dim),
+            n_ctx_train=_count("max_position_embeddings", config.get("max_position_embeddings") or 2048),
+            rope_theta=_positive("rope_theta", theta),
+            rms_eps=_positive("rms_norm_eps", config.get("rms_norm_eps", 1e-6)),
+            vocab_size=_count("vocab_size", config["vocab_size"]),
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             dtype=config.get("dtype") or config.get("torch_dtype"),
             rope_scaling=scaling,
         )
     except KeyError as exc:
-        raise UnsupportedModel(
-            f"config.json lacks {exc.args[0]!r}", "Use the config.json that transformers saved with the model."
-        ) from exc
-    except (TypeError, ValueError) as exc:
-        raise UnsupportedModel(f"config.json has a malformed value ({exc})") from exc
+        raise UnsupportedModel(f"config.json lacks {exc.args[0]!r}", _CONFIG_HINT) from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UnsupportedModel(f"config.json has a malformed value ({exc})", _CONFIG_HINT) from exc
+
+
+def _refuse(claim: str, found: str) -> CorruptFile:
+    return CorruptFile(f"config.json says {claim} but {found}", _CONFIG_HINT)
+
+
+def count_blocks(names, block_pattern: str, hp: HParams) -> int:
+    """The number of layers the weights hold; refuse a config.json whose layer count differs.
+
+    Works from the tensor names alone (bounded by the file), never from ``hp.n_layer``.
+    """
+    pattern = re.compile(block_pattern)
+    found = {int(m.group(1)) for m in map(pattern.match, names) if m}
+    n_blocks = len(found)
+    if found != set(range(n_blocks)):
+        gap = min(set(range(n_blocks)) - found)
+        raise CorruptFile(f"the weights have {n_blocks} layers but no layer {gap} (the highest is {max(found)})",
+                          "The weights are incomplete; download all shards again.")
+    if hp.n_layer != n_blocks:
+        raise _refuse(f"num_hidden_layers={hp.n_layer}", f"the weights have {n_blocks} layers")
+    return n_blocks
+
+
+def _expected_shapes(hp: HParams) -> dict[gguf.MODEL_TENSOR, tuple[tuple[int, str], ...]]:
+    """Each weight's shape (PyTorch order: out, in) as the config implies it, with the config keys behind each dim."""
+    T = gguf.MODEL_TENSOR
+    embd = (hp.n_embd, f"hidden_size={hp.n_embd}")
+    vocab = (hp.vocab_size, f"vocab_size={hp.vocab_size}")
+    ff = (hp.n_ff, f"intermediate_size={hp.n_ff}")
+    q = (hp.n_head * hp.head_dim, f"num_attention_heads={hp.n_head} with head_dim={hp.head_dim}")
+    kv = (hp.n_head_kv * hp.head_dim, f"num_key_value_heads={hp.n_head_kv} with head_dim={hp.head_dim}")
+    return {
+        T.TOKEN_EMBD: (vocab, embd), T.OUTPUT: (vocab, embd), T.OUTPUT_NORM: (embd,),
+        T.ATTN_NORM: (embd,), T.FFN_NORM: (embd,),
+        T.ATTN_Q: (q, embd), T.ATTN_K: (kv, embd), T.ATTN_V: (kv, embd), T.ATTN_OUT: (embd, q),
+        T.FFN_GATE: (ff, embd), T.FFN_UP: (ff, embd), T.FFN_DOWN: (embd, ff),
+    }
+
+
+def check_shapes(hp: HParams, refs, name_map: gguf.TensorNameMap) -> None:
+    """Refuse at once when a tensor's shape contradicts config.json, naming the config key.
+
+    ``refs`` are the checkpoint's :class:`~edgekit.convert.safetensors.TensorRef` objects; tensors the
+    map doesn't know are left to the planner. Biases are checked against the weight's first dimension.
+    """
+    expected = _expected_shapes(hp)
+    # The embedding first: a wrong hidden_size or vocab_size is named there, not in some later layer.
+    for ref in sorted(refs, key=lambda r: "embed" not in r.name):
+        found = name_map.get_type_and_name(ref.name, try_suffixes=(".weight", ".bias"))
+        if found is None or found[0] not in expected:
+            continue
+        dims = expected[found[0]]
+        if found[1].endswith(".bias"):
+            dims = dims[:1]
+        wrong = [label for (size, label), actual in zip(dims, ref.shape, strict=False) if size != actual]
+        if len(ref.shape) != len(dims):
+            wrong = wrong or [" and ".join(label for _, label in dims)]
+        if wrong:
+            raise _refuse(" and ".join(wrong), f"{ref.name} in {ref.file.name} has shape {list(ref.shape)}")
+    if hp.head_dim % 2:
+        raise UnsupportedModel(f"config.json implies head_dim={hp.head_dim}; rotary embeddings need an even size",
+                               _CONFIG_HINT)

@@ -18,13 +18,13 @@ import gguf
 
 from edgekit.convert.archs import Arch, arch_for
 from edgekit.convert.atomic import atomic_output, check_free_space, check_writable, scratch_file
-from edgekit.convert.hparams import HParams, read_hparams
+from edgekit.convert.hparams import HParams, check_shapes, count_blocks, read_hparams
 from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
 from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize
 from edgekit.convert.safetensors import WeightSet
 from edgekit.convert.vocab import Vocab, load_vocab, write_vocab
 from edgekit.convert.writer import TensorPlan, write_gguf
-from edgekit.errors import EdgekitError, MissingFiles, UnsupportedModel
+from edgekit.errors import CorruptFile, EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -67,22 +67,34 @@ class Checkpoint:
     hparams: HParams
     weights: WeightSet
     vocab: Vocab
+    name_map: gguf.TensorNameMap  # HF -> GGUF tensor names, for the layers the weights hold
     repo_id: str | None = None
     url: str | None = None
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON file that must hold an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
+    if not isinstance(value, dict):
+        raise UnsupportedModel(f"{path.name} holds a {type(value).__name__}, not a JSON object", "Download it again.")
+    return value
 
 
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint (following the shard index); refuse pickles."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        weight_map = _read_json(index).get("weight_map")
+        # Shard names must be plain file names in the checkpoint directory (never a path out of it).
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(n, str) and n and n == Path(n).name and n not in (".", "..") for n in weight_map.values()
+        ):
+            raise CorruptFile(f"{index.name} has no weight_map from tensor names to shard file names",
+                              "Download model.safetensors.index.json again.")
+        names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (directory / n).is_file()]
         if missing:
             raise MissingFiles(f"{directory} lacks the weight shards {', '.join(missing)}",
@@ -113,19 +125,23 @@ def open_checkpoint(directory: Path, repo_id: str | None = None, url: str | None
     hparams = read_hparams(config)
     files = weight_files(directory)
     weights = WeightSet(files)
+    # Check the config's counts against the weights before any work proportional to them.
+    n_blocks = count_blocks(weights.names(), arch.block_pattern, hparams)
+    name_map = gguf.get_tensor_name_map(arch.gguf_arch, n_blocks)
+    check_shapes(hparams, weights.tensors.values(), name_map)
     token_config = dict(config)
     if (directory / "generation_config.json").is_file():
         generation = _read_json(directory / "generation_config.json")
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_config.setdefault(key, generation.get(key))
     vocab = load_vocab(directory, hparams.vocab_size, token_config)
-    return Checkpoint(directory, config, arch, hparams, weights, vocab, repo_id, url)
+    return Checkpoint(directory, config, arch, hparams, weights, vocab, name_map, repo_id, url)
 
 
 def plan_tensors(ckpt: Checkpoint, out_type: str) -> list[TensorPlan]:
     """Map every checkpoint tensor to its GGUF name and storage type; refuse unknown tensors."""
     hp = ckpt.hparams
-    names = gguf.get_tensor_name_map(ckpt.arch.gguf_arch, hp.n_layer)
+    names = ckpt.name_map
     plans: list[TensorPlan] = []
     for hf_name, ref in ckpt.weights.tensors.items():
         if hf_name.endswith(ckpt.arch.skip_suffixes):
@@ -183,13 +199,11 @@ def _write_hparams(writer: gguf.GGUFWriter, ckpt: Checkpoint) -> None:
     kind = scaling.get("rope_type")
     if kind == "yarn":
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(float(scaling["factor"]))
-        writer.add_rope_scaling_orig_ctx_len(int(scaling.get("original_max_position_embeddings", hp.n_ctx_train)))
+        writer.add_rope_scaling_factor(scaling["factor"])
+        writer.add_rope_scaling_orig_ctx_len(scaling.get("original_max_position_embeddings", hp.n_ctx_train))
     elif kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(scaling["factor"]))
-    elif kind not in (None, "default"):
-        raise UnsupportedModel(f"rope scaling type {kind!r} is not supported", "Supported: yarn, linear.")
+        writer.add_rope_scaling_factor(scaling["factor"])
 
 
 def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):

@@ -43,6 +43,13 @@ class TensorRef:
         return math.prod(self.shape)
 
 
+def _integers(value: object, what: str) -> tuple[int, ...]:
+    """A JSON list of integers, or TypeError (a string, float or bool is not one)."""
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise TypeError(f"{what} {json.dumps(value)[:60]} is not a list of integers")
+    return tuple(value)
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
     """Parse and validate one safetensors file's header; return its tensors and metadata."""
     path = Path(path)
@@ -65,10 +72,12 @@ def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("not an object")
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise CorruptFile(f"{path.name}: the safetensors header is not valid JSON ({exc})", "Download it again.") from exc
 
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CorruptFile(f"{path.name}: the safetensors __metadata__ is not an object", "Download it again.")
     data_start = 8 + n
     data_size = size - data_start
     tensors: dict[str, TensorRef] = {}
@@ -76,11 +85,11 @@ def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
         where = f"{path.name}, tensor {name!r}"
         try:
             dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
+            shape = _integers(entry["shape"], "shape")
+            begin, end = _integers(entry["data_offsets"], "data_offsets")
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptFile(f"{where}: malformed header entry ({exc})", "Download it again.") from exc
-        if dtype not in DTYPE_SIZES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise UnsupportedModel(f"{where}: dtype {dtype} is not supported", "Use a bf16, f16 or f32 checkpoint.")
         if any(d < 0 for d in shape):
             raise CorruptFile(f"{where}: negative dimension in shape {list(shape)}")

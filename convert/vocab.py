@@ -129,7 +129,7 @@ def _token_text(value: object) -> str | None:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
 
 
@@ -146,6 +146,15 @@ def chat_template_of(directory: Path, tokenizer_config: dict) -> str | None:
 
 def load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
     """Read tokenizer.json (+ tokenizer_config.json, chat_template.jinja) from a checkpoint dir."""
+    try:
+        return _load_vocab(directory, n_vocab, config)
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # The files are untrusted JSON: any value may have any type.
+        raise UnsupportedModel(f"tokenizer.json or tokenizer_config.json is malformed ({type(exc).__name__}: {exc})",
+                               "Copy them again from the base model.") from exc
+
+
+def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
     directory = Path(directory)
     tok_path = directory / "tokenizer.json"
     if not tok_path.is_file():
@@ -167,6 +176,10 @@ def load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         if added.get("special") or _looks_special(added["content"]):
             special.add(int(added["id"]))
     added_ids = {int(a["id"]) for a in tokenizer.get("added_tokens", [])}
+    if by_id and max(by_id) >= max(n_vocab, len(by_id)):
+        # Padding up to an id beyond both the embedding and the tokens present would be unbounded work.
+        raise UnsupportedModel(f"tokenizer.json has token id {max(by_id)} but only {len(by_id)} tokens "
+                               f"and an embedding of {n_vocab} rows", "Copy it again from the base model.")
     if by_id and max(by_id) >= n_vocab:
         n_vocab = max(by_id) + 1
 

@@ -61,10 +61,17 @@ class ModelInfo:
         return (self.n_layer * self.n_head_kv * self.head_dim_k, self.n_layer * self.n_head_kv * self.head_dim_v)
 
 
-def _int(value: Any, default: int = 0) -> int:
-    if isinstance(value, list):  # per-layer arrays (e.g. head_count_kv on some archs)
-        return max((int(v) for v in value), default=default)
-    return int(value) if value is not None else default
+def _int(md: dict[str, Any], key: str, file_name: str, default: int = 0) -> int:
+    """An integer key (the largest entry of a per-layer array, e.g. head_count_kv on some archs); refuse anything else."""
+    value = md.get(key)
+    if value is None:
+        return default
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+        raise CorruptFile(f"{file_name}: {key} is {shown}, not a count",
+                          "The GGUF is corrupt; convert or download it again.")
+    return max(values)
 
 
 def _short_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -96,19 +103,24 @@ def check(path: str | Path) -> ModelInfo:
             "Upgrade llama-cpp-python, or use a model of a supported architecture (e.g. qwen2, llama).",
         )
 
+    def count(key: str, default: int = 0) -> int:
+        return _int(md, f"{arch}.{key}", name, default)
+
     def need(key: str) -> int:
-        value = md.get(f"{arch}.{key}")
-        if value is None:
+        if md.get(f"{arch}.{key}") is None:
             raise CorruptFile(f"{name} lacks the {arch}.{key} key", "Convert the model again with `edgekit convert`.")
-        return _int(value)
+        value = count(key)
+        if not value:
+            raise CorruptFile(f"{name} says {arch}.{key}=0", "The GGUF is corrupt; convert or download it again.")
+        return value
 
     n_layer = need("block_count")
     n_embd = need("embedding_length")
-    n_head = _int(md.get(f"{arch}.attention.head_count"), 0) or 1
-    n_head_kv = _int(md.get(f"{arch}.attention.head_count_kv"), n_head) or n_head
+    n_head = count("attention.head_count") or 1
+    n_head_kv = count("attention.head_count_kv", n_head) or n_head
     head_dim = n_embd // n_head
     tokens = md.get("tokenizer.ggml.tokens")
-    n_vocab = len(tokens) if isinstance(tokens, list) else _int(md.get(f"{arch}.vocab_size"), 0)
+    n_vocab = len(tokens) if isinstance(tokens, list) else count("vocab_size")
     eog = []
     for key in ("eos", "eot", "eom"):
         tok = md.get(f"tokenizer.ggml.{key}_token_id")
@@ -125,11 +137,11 @@ def check(path: str | Path) -> ModelInfo:
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=n_head_kv,
-        head_dim_k=_int(md.get(f"{arch}.attention.key_length"), head_dim) or head_dim,
-        head_dim_v=_int(md.get(f"{arch}.attention.value_length"), head_dim) or head_dim,
-        n_ff=_int(md.get(f"{arch}.feed_forward_length"), 4 * n_embd),
+        head_dim_k=count("attention.key_length", head_dim) or head_dim,
+        head_dim_v=count("attention.value_length", head_dim) or head_dim,
+        n_ff=count("feed_forward_length", 4 * n_embd),
         n_vocab=n_vocab,
-        n_ctx_train=_int(md.get(f"{arch}.context_length"), 0) or 2048,
+        n_ctx_train=count("context_length") or 2048,
         chat_template=template if isinstance(template, str) else None,
         eog_token_ids=tuple(eog),
         name=md.get("general.name") if isinstance(md.get("general.name"), str) else None,

@@ -163,7 +163,9 @@ def read_header(path: str | Path) -> GGUFHeader:
             ggml_type = cur.take("I")
             offset = cur.take("Q")
             infos.append((name, shape, ggml_type, offset))
-        alignment = int(metadata.get("general.alignment", 32)) or 32
+        alignment = metadata.get("general.alignment", 32)
+        if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise cur.fail(f"general.alignment is {alignment!r}, not a power of two")
         data_offset = cur.pos + (-cur.pos % alignment)
     tensors = []
     for name, shape, ggml_type, offset in infos:

@@ -2,7 +2,11 @@
 
 Templates come from model files, so they are untrusted code: they run in
 jinja2's ImmutableSandboxedEnvironment, with the few helpers Hugging Face
-templates expect (``raise_exception``, ``strftime_now``, ``tojson``).
+templates expect (``raise_exception``, ``strftime_now``, ``tojson``). Any
+failure of the template is a :class:`TemplateError`, and the cheap ways to
+exhaust memory are bounded: ``*`` and ``**`` may not build huge values, and the
+output may not exceed :data:`MAX_OUTPUT` characters. (Loops nested over large
+ranges can still take long; jinja's sandbox caps each range at 100000 items.)
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Far beyond any context window (a 128k-token prompt is about 512k characters).
+MAX_OUTPUT = 1 << 22
+_MAX_POWER_BITS = 1 << 16
 
 
 class TemplateError(EdgekitError):
@@ -37,18 +44,44 @@ def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, *
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
 
 
-@lru_cache(maxsize=8)
-def _compile(source: str):
-    from jinja2 import TemplateSyntaxError
+def _too_big(operator: str, left: Any, right: Any) -> bool:
+    """Would ``left <operator> right`` build a value beyond what a prompt could use?"""
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT:
+                return True
+    if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+        return abs(left).bit_length() * right > _MAX_POWER_BITS
+    return False
+
+
+@lru_cache(maxsize=1)
+def _environment():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if _too_big(operator, left, right):
+                raise TemplateError(f"the model's chat template builds a value too large (with {operator!r})")
+            return super().call_binop(context, operator, left, right)
+
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
+    return env
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
     try:
-        return env.from_string(source)
-    except TemplateSyntaxError as exc:
+        return _environment().from_string(source)
+    # Untrusted code: besides Jinja's syntax errors, its compiler leaves some to Python (a {% break %}
+    # outside a loop is a SyntaxError), folds constants ({{ {[]: 1} }} is a TypeError), and a template
+    # nested thousands deep exhausts the parser's recursion.
+    except Exception as exc:
         raise TemplateError(f"the model's chat template is not valid Jinja: {exc}",
                             "Pass chat_template= to override it.") from exc
 
@@ -59,14 +92,20 @@ def render(source: str | None, messages: list[dict], *, add_generation_prompt: b
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise EdgekitError(f"message {i} must be a dict with 'role' and 'content'")
-    from jinja2 import TemplateError as JinjaError
-    from jinja2.exceptions import SecurityError
-
     template = _compile(source or CHATML)
+    parts: list[str] = []
+    size = 0
     try:
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **extra)
+        for part in template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                      bos_token=bos_token, eos_token=eos_token, **extra):
+            size += len(part)
+            if size > MAX_OUTPUT:
+                raise TemplateError(f"the model's chat template wrote more than {MAX_OUTPUT} characters")
+            parts.append(part)
     except TemplateError:
         raise
-    except (JinjaError, SecurityError, TypeError, ValueError, KeyError) as exc:
+    # The template is untrusted code: whatever it raises (jinja's errors, the sandbox's SecurityError,
+    # TypeError, ZeroDivisionError, OverflowError, RecursionError from a recursive macro...) is its failure.
+    except Exception as exc:
         raise TemplateError(f"the model's chat template failed: {exc}") from exc
+    return "".join(parts)

@@ -55,7 +55,7 @@ def smollm2_gguf():
 @pytest.fixture(scope="session")
 def smollm2_hf_dir(smollm2_gguf):
     """SmolLM2-135M-Instruct's real weights as an HF checkpoint, built once per machine."""
-    from edgekit.samples.checkpoints import cached_smollm2_checkpoint
+    from edgekit.samples.smollm2 import cached_smollm2_checkpoint
 
     return cached_smollm2_checkpoint()
 

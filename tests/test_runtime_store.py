@@ -60,7 +60,9 @@ def test_hf_dir_is_converted_once_into_the_cache(tiny, monkeypatch):
     assert first == second and len(calls) == 1
     assert cache_dir() / "models" in first.parents
     with edgekit.load(ckpt, quant="q8_0", n_ctx=512) as m:
-        assert m.path == first and m.generate("hi", max_tokens=2).stats.gen_tokens >= 0
+        assert m.path == first
+        c = m.generate("hi", max_tokens=2, temperature=0)
+        assert c.stats.gen_tokens == 2 or c.finish_reason == "eog"  # random weights may end at once
 
 
 def test_names_in_the_local_store(tiny):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,22 +87,53 @@ def test_cli_run_writes_jsonl_store_and_table(smollm2_gguf, tmp_path):
     assert res.returncode == 0 and "edgekit t/s" in res.stdout.splitlines()[0] and "tg4" in res.stdout
 
 
+def _read_line(fd: int, buf: bytearray, timeout: float) -> bytes:
+    """The next line from a pipe, waiting at most ``timeout`` seconds for it."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "no result line within the timeout"
+        buf += os.read(fd, 1 << 16)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETPIPE_SZ"), reason="needs Linux pipes")
 def test_ctrl_c_keeps_completed_results(smollm2_gguf, tmp_path):
+    import fcntl
+
+    # The results file is a FIFO holding one page: once the test stops reading, the run can't write more
+    # than a page ahead, so it is surely still running (16 results) when Ctrl-C comes after the first one.
     out = tmp_path / "partial.jsonl"
+    os.mkfifo(out)
+    fd = os.open(out, os.O_RDWR | os.O_NONBLOCK)  # read+write: opening doesn't wait for the writer
+    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 4096)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgekit", "bench", str(smollm2_gguf), "-p", "64", "-n", "32",
          "-d", "0,128,256,384,512,640,768,896", "-r", "3", "--no-chat", "-q", "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    kept = [records.validate(json.loads(x)) for x in out.read_text().splitlines()]
+    try:
+        buf = bytearray()
+        lines = [_read_line(fd, buf, timeout=120)]  # ready: the first result is complete
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:  # drain: a run blocked on the FIFO can stop
+            with contextlib.suppress(AssertionError):
+                lines.append(_read_line(fd, buf, timeout=1))
+        stdout, stderr = proc.communicate(timeout=60)
+        with contextlib.suppress(BlockingIOError):
+            buf += os.read(fd, 1 << 20)
+        lines += [x for x in bytes(buf).split(b"\n") if x]
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    kept = [records.validate(json.loads(x)) for x in lines]
     assert 1 <= len(kept) < 16 and kept[0]["name"] == "pp64"
     assert f"Interrupted: kept {len(kept)} completed result(s) in {out} and the results store." in stderr
     assert "Traceback" not in stderr and "Nothing partial" not in stderr and "pp64" in stdout

@@ -35,6 +35,7 @@ def tiny_run(smollm2_gguf, tmp_path_factory):
     return recs, seen
 
 
+@pytest.mark.slow
 def test_tiny_run_records(tiny_run, smollm2_gguf):
     recs, seen = tiny_run
     assert [r["name"] for r in recs] == ["pp32", "tg8", "pp32 @ d64", "tg8 @ d64", "chat8"]
@@ -74,6 +75,7 @@ def test_quantized_v_without_flash_attention_is_skipped(smollm2_gguf):
         plan(suite_grid([str(smollm2_gguf)], "quick", kv_cache=("q3",)))
 
 
+@pytest.mark.slow
 def test_cli_run_writes_jsonl_store_and_table(smollm2_gguf, tmp_path):
     out = tmp_path / "r.jsonl"
     res = _cli(str(smollm2_gguf), "-p", "16", "-n", "4", "-d", "0", "-r", "1", "--no-chat", "-q", "-o", str(out))
@@ -101,6 +103,7 @@ def _read_line(fd: int, buf: bytearray, timeout: float) -> bytes:
     return line
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETPIPE_SZ"), reason="needs Linux pipes")
 def test_ctrl_c_keeps_completed_results(smollm2_gguf, tmp_path):
     import fcntl
@@ -148,6 +151,7 @@ def test_bad_model_path_is_one_clear_line(tmp_path):
     assert res.returncode == 1 and res.stderr.startswith("Error: -d must be comma-separated integers")
 
 
+@pytest.mark.slow
 def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     """The plumbing, with a stand-in llama-bench that reports 50 t/s (the real comparison is in the README)."""
     fake = tmp_path / "llama-bench"
@@ -175,6 +179,7 @@ def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     assert "-o jsonl" in calls[2] and "-n 4" in calls[3]
 
 
+@pytest.mark.slow
 def test_long_prompt_fills_the_context_and_runs_llama_bench_alike(smollm2_gguf, tmp_path):
     """The 32k measurement's harness at n_ctx 512, with a stand-in llama-bench that takes 7 s."""
     from edgekit.bench.long_prompt import run_edgekit, run_llama_bench
@@ -193,6 +198,7 @@ def test_long_prompt_fills_the_context_and_runs_llama_bench_alike(smollm2_gguf, 
     assert f"-pg 480,{ours['n_gen']} -t 2 -b 512 -ub 512 -ctk q8_0 -ctv q8_0 -fa on" in called
 
 
+@pytest.mark.slow
 def test_raw_llama_cpp_python_engine(smollm2_gguf):
     """The comparison path: llama-cpp-python's Llama with the same settings, no edgekit Model."""
     grid = suite_grid([str(smollm2_gguf)], "quick", n_prompt=(16,), n_gen=(4,), depths=(0,), reps=1, chat_gen=4,

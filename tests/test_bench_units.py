@@ -208,6 +208,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "COLUMNS": "200"})
 
 
+@pytest.mark.slow
 def test_cli_import_compare_plot(tmp_path):
     pytest.importorskip("matplotlib")
     path = _two_device_file(tmp_path)

@@ -109,6 +109,7 @@ def test_offline_default_model_says_how_to_pass_a_local_model():
 # --- one-shot with the real model -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_piped_one_shot_prints_only_the_answer(smollm2_gguf):
     out = _run([str(smollm2_gguf), "-s", SYSTEM, "--temp", "0", "--max-tokens", "24"], input=QUESTION + "\n")
     assert out.returncode == 0, out.stderr
@@ -118,6 +119,7 @@ def test_piped_one_shot_prints_only_the_answer(smollm2_gguf):
     assert not ESCAPE.search(out.stdout + out.stderr)  # not a terminal: no escape codes at all
 
 
+@pytest.mark.slow
 def test_json_output_has_answer_and_stats(smollm2_gguf):
     out = _run([str(smollm2_gguf), "--prompt", QUESTION, "--system", SYSTEM, "--temp", "0", "--max-tokens", "24",
                 "--json"])
@@ -128,12 +130,14 @@ def test_json_output_has_answer_and_stats(smollm2_gguf):
     assert data["settings"]["temperature"] == 0
 
 
+@pytest.mark.slow
 def test_quiet_one_shot_has_no_stats(smollm2_gguf):
     out = _run([str(smollm2_gguf), "-p", QUESTION, "--temp", "0", "-n", "8", "--quiet"])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and not STATS.search(out.stderr)
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_stops_quietly(smollm2_gguf):
     proc = subprocess.Popen([sys.executable, "-m", "edgekit", "chat", str(smollm2_gguf), "-s", SYSTEM, "-n", "300",
                              "-p", "Tell me a long story about a lighthouse keeper."],
@@ -145,6 +149,7 @@ def test_a_closed_stdout_stops_quietly(smollm2_gguf):
     assert "Traceback" not in err and "Error" not in err and "Exception" not in err
 
 
+@pytest.mark.slow
 def test_checkpoint_dir_is_converted_once_then_cached(smollm2_hf_dir):
     args = [str(smollm2_hf_dir), "-s", SYSTEM, "-p", QUESTION, "--temp", "0", "-n", "24"]
     first = _run(args)
@@ -190,6 +195,8 @@ def _command(child, line: str, until: str) -> str:
     return shown
 
 
+@pytest.mark.slow
+@pytest.mark.pty
 def test_interactive_session(smollm2_gguf, tmp_path):
     child = _spawn(smollm2_gguf, "--temp", "0.7", "--max-tokens", "24", NO_COLOR="1")
     try:
@@ -243,6 +250,8 @@ def test_interactive_session(smollm2_gguf, tmp_path):
     assert QUESTION in history.read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.pty
 def test_ctrl_c_stops_the_answer_and_keeps_it(smollm2_gguf, tmp_path):
     child = _spawn(smollm2_gguf, "--temp", "0", "--max-tokens", "400")
     try:
@@ -276,6 +285,8 @@ def test_ctrl_c_stops_the_answer_and_keeps_it(smollm2_gguf, tmp_path):
     assert child.exitstatus == 0
 
 
+@pytest.mark.slow
+@pytest.mark.pty
 def test_saved_conversation_resumes_with_its_kv_state(smollm2_gguf, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     saved = tmp_path / "resume.json"
@@ -304,6 +315,8 @@ def test_saved_conversation_resumes_with_its_kv_state(smollm2_gguf, tmp_path):
         child.close()
 
 
+@pytest.mark.slow
+@pytest.mark.pty
 def test_full_context_says_what_was_dropped(smollm2_gguf):
     child = _spawn(smollm2_gguf, "--temp", "0", "--max-tokens", "16", "--ctx", "256", NO_COLOR="1")
     filler = "Here is some context about my day, which was long and full of small events. " * 3
@@ -321,6 +334,8 @@ def test_full_context_says_what_was_dropped(smollm2_gguf):
         child.close()
 
 
+@pytest.mark.slow
+@pytest.mark.pty
 def test_ctrl_c_during_a_long_prefill_stops_at_once(smollm2_gguf):
     import resource
 
@@ -351,6 +366,8 @@ def test_ctrl_c_during_a_long_prefill_stops_at_once(smollm2_gguf):
     assert child.exitstatus == 130
 
 
+@pytest.mark.slow
+@pytest.mark.pty
 def test_colour_only_on_a_terminal_without_no_color(smollm2_gguf):
     pexpect = pytest.importorskip("pexpect")
     child = _spawn(smollm2_gguf, "--temp", "0", "--max-tokens", "8")

@@ -43,6 +43,7 @@ def all_types(ckpt, tmp_path_factory):
     return convert(ckpt, out=out, quant=",".join(types)), out
 
 
+@pytest.mark.slow
 def test_every_type_is_written_with_its_file_type(all_types):
     files, out = all_types
     assert [f.type for f in files] == ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"]
@@ -55,6 +56,7 @@ def test_every_type_is_written_with_its_file_type(all_types):
     assert sorted(p.name for p in out.iterdir()) == sorted(f.path.name for f in files)
 
 
+@pytest.mark.slow
 def test_float_types_store_what_they_say(all_types):
     files, _ = all_types
     by_type = {f.type: f.path for f in files}
@@ -67,6 +69,7 @@ def test_float_types_store_what_they_say(all_types):
     assert tensor_types(by_type["Q8_0"])["blk.0.ffn_down.weight"] == "Q8_0"
 
 
+@pytest.mark.slow
 def test_quantized_file_is_exactly_what_llama_quantize_makes(all_types, tmp_path):
     import llama_cpp
 
@@ -80,6 +83,7 @@ def test_quantized_file_is_exactly_what_llama_quantize_makes(all_types, tmp_path
     assert ref.read_bytes() == by_type["Q4_K_M"].read_bytes()
 
 
+@pytest.mark.slow
 def test_checkpoint_is_read_once_for_many_types(ckpt, tmp_path, monkeypatch):
     import edgekit.convert.pipeline as pipeline
 
@@ -90,6 +94,7 @@ def test_checkpoint_is_read_once_for_many_types(ckpt, tmp_path, monkeypatch):
     assert len(files) == 3 and len(calls) == 1
 
 
+@pytest.mark.slow
 def test_metadata_and_hparams(all_types, ckpt):
     files, _ = all_types
     path = files[1].path
@@ -327,6 +332,7 @@ def test_chat_template_from_jinja_file(ckpt, tmp_path):
     assert kv(f.path, "tokenizer.chat_template").startswith("{% for m in messages %}")
 
 
+@pytest.mark.slow
 def test_recipes_and_auto_through_convert(ckpt, tmp_path):
     """The tiny checkpoint (2 layers, rows of 64 or 128: no K-quant fits) through two recipes, types by hand."""
     files = convert(ckpt, out=tmp_path, quant="auto,q4-fast")

@@ -28,6 +28,7 @@ def ckpt(tmp_path_factory, qwen2_vocab_gguf):
                                    intermediate=512)
 
 
+@pytest.mark.slow
 def test_json_summary(ckpt, tmp_path):
     result = run_cli("convert", str(ckpt), "-q", "q8_0,q4_0", "-o", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
@@ -73,12 +74,14 @@ def test_debug_shows_traceback(tmp_path):
     assert "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_then_forced(ckpt, tmp_path):
     assert run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet").returncode == 0
     _assert_one_error_line(run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet"))
     assert run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet", "--force").returncode == 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_cleanly_and_leaves_nothing_partial(ckpt, tmp_path):
     out = tmp_path / "out"
     types = ["q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]

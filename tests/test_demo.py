@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_converts_both_checkpoints_and_answers_paris(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "edgekit", "demo", "--workdir", str(tmp_path), "--no-bench", "--quiet"],

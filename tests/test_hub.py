@@ -351,6 +351,7 @@ def _cli(args: list[str], env_extra: dict[str, str], cwd: Path) -> subprocess.Co
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_convert_from_the_hub(hub, tmp_path):
     out = tmp_path / "out"
     env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "cli-hf-home"), "HF_HUB_ETAG_TIMEOUT": "3"}

@@ -91,6 +91,7 @@ print(json.dumps({"peak": c.stats.peak_rss, "plan": m.plan.total_bytes}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_ctx,kv", [(4096, "f16"), (32768, "q8_0/f16")])
 def test_plan_agrees_with_measured_peak_rss(n_ctx, kv, smollm2_gguf):
     # A fresh process, so the peak RSS belongs to this model alone.

@@ -28,6 +28,7 @@ def test_paris_at_temperature_zero_stops_at_im_end(m):
     assert c.stats.decode_tps > 0 and c.stats.ttft_s > 0 and c.stats.peak_rss > 50 << 20
 
 
+@pytest.mark.slow
 def test_stream_equals_generate_and_ends_with_stats(m):
     c = m.generate("The three primary colors are", temperature=0, max_tokens=40)
     items = list(m.stream("The three primary colors are", temperature=0, max_tokens=40))
@@ -38,6 +39,7 @@ def test_stream_equals_generate_and_ends_with_stats(m):
     assert items[-1].gen_tokens == 40
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_and_other_seed_differs(m):
     kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=32)
     a = m.generate("My favourite animal is", seed=7, **kw)
@@ -47,6 +49,7 @@ def test_same_seed_same_output_and_other_seed_differs(m):
     assert len(outs | {a.text}) > 1
 
 
+@pytest.mark.slow
 def test_prompt_cache_reuses_prefix(m):
     m.reset()
     first = m.chat(PARIS, temperature=0, max_tokens=16)
@@ -59,6 +62,7 @@ def test_prompt_cache_reuses_prefix(m):
     assert second.stats.new_prompt_tokens < 20
 
 
+@pytest.mark.slow
 def test_stop_strings_are_never_leaked(m):
     prompt = "Count: one, two, three,"
     m.reset()  # both runs prefill from scratch: the same computation, so the same greedy text on any CPU
@@ -108,6 +112,7 @@ def test_prompt_longer_than_context_is_refused_with_numbers(m):
     assert err.value.available == m.n_ctx and err.value.needed > m.n_ctx
 
 
+@pytest.mark.slow
 def test_max_tokens_none_stops_at_eog(m):
     c = m.chat(PARIS, temperature=0, max_tokens=None)
     assert c.finish_reason == "eog"
@@ -176,6 +181,7 @@ def test_ctrl_c_inside_prefill_leaves_a_cache_the_next_call_can_trust(m, monkeyp
     assert again.tokens == expected.tokens
 
 
+@pytest.mark.slow
 def test_save_and_load_state_round_trip(m, tmp_path, smollm2_gguf):
     doc = "Notes: " + "The quick brown fox jumps over the lazy dog. " * 20
     prompt = doc + "\nSummary:"

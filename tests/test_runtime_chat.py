@@ -46,6 +46,7 @@ def test_retry_replaces_last_answer():
         chat.retry()
 
 
+@pytest.mark.slow
 def test_overflow_drops_oldest_turns_and_keeps_system(small):
     chat = edgekit.Chat(small, system="You are terse.", temperature=0, max_tokens=32)
     filler = "Please remember this sentence about apples and pears. " * 4  # ~45 tokens
@@ -82,6 +83,7 @@ def test_abandoned_stream_keeps_what_was_shown():
     assert chat.messages[-1] == {"role": "assistant", "content": shown}
 
 
+@pytest.mark.slow
 def test_save_and_load_with_state(tmp_path):
     m = smol()
     chat = edgekit.Chat(m, system=SYSTEM, temperature=0, max_tokens=24, stop=["\n\n"])

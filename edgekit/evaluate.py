@@ -43,7 +43,12 @@ def default_text() -> str:
 
 @dataclass
 class EvalResult:
-    """Scores of one evaluation. KLD fields are ``None`` without a reference."""
+    """Scores of one evaluation. KLD fields are ``None`` without a reference.
+
+    KLD values are reported as computed, never clamped, like llama-perplexity: the
+    reference's log-probs are 16-bit codes (steps of at most 16/65535 nats), so a
+    model compared with itself can score a hair below zero (e.g. -5e-7).
+    """
 
     model: str
     n_ctx: int

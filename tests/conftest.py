@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["fixtures_checkpoints"]  # the Hugging Face checkpoint fixtures
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _extra_buffers_verdict():
@@ -58,9 +60,6 @@ def smollm2_hf_dir(smollm2_gguf):
     from edgekit.samples.smollm2 import cached_smollm2_checkpoint
 
     return cached_smollm2_checkpoint()
-
-
-from fixtures_checkpoints import *  # noqa
 
 
 @pytest.fixture(scope="session")

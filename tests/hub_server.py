@@ -16,6 +16,9 @@ their git blob id as ETag. Every response carries ``X-Repo-Commit``; ``Range``
 requests get 206. Errors use the Hub's ``X-Error-Code`` values (RepoNotFound,
 RevisionNotFound, EntryNotFound, GatedRepo). Every request is recorded (method,
 path, headers) so tests can check what was fetched and what was sent.
+
+Why one ~400-line module: it is one protocol, the repo store and the handler share
+its rules, and tests read it as the spec of what edgekit expects from the Hub.
 """
 
 from __future__ import annotations

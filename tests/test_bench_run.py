@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ def tiny_run(smollm2_gguf, tmp_path_factory):
     return recs, seen
 
 
+@pytest.mark.slow
 def test_tiny_run_records(tiny_run, smollm2_gguf):
     recs, seen = tiny_run
     assert [r["name"] for r in recs] == ["pp32", "tg8", "pp32 @ d64", "tg8 @ d64", "chat8"]
@@ -73,6 +75,7 @@ def test_quantized_v_without_flash_attention_is_skipped(smollm2_gguf):
         plan(suite_grid([str(smollm2_gguf)], "quick", kv_cache=("q3",)))
 
 
+@pytest.mark.slow
 def test_cli_run_writes_jsonl_store_and_table(smollm2_gguf, tmp_path):
     out = tmp_path / "r.jsonl"
     res = _cli(str(smollm2_gguf), "-p", "16", "-n", "4", "-d", "0", "-r", "1", "--no-chat", "-q", "-o", str(out))
@@ -86,22 +89,54 @@ def test_cli_run_writes_jsonl_store_and_table(smollm2_gguf, tmp_path):
     assert res.returncode == 0 and "edgekit t/s" in res.stdout.splitlines()[0] and "tg4" in res.stdout
 
 
+def _read_line(fd: int, buf: bytearray, timeout: float) -> bytes:
+    """The next line from a pipe, waiting at most ``timeout`` seconds for it."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "no result line within the timeout"
+        buf += os.read(fd, 1 << 16)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETPIPE_SZ"), reason="needs Linux pipes")
 def test_ctrl_c_keeps_completed_results(smollm2_gguf, tmp_path):
+    import fcntl
+
+    # The results file is a FIFO holding one page: once the test stops reading, the run can't write more
+    # than a page ahead, so it is surely still running (16 results) when Ctrl-C comes after the first one.
     out = tmp_path / "partial.jsonl"
+    os.mkfifo(out)
+    fd = os.open(out, os.O_RDWR | os.O_NONBLOCK)  # read+write: opening doesn't wait for the writer
+    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 4096)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgekit", "bench", str(smollm2_gguf), "-p", "64", "-n", "32",
          "-d", "0,128,256,384,512,640,768,896", "-r", "3", "--no-chat", "-q", "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    kept = [records.validate(json.loads(x)) for x in out.read_text().splitlines()]
+    try:
+        buf = bytearray()
+        lines = [_read_line(fd, buf, timeout=120)]  # ready: the first result is complete
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:  # drain: a run blocked on the FIFO can stop
+            with contextlib.suppress(AssertionError):
+                lines.append(_read_line(fd, buf, timeout=1))
+        stdout, stderr = proc.communicate(timeout=60)
+        with contextlib.suppress(BlockingIOError):
+            buf += os.read(fd, 1 << 20)
+        lines += [x for x in bytes(buf).split(b"\n") if x]
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    kept = [records.validate(json.loads(x)) for x in lines]
     assert 1 <= len(kept) < 16 and kept[0]["name"] == "pp64"
     assert f"Interrupted: kept {len(kept)} completed result(s) in {out} and the results store." in stderr
     assert "Traceback" not in stderr and "Nothing partial" not in stderr and "pp64" in stdout
@@ -116,6 +151,7 @@ def test_bad_model_path_is_one_clear_line(tmp_path):
     assert res.returncode == 1 and res.stderr.startswith("Error: -d must be comma-separated integers")
 
 
+@pytest.mark.slow
 def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     """The plumbing, with a stand-in llama-bench that reports 50 t/s (the real comparison is in the README)."""
     fake = tmp_path / "llama-bench"
@@ -143,6 +179,7 @@ def test_vs_llama_bench_interleaves_and_reports_ratio(smollm2_gguf, tmp_path):
     assert "-o jsonl" in calls[2] and "-n 4" in calls[3]
 
 
+@pytest.mark.slow
 def test_long_prompt_fills_the_context_and_runs_llama_bench_alike(smollm2_gguf, tmp_path):
     """`edgekit bench long-prompt` (the 32k measurement) at n_ctx 512, with a stand-in llama-bench that takes 7 s."""
     fake, argv_log = tmp_path / "llama-bench", tmp_path / "argv.txt"
@@ -170,6 +207,7 @@ def test_long_prompt_refuses_a_context_without_room_before_loading(tmp_path):
     assert res.returncode == 1 and "llama-bench not found" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_raw_llama_cpp_python_engine(smollm2_gguf):
     """The comparison path: llama-cpp-python's Llama with the same settings, no edgekit Model."""
     grid = suite_grid([str(smollm2_gguf)], "quick", n_prompt=(16,), n_gen=(4,), depths=(0,), reps=1, chat_gen=4,

@@ -102,8 +102,6 @@ def test_fingerprint_on_this_machine():
         # Whatever this x86 machine's flags say must show up, and nothing it lacks.
         assert ("AVX2" in fp["isa"]) == ("avx2" in flags)
         assert ("AVX512" in fp["isa"]) == ("avx512f" in flags)
-        if "avx2" in flags:
-            assert "AVX2" in fp["isa"]
 
 
 def test_parse_arm_cpuinfo_pi5():
@@ -210,6 +208,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "COLUMNS": "200"})
 
 
+@pytest.mark.slow
 def test_cli_import_compare_plot(tmp_path):
     pytest.importorskip("matplotlib")
     path = _two_device_file(tmp_path)

@@ -177,6 +177,7 @@ def test_gguf_names_map_to_hf():
         hf_name_from_gguf("blk.0.attn_qkv.weight")
 
 
+@pytest.mark.slow
 def test_smollm2_checkpoint_answers_paris(smollm2_hf_dir):
     cfg = json.loads((smollm2_hf_dir / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"]

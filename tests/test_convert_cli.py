@@ -28,6 +28,7 @@ def ckpt(tmp_path_factory, qwen2_vocab_gguf):
                                    intermediate=512)
 
 
+@pytest.mark.slow
 def test_json_summary(ckpt, tmp_path):
     result = run_cli("convert", str(ckpt), "-q", "q8_0,q4_0", "-o", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
@@ -73,24 +74,37 @@ def test_debug_shows_traceback(tmp_path):
     assert "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_then_forced(ckpt, tmp_path):
     assert run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet").returncode == 0
     _assert_one_error_line(run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet"))
     assert run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet", "--force").returncode == 0
 
 
-def test_ctrl_c_exits_cleanly_and_leaves_nothing(ckpt, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_exits_cleanly_and_leaves_nothing_partial(ckpt, tmp_path):
     out = tmp_path / "out"
+    types = ["q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgekit", "convert", str(ckpt), "-q", "q4_k_m,q5_k_m,q6_k,q8_0,q4_0", "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out.exists() and any(out.iterdir())):
-        time.sleep(0.005)
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "convert", str(ckpt), "-q", ",".join(types), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def finished() -> list:
+        return sorted(p.name for p in out.glob("*.gguf") if not p.name.startswith("."))
+
+    # Ready: the first output is complete (renamed into place); four quantizations are still to come.
+    deadline = time.monotonic() + 120
+    while not finished() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert finished() and proc.poll() is None, "the conversion ended (or never started) before Ctrl-C"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Interrupted" in stderr and "Traceback" not in stderr
-    assert list(out.iterdir()) == []
+    kept = finished()
+    assert 1 <= len(kept) < len(types)  # the outputs completed before Ctrl-C stay, whole
+    assert sorted(p.name for p in out.iterdir()) == kept  # no temporary or partial file is left
+    from edgekit.gguf_check import check
+
+    for name in kept:
+        check(out / name)  # each is a complete GGUF (raises CorruptFile otherwise)

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_converts_both_checkpoints_and_answers_paris(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "edgekit", "demo", "--workdir", str(tmp_path), "--no-bench", "--quiet"],
@@ -17,4 +20,6 @@ def test_demo_converts_both_checkpoints_and_answers_paris(tmp_path):
     assert written == ["SmolLM2-135M-Q4_K_M.gguf", "SmolLM2-135M-Q8_0.gguf",
                        "qwen2.5-0.5B-Q4_K_M.gguf", "qwen2.5-0.5B-Q8_0.gguf"]
     assert "RANDOM weights" in result.stdout
-    assert "assistant: The capital of France is Paris." in result.stdout
+    # the answer's wording is greedy text, which may differ between CPUs' kernels; that it is Paris doesn't
+    [answer] = [line for line in result.stdout.splitlines() if line.startswith("assistant: ")]
+    assert "Paris" in answer

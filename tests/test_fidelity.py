@@ -40,9 +40,17 @@ def llama_logits(gguf_path, prompts):
     return out
 
 
-def compare(reference: ReferenceModel, results) -> tuple[float, float]:
-    """Mean KL(ref || llama.cpp) and top-1 agreement over all positions of all prompts."""
-    kls, agree = [], []
+# Top-1 must agree wherever the reference's best logit leads the runner-up by more than this. Near-ties
+# are left out: llama.cpp rounds activations to F16 and its AVX2/AVX512/NEON kernels sum in different
+# orders, so logits differ by up to ~0.05 (the largest difference measured, SmolLM2 on an AVX512 build);
+# a flip needs two such errors in opposite directions, and this margin is five of them.
+DECIDED_MARGIN = 0.25
+
+
+def compare(reference: ReferenceModel, results) -> tuple[float, float, float]:
+    """Mean KL(ref || llama.cpp), top-1 agreement where the reference's top-1 is decided (leads by more than
+    DECIDED_MARGIN), and the fraction of positions that are decided, over all positions of all prompts."""
+    kls, agree, decided = [], [], []
     for ids, got in results:
         want = reference.logits(ids).astype(np.float64)
         p = np.exp(want - want.max(-1, keepdims=True))
@@ -51,8 +59,11 @@ def compare(reference: ReferenceModel, results) -> tuple[float, float]:
         log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
         log_p = np.log(np.clip(p, 1e-300, None))
         kls.extend((p * (log_p - log_q)).sum(-1))
-        agree.extend(want.argmax(-1) == got.argmax(-1))
-    return float(np.mean(kls)), float(np.mean(agree))
+        top2 = np.sort(want, -1)[:, -2:]
+        sure = top2[:, 1] - top2[:, 0] > DECIDED_MARGIN
+        decided.extend(sure)
+        agree.extend((want.argmax(-1) == got.argmax(-1))[sure])
+    return float(np.mean(kls)), float(np.mean(agree)), float(np.mean(decided))
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +73,24 @@ def qwen2_f16(tmp_path_factory, qwen2_vocab_gguf):
     return ck, f16.path
 
 
+@pytest.mark.slow
 def test_qwen2_logits_match_reference(qwen2_f16):
     ck, gguf_path = qwen2_f16
     config = json.loads((ck / "config.json").read_text())
     assert config["tie_word_embeddings"] is True
     reference = ReferenceModel(ck)
     assert np.abs(reference.w("model.layers.0.self_attn.q_proj.bias")).max() > 0  # biases are exercised
-    kl, top1 = compare(reference, llama_logits(gguf_path, PROMPTS))
+    kl, top1, decided = compare(reference, llama_logits(gguf_path, PROMPTS))
+    assert decided > 0.75  # random weights, yet most positions have a clear winner
     assert top1 == 1.0
     assert kl < 1e-4
 
 
+@pytest.mark.slow
 def test_smollm2_real_weights_logits_match_reference(smollm2_hf_dir, tmp_path):
     [f16] = convert(smollm2_hf_dir, out=tmp_path, quant="f16")
-    kl, top1 = compare(ReferenceModel(smollm2_hf_dir), llama_logits(f16.path, PROMPTS[:3]))
+    kl, top1, decided = compare(ReferenceModel(smollm2_hf_dir), llama_logits(f16.path, PROMPTS[:3]))
+    assert decided > 0.75
     assert top1 == 1.0
     assert kl < 1e-4
 
@@ -114,6 +129,7 @@ def test_tokenization_matches_hf(qwen2_f16, qwen2_vocab_gguf):
         assert tok.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False).ids
 
 
+@pytest.mark.slow
 def test_edited_tokenizer_still_converts_and_matches_hf(qwen2_f16, tmp_path):
     """A vocabulary llama.cpp's converter would refuse ('BPE pre-tokenizer was not recognized')."""
     from tokenizers import Tokenizer

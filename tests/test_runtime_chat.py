@@ -32,7 +32,11 @@ def test_chat_answers_and_keeps_history():
 
 def test_retry_replaces_last_answer():
     chat = edgekit.Chat(smol(), system=SYSTEM, temperature=0, max_tokens=24)
+    # Both answers prefill the prompt from scratch (a cached prefix would decode other batches, whose
+    # logits can differ in the last bits on some CPUs and so flip a greedy near-tie).
+    smol().reset()
     a = chat.send(QUESTION)
+    smol().reset()
     b = chat.retry()
     assert b.text == a.text and len(chat.messages) == 3
     c = chat.retry(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=3)
@@ -42,6 +46,7 @@ def test_retry_replaces_last_answer():
         chat.retry()
 
 
+@pytest.mark.slow
 def test_overflow_drops_oldest_turns_and_keeps_system(small):
     chat = edgekit.Chat(small, system="You are terse.", temperature=0, max_tokens=32)
     filler = "Please remember this sentence about apples and pears. " * 4  # ~45 tokens
@@ -78,6 +83,7 @@ def test_abandoned_stream_keeps_what_was_shown():
     assert chat.messages[-1] == {"role": "assistant", "content": shown}
 
 
+@pytest.mark.slow
 def test_save_and_load_with_state(tmp_path):
     m = smol()
     chat = edgekit.Chat(m, system=SYSTEM, temperature=0, max_tokens=24, stop=["\n\n"])

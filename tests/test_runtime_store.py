@@ -18,6 +18,7 @@ def tiny():
     return tiny_qwen2_gguf()
 
 
+@pytest.mark.slow
 def test_converted_qwen2_loads_and_generates_at_32k(tiny):
     _ckpt, gguf = tiny
     with edgekit.load(gguf, kv_cache="q8_0") as m:  # n_ctx=None: the trained 32768
@@ -34,6 +35,7 @@ def test_converted_qwen2_loads_and_generates_at_32k(tiny):
         assert again.stats.cached_tokens == 4096 and again.stats.new_prompt_tokens == 1
 
 
+@pytest.mark.slow
 def test_generation_stops_when_the_context_is_full(tiny):
     _ckpt, gguf = tiny
     with edgekit.load(gguf, n_ctx=256, kv_cache="f16") as m:
@@ -60,7 +62,9 @@ def test_hf_dir_is_converted_once_into_the_cache(tiny, monkeypatch):
     assert first == second and len(calls) == 1
     assert cache_dir() / "models" in first.parents
     with edgekit.load(ckpt, quant="q8_0", n_ctx=512) as m:
-        assert m.path == first and m.generate("hi", max_tokens=2).stats.gen_tokens >= 0
+        assert m.path == first
+        c = m.generate("hi", max_tokens=2, temperature=0)
+        assert c.stats.gen_tokens == 2 or c.finish_reason == "eog"  # random weights may end at once
 
 
 def test_names_in_the_local_store(tiny):

@@ -242,10 +242,21 @@ def test_docs_cite_nothing_outside_the_repo():
     assert not outside, "\n".join(outside)
 
 
-def test_relative_links_point_at_files_that_exist():
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", FENCE.sub("", _read(page)), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_relative_links_point_at_files_and_headings_that_exist():
     broken = []
     for page in PAGES:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", _read(page)):
-            if not (page.parent / target).exists():
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)]*))?\)", _read(page)):
+            if target.startswith(("http:", "https:")):
+                continue  # test_docs_cite_nothing_outside_the_repo reports these
+            path = page.parent / target if target else page
+            if not path.exists():
                 broken.append(f"{page.name}: {target}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                broken.append(f"{page.name}: {target}#{anchor} (no such heading)")
     assert not broken, "\n".join(broken)

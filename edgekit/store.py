@@ -21,7 +21,7 @@ from edgekit.progress import ProgressFn
 # What `edgekit chat` runs when no model is given, and the type HF sources are converted to.
 DEFAULT_MODEL = "terasut/gkd-qwen-2.5-0.5b-base_v4_from3b_eff32"
 # What a checkpoint is converted to when the caller names no type: the fastest quantization
-# recipe within the default KL-divergence budget (see the README's quality table).
+# recipe within the default KL-divergence budget (see the quality table in docs/quantization.md).
 DEFAULT_QUANT = "auto"
 
 

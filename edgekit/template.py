@@ -83,7 +83,7 @@ def _compile(source: str):
     # nested thousands deep exhausts the parser's recursion.
     except Exception as exc:
         raise TemplateError(f"the model's chat template is not valid Jinja: {exc}",
-                            "Pass chat_template= to override it.") from exc
+                            "Pass your own template: load(..., chat_template=TEXT) or edgekit chat --chat-template FILE.") from exc
 
 
 def render(source: str | None, messages: list[dict], *, add_generation_prompt: bool = True,

@@ -1,6 +1,6 @@
 """One prompt that fills the context: time to first token, decode speed at that depth, peak RSS vs the plan.
 
-The job behind ``edgekit bench long-prompt MODEL [--ctx 32768] [--kv-cache q8_0] [--gen 64]
+The job behind ``edgekit bench long-prompt MODEL [--ctx 32768] [--kv-cache auto] [--gen 64]
 [--llama-bench PATH]``. The prompt is edgekit's evaluation text, repeated to
 ``ctx - gen - 16`` tokens. With a llama-bench path, llama.cpp's llama-bench then runs the
 same job (``-pg PROMPT,GEN`` with the same threads, batch sizes, KV types, flash attention
@@ -66,7 +66,7 @@ def run_llama_bench(binary: str, ours: dict[str, Any]) -> dict[str, Any]:
     return {"argv": argv, "wall_s": wall, "edgekit_speed_ratio": wall / ours["wall_s"]}
 
 
-def long_prompt(model: str, *, n_ctx: int = 32768, kv_cache: str = "q8_0", n_gen: int = 64,
+def long_prompt(model: str, *, n_ctx: int = 32768, kv_cache: str = "auto", n_gen: int = 64,
                 threads: int | None = None, llama_bench_path: str | None = None) -> dict[str, Any]:
     """Run the job with edgekit, then (given ``llama_bench_path``) with llama-bench.
 

@@ -25,6 +25,7 @@ from edgekit.llama_facts import (
     kv_bytes_per_token,
     physical_cores,
 )
+from edgekit.planner import AUTO_ORDER
 from edgekit.progress import ProgressFn, report
 
 from . import measure, records, roofline
@@ -43,9 +44,11 @@ class Grid:
     n_prompt: tuple[int, ...] = (512,)
     n_gen: tuple[int, ...] = (128,)
     depths: tuple[int, ...] = (0,)
-    kv_cache: tuple[str, ...] = ("f16",)  # "f16" or "K/V" such as "q8_0/f16"
+    # What edgekit.load() picks when memory allows ("f16" or "K/V" such as "q8_0/f16"), so a bench
+    # measures what users run.
+    kv_cache: tuple[str, ...] = ("/".join(AUTO_ORDER[0]),)
     threads: tuple[int, ...] = ()  # () = physical cores
-    flash_attn: tuple[bool, ...] = (True,)
+    flash_attn: tuple[bool, ...] = (True,)  # as edgekit.load(flash_attn="auto")
     reps: int = 5
     warmup: bool = True
     n_batch: int = 512
@@ -60,12 +63,20 @@ class Grid:
 
 # Suites set the grid's defaults; explicit CLI options override them.
 SUITES: dict[str, dict[str, Any]] = {
+    # What llama-bench does with the same -p/-n/-d: depth 0, 5 repetitions, no chat turn.
+    "llama-bench": {"chat": False},
     # Under a minute for the 0.5B Q4_0 on a 2-core machine.
     "quick": {"n_prompt": (512,), "n_gen": (128,), "depths": (0, 1024), "reps": 3},
     "standard": {"n_prompt": (512,), "n_gen": (128,), "depths": (0, 4096, 16384), "reps": 5},
     # Up to 32k tokens of context (the 0.5B's training context is 32768; the depth leaves room for the test).
     "long": {"n_prompt": (512,), "n_gen": (128,), "depths": (0, 4096, 16384, 32000), "reps": 3},
 }
+DEFAULT_SUITE = "quick"  # `edgekit bench MODEL` with no test options
+
+
+def default_suite(*test_options: object) -> str:
+    """The suite when none is named: llama-bench's behaviour once -p, -n or -d is given, else the quick one."""
+    return "llama-bench" if any(o is not None for o in test_options) else DEFAULT_SUITE
 
 
 def suite_grid(models: Sequence[str], suite: str = "standard", **overrides: Any) -> Grid:

@@ -28,10 +28,15 @@ from edgekit.llama_facts import (
 )
 
 MiB = 1 << 20
-# kv_cache="auto" tries these in order and takes the first that fits. The order is
-# by decode speed measured on CPU (FACTS.md): a q8_0 K cache is faster than f16
-# and smaller; a quantized V cache is slower, so it only comes when memory is short.
-AUTO_ORDER: tuple[tuple[str, str], ...] = (("q8_0", "f16"), ("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
+# kv_cache="auto" tries these in order and takes the first that fits: an f16 cache first,
+# quantized types only when memory requires them, largest (least lossy) first. Measured with
+# llama-bench on the 0.5B Q4_0, 2 threads, two interleaved rounds (docs/memory.md, "Which KV
+# cache is fastest"): a q8_0 K cache cut pp512 at depth 4096 to 0.15-0.42x of f16's on both our
+# 2-core machines (AMD EPYC and Intel Xeon), and was no faster to decode; the old "q8_0/f16
+# first" came from a decode-only measurement. Flash attention stays on ("auto"): it was faster
+# for prefill on both machines and keeps the 32k plan small (no n_ubatch x n_ctx score buffer),
+# though on the Xeon it halved decode at depth 4096: the kind of device difference tuning measures.
+AUTO_ORDER: tuple[tuple[str, str], ...] = (("f16", "f16"), ("q8_0", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"))
 # Calibrated constants (bytes). They are checked by tests/test_plan.py, which loads
 # SmolLM2-135M in a fresh process at n_ctx 4096 (f16 KV) and 32768 (q8_0/f16), prefills a
 # 512-token ubatch, and requires the plan to be within 15% of the peak RSS (VmHWM).

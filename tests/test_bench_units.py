@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.bench import records, roofline
+from edgekit.bench.runner import suite_grid
 from edgekit.bench.store import Filters, Store, compare, format_compare
 from edgekit.device import device_id, fingerprint, isa_features, parse_cpuinfo
 from edgekit.errors import BenchError
@@ -220,3 +221,15 @@ def test_cli_import_compare_plot(tmp_path):
     assert res.returncode == 0, res.stderr
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 3 and all(p.stat().st_size > 5000 for p in pngs)
+
+
+def test_bench_defaults_measure_what_load_runs_and_what_llama_bench_does():
+    """`edgekit bench MODEL -p 512 -n 128` is llama-bench's test (depth 0, 5 reps, no chat turn), with the KV
+    cache and flash attention that edgekit.load picks when memory allows (f16/f16, on); no test options: quick."""
+    from edgekit.bench.runner import default_suite
+
+    grid = suite_grid(["m.gguf"], default_suite("512", "128", None), n_prompt=(512,), n_gen=(128,))
+    assert (grid.depths, grid.reps, grid.chat) == ((0,), 5, False)
+    assert (grid.kv_cache, grid.flash_attn) == (("f16/f16",), (True,))
+    assert default_suite(None, None, None) == "quick"
+    assert suite_grid(["m.gguf"], default_suite(None, None, None)).chat  # the suites time a chat turn

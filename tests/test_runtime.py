@@ -215,7 +215,7 @@ def test_save_and_load_state_round_trip(m, tmp_path, smollm2_gguf):
     # the restored cache is the saved one, so the same batches follow: the same text on any CPU
     assert again.text == live.text
     # a state from another KV layout is refused before llama.cpp sees it
-    other = edgekit.load(smollm2_gguf, n_ctx=1024, kv_cache="f16")
+    other = edgekit.load(smollm2_gguf, n_ctx=1024, kv_cache="q8_0")  # m has auto's f16 cache
     try:
         with pytest.raises(EdgekitError, match="KV cache"):
             other.load_state(path)
@@ -254,7 +254,7 @@ def test_load_defaults(smollm2_gguf):
         else:
             assert m.threads == cores  # one thread per physical core by default
         assert m.n_ctx == 512 and m.n_ctx_train == 8192
-        assert (m.type_k, m.type_v) == ("q8_0", "f16") and m.flash_attn
+        assert (m.type_k, m.type_v) == ("f16", "f16") and m.flash_attn  # f16 while it fits (docs/memory.md)
         assert m.plan.fits and m.chat_template and "im_start" in m.chat_template
         assert m.metadata["general.architecture"] == "llama"
     finally:

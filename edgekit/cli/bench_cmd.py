@@ -61,7 +61,9 @@ FORMATS = "table|json|jsonl|csv|md"
 @bench_app.command("run")
 def run_cmd(
     models: Annotated[list[str], typer.Argument(help="GGUF files (or model names edgekit can load).")],
-    suite: Annotated[str, typer.Option("--suite", "-s", help="quick | standard | long: sets the defaults below.")] = "standard",
+    suite: Annotated[str | None, typer.Option("--suite", "-s", help="quick | standard | long | llama-bench: sets the "
+                                              "defaults below. Default: llama-bench's behaviour (depth 0, no chat "
+                                              "turn) when -p, -n or -d is given, else quick.")] = None,
     n_prompt: Annotated[str | None, typer.Option("-p", "--n-prompt", help="Prompt lengths for pp tests, e.g. 512.")] = None,
     n_gen: Annotated[str | None, typer.Option("-n", "--n-gen", help="Token counts for tg tests, e.g. 128.")] = None,
     depth: Annotated[str | None, typer.Option("-d", "--depth", help="Context depths, e.g. 0,4096,16384.")] = None,
@@ -72,7 +74,8 @@ def run_cmd(
     n_batch: Annotated[int, typer.Option("-b", "--n-batch", help="Logical batch size.")] = 512,
     n_ubatch: Annotated[int, typer.Option("--n-ubatch", help="Physical batch size.")] = 512,
     gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: auto (all where Metal/GPU is built in) or a number.")] = "auto",
-    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Also time a chat turn (TTFT, end-to-end).")] = True,
+    chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Also time a chat turn (TTFT, end-to-end); "
+                                               "default: on for the suites, off like llama-bench.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Append records to this JSONL file as they finish.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help=FORMATS)] = "table",
     vs_llama_bench: Annotated[str | None, typer.Option("--vs-llama-bench", help="Path of llama.cpp's llama-bench: run it interleaved, report the ratio.")] = None,
@@ -84,7 +87,7 @@ def run_cmd(
 ) -> None:
     """Benchmark MODEL(s): pp and tg at each depth (like llama-bench), a chat turn, memory and roofline."""
     from edgekit.bench import records
-    from edgekit.bench.runner import plan, run, suite_grid
+    from edgekit.bench.runner import default_suite, plan, run, suite_grid
     from edgekit.bench.store import Store
     from edgekit.progress import rich_progress
 
@@ -92,7 +95,7 @@ def run_cmd(
         raise BenchError(f"unknown format {fmt!r}", f"Use one of: {FORMATS}.")
     kv = _strs(kv_cache)
     grid = suite_grid(
-        models, suite, n_prompt=_ints(n_prompt, "-p"), n_gen=_ints(n_gen, "-n"), depths=_ints(depth, "-d"),
+        models, suite or default_suite(n_prompt, n_gen, depth), n_prompt=_ints(n_prompt, "-p"), n_gen=_ints(n_gen, "-n"), depths=_ints(depth, "-d"),
         kv_cache=kv, threads=_ints(threads, "--threads"), flash_attn=_onoff(flash_attn), reps=reps,
         n_batch=n_batch, n_ubatch=n_ubatch, chat=chat, engine=engine, warmup=warmup,
         llama_bench=vs_llama_bench, vs_rounds=vs_rounds,
@@ -201,7 +204,7 @@ def plot_cmd(
 def long_prompt_cmd(
     model: Annotated[str, typer.Argument(help="GGUF file (or a model name edgekit can load).")],
     ctx: Annotated[int, typer.Option("--ctx", "-c", help="Context size; the prompt fills it but for --gen + 16 tokens.")] = 32768,
-    kv_cache: Annotated[str, typer.Option("--kv-cache", "-k", help="KV cache type, e.g. q8_0, f16 or q8_0/f16 (K/V).")] = "q8_0",
+    kv_cache: Annotated[str, typer.Option("--kv-cache", "-k", help="KV cache type: auto (what edgekit.load picks), q8_0, f16 or q8_0/f16 (K/V).")] = "auto",
     gen: Annotated[int, typer.Option("--gen", "-n", help="Tokens to generate after the prompt.")] = 64,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: physical cores).",
                                                 show_default=False)] = None,

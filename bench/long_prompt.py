@@ -38,7 +38,8 @@ def run_edgekit(model: str, n_ctx: int, kv_cache: str, n_gen: int, threads: int 
     from edgekit.evaluate import default_text
 
     n_prompt = _n_prompt(n_ctx, n_gen)
-    with edgekit.load(model, n_ctx=n_ctx, kv_cache=kv_cache, threads=threads) as m:
+    # speculative="off": the prompt repeats one text, which prompt lookup would copy from, not decode
+    with edgekit.load(model, n_ctx=n_ctx, kv_cache=kv_cache, threads=threads, speculative="off") as m:
         ids = m.tokenize(default_text(), add_special=False)
         prompt = (ids * (n_prompt // len(ids) + 1))[:n_prompt]
         t0 = time.perf_counter()

@@ -224,3 +224,32 @@ class Pieces:
                 piece = self._buf.raw[:n]
             self._cache[token] = piece
         return piece
+
+
+class TokenBatch:
+    """A reusable ``llama_batch`` for sequence 0 that asks for logits at every position
+    (speculative verification samples the target at each one). Free it with :meth:`free`."""
+
+    def __init__(self, capacity: int) -> None:
+        self._L = lib()
+        self.capacity = capacity
+        self._batch: Any = self._L.llama_batch_init(capacity, 0, 1)
+
+    def fill(self, tokens: list[int], first_pos: int) -> Any:
+        """The batch holding ``tokens`` at positions ``first_pos``, ``first_pos + 1``, ..."""
+        if len(tokens) > self.capacity:
+            raise ValueError(f"{len(tokens)} tokens in a batch of {self.capacity}")
+        b = self._batch
+        for i, tok in enumerate(tokens):
+            b.token[i] = tok
+            b.pos[i] = first_pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1
+        b.n_tokens = len(tokens)
+        return b
+
+    def free(self) -> None:
+        if self._batch is not None:
+            self._L.llama_batch_free(self._batch)
+            self._batch = None

@@ -25,6 +25,7 @@ from edgekit.gguf_check import ModelInfo, check
 from edgekit.llama_facts import ggml_type_id, physical_cores, resolve_gpu_layers
 from edgekit.planner import Plan, plan_info, require_fit
 from edgekit.progress import ProgressFn, report
+from edgekit.speculative import check_mode
 
 if TYPE_CHECKING:
     from edgekit.model import Model
@@ -127,7 +128,8 @@ def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batc
 def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
-         quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None) -> Model:
+         quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
+         speculative: str = "auto") -> Model:
     """Load a model for generation, planned to fit memory.
 
     Args:
@@ -146,6 +148,10 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
         progress: ``progress(stage, done, total)`` for conversion and loading.
         chat_template: a chat template (Jinja text) to use instead of the one in the GGUF,
             e.g. for a model converted without one.
+        speculative: "auto" (the default: prompt lookup), "ngram" (the same, by name) or "off".
+            Prompt lookup drafts tokens from the prompt and the answer so far and verifies
+            them in one batch; the output stays what one-token-at-a-time decoding gives.
+            ``Sampling(speculative=...)`` overrides it for one call.
 
     Raises:
         SourceError, CorruptFile, UnsupportedModel: the model can't be found or read.
@@ -156,6 +162,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
     from edgekit.store import DEFAULT_QUANT
     from edgekit.store import resolve as resolve_model
 
+    check_mode(speculative)
     path = resolve_model(model, quant=quant or DEFAULT_QUANT, progress=progress)
     info = check(path)
     if n_ctx is not None and n_ctx > info.n_ctx_train and not rope_scaling:
@@ -174,4 +181,4 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
 
     return Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
                  mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
-                 progress=progress, chat_template=chat_template)
+                 progress=progress, chat_template=chat_template, speculative=speculative)

@@ -2,7 +2,8 @@
 
 One generator (:meth:`Model.generation`) does all the work: reuse the KV prefix shared
 with the previous evaluation, prefill only the new tokens, then sample in C and
-decode one token at a time, yielding text that is safe to show and finally a
+decode one token at a time (or a token plus a prompt-lookup draft, verified in one
+batch: :mod:`edgekit.speculative`), yielding text that is safe to show and finally a
 :class:`Stats`. ``generate``, ``chat`` and :class:`edgekit.Chat` all consume it.
 
 Thread safety: llama.cpp contexts are not thread-safe, so every call that
@@ -27,6 +28,7 @@ from edgekit.loading import load
 from edgekit.planner import Plan
 from edgekit.progress import ProgressFn
 from edgekit.sampling import Sampling, build_sampler, resolve
+from edgekit.speculative import MAX_DRAFT, Speculation, check_mode, uses_ngram
 from edgekit.stats import Completion, FinishReason, Stats, peak_rss
 from edgekit.textstream import TextStream
 
@@ -36,7 +38,7 @@ class Model:
 
     def __init__(self, info: ModelInfo, plan: Plan, *, threads: int, gpu_layers: int, mmap: bool, mlock: bool,
                  seed: int | None, n_batch: int, n_ubatch: int, rope_scaling: str | None,
-                 progress: ProgressFn | None, chat_template: str | None = None) -> None:
+                 progress: ProgressFn | None, chat_template: str | None = None, speculative: str = "auto") -> None:
         L = _llama.lib()
         self._L = L
         self.info = info
@@ -51,6 +53,7 @@ class Model:
         self.n_ctx_train = info.n_ctx_train
         self.n_batch = n_batch
         self.defaults = Sampling()
+        self.speculative = check_mode(speculative)  # Sampling.speculative overrides it per call
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._model = self._ctx = None
@@ -61,6 +64,8 @@ class Model:
         self._model = loading.load_weights(info, gpu_layers=gpu_layers, mmap=mmap, mlock=mlock,
                                            extra_buffers=self.extra_buffers, progress=progress)
         self._vocab = L.llama_model_get_vocab(self._model)
+        # Speculation drops rejected draft tokens from the cache; a recurrent state can't be rewound.
+        self._rewindable = not (L.llama_model_is_recurrent(self._model) or L.llama_model_is_hybrid(self._model))
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         try:
             self._ctx = loading.new_context(self._model, info, plan, threads=threads, n_batch=n_batch,
@@ -242,10 +247,21 @@ class Model:
 
     def generation(self, prompt: str | list[int], s: Sampling) -> Generator[str, None, Completion]:
         """The generation loop: yields text chunks; its return value (``StopIteration.value``) is the
-        :class:`Completion`. :meth:`generate`, :meth:`stream` and :class:`edgekit.Chat` build on it."""
+        :class:`Completion`. :meth:`generate`, :meth:`stream` and :class:`edgekit.Chat` build on it.
+
+        With speculation on, a token is evaluated together with a draft of the tokens expected
+        after it, in one batch with logits at every position. The next tokens are then sampled
+        there, in C, by the same sampler chain, one after another: while a sample equals the
+        drafted token, that token's KV is already in the cache; the first sample that differs
+        is the next token to evaluate, and the cells of the rest of the draft are removed. So
+        every emitted token is sampled exactly as plain decoding samples it (the chain accepts
+        exactly the emitted tokens), and EOG, stop strings, max_tokens and the context limit
+        are checked per token as before.
+        """
         L = self._L
         self._acquire()
-        sampler = None
+        sampler = batch = None
+        pending: list[int] = []  # drafted tokens whose KV follows self._tokens, not yet verified
         try:
             t0 = time.perf_counter()
             tokens = self._prompt_tokens(prompt)
@@ -267,13 +283,20 @@ class Model:
             one = L.llama_batch_get_one(tok_buf, 1)
             sample, decode, ctx, pieces = L.llama_sampler_sample, L.llama_decode, self._ctx, self._pieces
             is_eog, vocab = L.llama_vocab_is_eog, self._vocab
+            spec = None
+            if uses_ngram(s.speculative or self.speculative) and self._rewindable and self.n_batch > 1:
+                spec = Speculation(tokens)
+                batch = _llama.TokenBatch(min(MAX_DRAFT, self.n_batch - 1) + 1)
+            idx = -1  # where the next token's logits are among the last decode's outputs
             t_first = None
             n_sampled = 0
             while len(out) < max_tokens:
-                tok = sample(sampler, ctx, -1)
+                tok = sample(sampler, ctx, idx)
                 n_sampled += 1
                 if t_first is None:
                     t_first = time.perf_counter()
+                if pending and spec is not None:
+                    spec.verdict(tok == pending[0])
                 if is_eog(vocab, tok):
                     finish = "eog"
                     break
@@ -286,11 +309,34 @@ class Model:
                     break
                 if len(self._tokens) >= self.n_ctx or len(out) >= max_tokens:
                     break  # "length": the sampled token is kept but not evaluated
-                tok_buf[0] = tok
-                if decode(ctx, one) != 0:
+                if spec is not None:
+                    spec.drafter.append(tok)
+                if pending and tok == pending[0]:  # drafted, so already evaluated
+                    pending.pop(0)
+                    self._tokens.append(tok)
+                    idx += 1
+                    continue
+                if pending:
+                    self._drop_cells(pending)
+                draft: list[int] = []
+                if spec is not None and batch is not None:
+                    # Room: the context, the tokens still allowed (the last one is never evaluated), the batch.
+                    room = min(self.n_ctx - len(self._tokens) - 1, max_tokens - len(out) - 1, batch.capacity - 1)
+                    draft = spec.propose(room)
+                if draft:
+                    rc = decode(ctx, batch.fill([tok, *draft], len(self._tokens)))  # type: ignore[union-attr]
+                    pending, idx = draft, 0
+                else:
+                    tok_buf[0] = tok
+                    rc = decode(ctx, one)
+                    idx = -1
+                if rc != 0:
+                    pending = []
                     self._resync()
                     raise EdgekitError("llama.cpp failed to evaluate a generated token")
                 self._tokens.append(tok)
+            if pending:
+                self._drop_cells(pending)
             tail = stream.finish()
             if tail:
                 yield tail
@@ -304,12 +350,24 @@ class Model:
                 gen_tokens=len(out), decode_s=decode_s,
                 decode_tps=(n_sampled - 1) / decode_s if n_sampled > 1 and decode_s > 0 else 0.0,
                 peak_rss=peak_rss(), n_ctx=self.n_ctx, ctx_used=len(self._tokens), finish_reason=finish,
+                drafted_tokens=spec.drafted if spec else 0, accepted_tokens=spec.accepted if spec else 0,
             )
             return Completion(stream.text, out, finish, stats)
         finally:
+            if pending and self._ctx:  # stopped mid-draft (an exception, or the stream was closed)
+                self._drop_cells(pending)
+            if batch is not None:
+                batch.free()
             if sampler is not None:
                 L.llama_sampler_free(sampler)
             self._release()
+
+    def _drop_cells(self, pending: list[int]) -> None:
+        """Remove the KV cells past ``self._tokens`` (a draft's rejected tokens) and forget ``pending``."""
+        pending.clear()
+        if not self._L.llama_memory_seq_rm(self._mem, 0, len(self._tokens), -1):
+            self._resync()
+            raise EdgekitError("llama.cpp could not remove a rejected draft from the KV cache")
 
     # -- state ---------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.speculative import check_mode
 
 # How many recent tokens the repeat penalty looks at (llama.cpp's default).
 PENALTY_LAST_N = 64
@@ -26,7 +27,9 @@ class Sampling:
     ``seed=None`` takes the model's seed (``load(seed=...)``), else a random one;
     the same seed with the same prompt gives the same output. ``max_tokens=None``
     generates until an end-of-generation token or a full context. ``grammar``
-    (GBNF text) or ``json_schema`` (a dict) constrain the output.
+    (GBNF text) or ``json_schema`` (a dict) constrain the output. ``speculative``
+    ("auto", "ngram" or "off") overrides the model's ``load(speculative=...)`` for one call;
+    it changes the speed only, never the output.
     """
 
     temperature: float = 0.8
@@ -39,6 +42,7 @@ class Sampling:
     stop: tuple[str, ...] = field(default_factory=tuple)
     grammar: str | None = None
     json_schema: dict | None = None
+    speculative: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -51,6 +55,8 @@ class Sampling:
             raise EdgekitError("top_k must be >= 0, and top_p and min_p must lie in [0, 1]")
         if self.grammar is not None and self.json_schema is not None:
             raise EdgekitError("give either grammar or json_schema, not both")
+        if self.speculative is not None:
+            check_mode(self.speculative)
 
     def replace(self, **changes: Any) -> Sampling:
         """A copy with ``changes`` applied (unknown names raise a clear error)."""

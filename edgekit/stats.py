@@ -45,6 +45,8 @@ class Stats:
     n_ctx: int = 0
     ctx_used: int = 0
     finish_reason: str = ""
+    drafted_tokens: int = 0  # speculative decoding: drafted tokens the model evaluated (0 when off)
+    accepted_tokens: int = 0  # of them, those the model's own sample confirmed (each saved a decode step)
 
     def as_dict(self) -> dict:
         return asdict(self)

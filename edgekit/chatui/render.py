@@ -77,6 +77,8 @@ _STATS_ROWS = [
     ("gen_tokens", "generated tokens", str),
     ("decode_s", "decode time", lambda v: f"{v:.2f} s"),
     ("decode_tps", "decode speed", lambda v: f"{v:.1f} tok/s"),
+    ("drafted_tokens", "drafted tokens", str),
+    ("accepted_tokens", "  accepted", str),
     ("finish_reason", "finish reason", str),
     ("ctx_used", "context used", str),
     ("n_ctx", "context size", str),

@@ -1,0 +1,238 @@
+"""Prompt-lookup speculative decoding: the drafter and its adaptation (no model), then the
+runtime on SmolLM2-135M-Instruct's real weights, where speculation must never change the output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from test_runtime_support import SYSTEM, smol
+
+import edgekit
+from edgekit import speculative
+from edgekit.errors import EdgekitError
+from edgekit.speculative import NgramDrafter, Speculation
+
+# A text of our own, so the model has something to copy from.
+TEXT = ("The lighthouse on Marrow Point was built in 1874 from granite quarried on the island itself. "
+        "Its lamp burned whale oil until 1902, when the keepers switched to kerosene, and it was electrified "
+        "in 1951. The last keeper, Ada Fenwick, left in 1989, and the light has run by itself ever since.")
+CODE = "def add(a, b):\n    return a + b\n\n\nprint(add(2, 3))\nprint(add(10, 20))\n"
+GROUNDED = {
+    "repeat": f"Repeat the following text exactly, word for word:\n\n{TEXT}",
+    "extract": f"{TEXT}\n\nCopy the sentence of the text above that names the last keeper.",
+    "rewrite": f"Rewrite the following text as a bulleted list of facts:\n\n{TEXT}",
+    "code": f"Rename the function add to plus in this code and show the whole code:\n\n```python\n{CODE}```",
+}
+OPEN_ENDED = "Write a short poem about the sea."
+
+
+def _messages(user: str) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+# --- no model -----------------------------------------------------------------------------------------
+
+
+def test_drafter_continues_the_latest_longest_match():
+    d = NgramDrafter([1, 2, 3, 4, 5, 9, 2, 3, 7, 8])
+    assert d.draft(4) == []  # 8 never came before
+    d.append(2)
+    d.append(3)  # suffix 8 2 3: no trigram match; the bigram 2 3 came twice, latest before 7
+    assert d.draft(3) == [7, 8, 2]
+    assert d.draft(0) == []
+    d = NgramDrafter([7, 1, 2, 3, 5, 2, 4, 9, 1, 2])
+    assert d.draft(1) == [3]  # the bigram 1 2 wins over the later unigram 2 (followed by 4)
+
+
+def test_drafter_never_matches_the_suffix_itself():
+    d = NgramDrafter([5, 6, 7])
+    assert d.draft(3) == []  # the only 5 6 7 is the suffix
+    d.append(5)
+    assert d.draft(3) == [6, 7, 5]  # the draft may run into the text it repeats
+
+
+def test_draft_length_grows_on_full_acceptance_and_shrinks_on_rejection():
+    spec = Speculation(list(range(40)) * 2)  # a text that repeats: every suffix has a match
+    first = spec.propose(room=100)
+    assert len(first) == speculative.FIRST_DRAFT
+    for _ in first:
+        spec.verdict(True)
+    assert spec.length == 2 * speculative.FIRST_DRAFT
+    spec.propose(room=100)
+    spec.verdict(True)
+    spec.verdict(False)
+    assert spec.length == 2  # the accepted run plus one
+    assert len(spec.propose(room=1)) == 1  # never more than the room
+    assert (spec.drafted, spec.accepted) == (4 + 8 + 1, 4 + 1)
+
+
+def test_low_acceptance_switches_speculation_off():
+    spec = Speculation(list(range(10)) * 3)
+    for _ in range(speculative.JUDGE_AFTER):
+        assert spec.propose(room=10)
+        spec.verdict(False)
+    assert not spec.active and spec.propose(room=10) == []
+
+
+def test_bad_mode_is_refused_clearly(tmp_path):
+    for bad in ("fast", "", "NGRAM"):
+        with pytest.raises(EdgekitError, match="speculative must be one of auto, ngram, off"):
+            edgekit.Sampling(speculative=bad)
+    with pytest.raises(EdgekitError, match="speculative"):  # before looking for the model at all
+        edgekit.load(tmp_path / "missing.gguf", speculative="yes")
+
+
+# --- real weights -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def m():
+    return smol()
+
+
+def _pair(m, messages: list[dict], **kw) -> tuple[edgekit.Completion, edgekit.Completion]:
+    """The same call without and with speculation, each from a fresh cache; checks the bookkeeping agrees."""
+    m.reset()
+    off = m.chat(messages, speculative="off", **kw)
+    cached_off = m.cached_tokens
+    m.reset()
+    on = m.chat(messages, speculative="ngram", **kw)
+    assert m.cached_tokens == cached_off  # the cache holds exactly the tokens plain decoding left there
+    assert off.stats.drafted_tokens == off.stats.accepted_tokens == 0
+    return off, on
+
+
+def _same(off: edgekit.Completion, on: edgekit.Completion) -> None:
+    assert on.tokens == off.tokens
+    assert on.text == off.text and on.finish_reason == off.finish_reason
+    assert on.stats.gen_tokens == off.stats.gen_tokens and on.stats.ctx_used == off.stats.ctx_used
+
+
+def test_greedy_repeat_is_identical_and_drafts_are_accepted(m):
+    off, on = _pair(m, _messages(GROUNDED["repeat"]), temperature=0, max_tokens=80)
+    _same(off, on)
+    assert "Marrow Point" in on.text  # the model really copies, so the test exercises long drafts
+    assert on.stats.drafted_tokens > 0 and on.stats.accepted_tokens > on.stats.gen_tokens // 3
+    assert on.stats.accepted_tokens <= on.stats.drafted_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["extract", "rewrite", "code"])
+def test_greedy_grounded_prompts_are_identical(m, name):
+    off, on = _pair(m, _messages(GROUNDED[name]), temperature=0, max_tokens=96)
+    _same(off, on)
+    assert on.stats.drafted_tokens > 0 and on.stats.accepted_tokens > 0
+
+
+@pytest.mark.slow
+def test_greedy_open_ended_is_identical(m):
+    off, on = _pair(m, _messages(OPEN_ENDED), temperature=0, max_tokens=96)
+    _same(off, on)
+    assert on.stats.accepted_tokens <= on.stats.drafted_tokens
+
+
+@pytest.mark.slow
+def test_penalty_and_json_schema_see_exactly_the_emitted_tokens(m):
+    # Both depend on the sampler chain's history: a drafted token it saw but nobody emitted would show.
+    off, on = _pair(m, _messages(GROUNDED["repeat"]), temperature=0, max_tokens=64, repeat_penalty=1.3)
+    _same(off, on)
+    schema = {"type": "object", "properties": {"keeper": {"type": "string"}, "built": {"type": "integer"}},
+              "required": ["keeper", "built"]}
+    prompt = f"{TEXT}\n\nGive the last keeper's name and the year the lighthouse was built, as JSON."
+    off, on = _pair(m, _messages(prompt), temperature=0, max_tokens=48, json_schema=schema)
+    _same(off, on)
+    assert on.stats.drafted_tokens > 0
+
+
+def test_max_tokens_and_stop_strings_cut_inside_a_draft(m):
+    messages = _messages(GROUNDED["repeat"])
+    full = m.chat(messages, temperature=0, max_tokens=48, speculative="off")
+    for n in (1, 2, 5, 11, 23):
+        off, on = _pair(m, messages, temperature=0, max_tokens=n)
+        _same(off, on)
+        assert on.tokens == full.tokens[:n] and on.finish_reason == "length"
+    words = full.text.split()
+    for stop in (words[len(words) // 2], "1902", "kero"):
+        off, on = _pair(m, messages, temperature=0, max_tokens=48, stop=[stop])
+        _same(off, on)
+        assert on.finish_reason == "stop" and stop not in on.text
+    assert on.stats.accepted_tokens > 0  # the cut came inside an accepted run
+
+
+def test_the_kv_cache_after_a_cut_draft_serves_the_next_call(m):
+    # A follow-up that reuses the cache must answer as it does from scratch: the rejected
+    # and the unemitted drafted tokens left no cells behind, and no emitted token lost its own.
+    messages = _messages(GROUNDED["repeat"])
+    m.reset()
+    first = m.chat(messages, temperature=0, max_tokens=30, stop=["1902"], speculative="ngram")
+    follow = messages + [{"role": "assistant", "content": first.text},
+                         {"role": "user", "content": "When was the lamp electrified?"}]
+    warm = m.chat(follow, temperature=0, max_tokens=24, speculative="off")
+    assert warm.stats.cached_tokens > first.stats.prompt_tokens
+    m.reset()
+    cold = m.chat(follow, temperature=0, max_tokens=24, speculative="off")
+    assert warm.tokens == cold.tokens
+
+
+@pytest.mark.slow
+def test_sampling_distribution_is_unchanged(m):
+    # First three tokens at temperature 1 (no truncation) over many seeds, with and without speculation.
+    # Every emitted token takes exactly one draw from the chain's generator in both modes, so the same
+    # seed couples the two runs: their empirical distributions agree up to rare last-bit differences of
+    # batched logits. A rule that kept drafted tokens more readily than the model picks them (say, any
+    # draft in the top few) changes the outcome on many seeds and breaks the bound.
+    kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=3)
+    messages = _messages(GROUNDED["repeat"])
+    m.reset()
+    n = 300
+    off: Counter = Counter()
+    on: Counter = Counter()
+    drafted = accepted = 0
+    for seed in range(n):
+        off[tuple(m.chat(messages, seed=seed, speculative="off", **kw).tokens)] += 1
+        c = m.chat(messages, seed=seed, speculative="ngram", **kw)
+        on[tuple(c.tokens)] += 1
+        drafted += c.stats.drafted_tokens
+        accepted += c.stats.accepted_tokens
+    assert drafted > n // 2 and accepted > 0  # speculation really ran inside these three tokens
+    assert accepted < drafted  # some drafts were rejected: the rule was put to the test
+    tv = 0.5 * sum(abs(off[k] - on[k]) for k in off.keys() | on.keys()) / n
+    (top, count), = off.most_common(1)
+    assert count < 0.95 * n, off.most_common(3)  # the prompt leaves room for a biased rule to show
+    assert tv < 0.05, (tv, off.most_common(5), on.most_common(5))
+    assert abs(on[top] - count) < 0.05 * n
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def _chat(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run([sys.executable, "-m", "edgekit", "chat", *args], capture_output=True, text=True,
+                          env=env, timeout=180, stdin=subprocess.DEVNULL)
+
+
+def test_cli_bad_speculative_value_is_one_line(smollm2_gguf):
+    out = _chat(str(smollm2_gguf), "--speculative", "sometimes", "-p", "hi")
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 2 and "speculative" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_cli_speculative_modes_give_the_same_answer_and_report_drafts(smollm2_gguf):
+    answers = {}
+    for mode in ("off", "ngram"):
+        out = _chat(str(smollm2_gguf), "--speculative", mode, "-s", SYSTEM, "-p", GROUNDED["repeat"],
+                    "--temp", "0", "-n", "40", "--json")
+        assert out.returncode == 0, out.stderr
+        answers[mode] = json.loads(out.stdout)
+    assert answers["ngram"]["answer"] == answers["off"]["answer"]
+    assert answers["off"]["stats"]["drafted_tokens"] == 0
+    assert answers["ngram"]["stats"]["accepted_tokens"] > 0

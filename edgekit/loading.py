@@ -129,7 +129,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
          quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
-         speculative: str = "auto") -> Model:
+         speculative: str = "off") -> Model:
     """Load a model for generation, planned to fit memory.
 
     Args:
@@ -148,7 +148,9 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
         progress: ``progress(stage, done, total)`` for conversion and loading.
         chat_template: a chat template (Jinja text) to use instead of the one in the GGUF,
             e.g. for a model converted without one.
-        speculative: "auto" (the default: prompt lookup), "ngram" (the same, by name) or "off".
+        speculative: "off" (the default, until the adaptive rule is tuned per device: measured
+            on SmolLM2 it made grounded answers 1.14x faster but open-ended ones 0.92x),
+            "auto" (prompt lookup, as long as no draft model exists) or "ngram" (the same, by name).
             Prompt lookup drafts tokens from the prompt and the answer so far and verifies
             them in one batch; the output stays what one-token-at-a-time decoding gives.
             ``Sampling(speculative=...)`` overrides it for one call.

@@ -38,7 +38,7 @@ class Model:
 
     def __init__(self, info: ModelInfo, plan: Plan, *, threads: int, gpu_layers: int, mmap: bool, mlock: bool,
                  seed: int | None, n_batch: int, n_ubatch: int, rope_scaling: str | None,
-                 progress: ProgressFn | None, chat_template: str | None = None, speculative: str = "auto") -> None:
+                 progress: ProgressFn | None, chat_template: str | None = None, speculative: str = "off") -> None:
         L = _llama.lib()
         self._L = L
         self.info = info

@@ -27,7 +27,7 @@ class ChatOptions:
     system: str | None = None
     n_ctx: int | None = None
     kv_cache: str = "auto"
-    speculative: str = "auto"
+    speculative: str = "off"
     threads: int | None = None
     chat_template: str | None = None  # template text overriding the model's own
     sampling: dict[str, Any] = field(default_factory=dict)  # None values: keep the default

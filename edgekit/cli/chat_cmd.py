@@ -25,9 +25,9 @@ def chat(
                                             show_default=False)] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="KV cache type: auto, f16, q8_0, q4_0, or K/V "
                                           "like q8_0/f16.")] = "auto",
-    speculative: Annotated[str, typer.Option("--speculative", help="Speculative decoding: auto or ngram (draft "
-                                             "from the prompt; same output, faster on grounded answers) or off.")
-                           ] = "auto",
+    speculative: Annotated[str, typer.Option("--speculative", help="Speculative decoding: off (default), or auto / "
+                                             "ngram (draft from the prompt; same output, faster on grounded "
+                                             "answers, a little slower on open-ended ones).")] = "off",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).",
                                                 show_default=False)] = None,
     chat_template: Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "

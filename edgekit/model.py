@@ -10,6 +10,11 @@ Thread safety: llama.cpp contexts are not thread-safe, so every call that
 touches the context holds the model's lock. Calls from other threads wait;
 starting a second generation from the thread that is still consuming a stream
 raises :class:`~edgekit.EdgekitError` instead of deadlocking.
+
+Size: about 430 lines, over the house's ~400, for one reason: the generation loop and the
+bookkeeping it keeps exact (the cached token list, draft cells, the lock) are one idea;
+loading lives in :mod:`edgekit.loading`, drafting in :mod:`edgekit.speculative`, file I/O
+of saved state in :mod:`edgekit.state`. The multi-sequence engine (issue 12) is where it splits.
 """
 
 from __future__ import annotations

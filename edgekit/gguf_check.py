@@ -14,6 +14,7 @@ from typing import Any
 
 from edgekit.errors import CorruptFile, UnsupportedModel
 from edgekit.gguf_meta import read_header
+from edgekit.llama_facts import ggml_type_name
 
 # general.architecture values known to the llama.cpp vendored in llama-cpp-python
 # 0.3.36 (src/llama-arch.cpp, LLM_ARCH_NAMES), minus encoder-only/vision/audio
@@ -146,14 +147,6 @@ def check(path: str | Path) -> ModelInfo:
         eog_token_ids=tuple(eog),
         name=md.get("general.name") if isinstance(md.get("general.name"), str) else None,
         metadata=_short_metadata(md),
-        tensor_types=frozenset(_type_name(t.type) for t in header.tensors),
+        tensor_types=frozenset(ggml_type_name(t.type) for t in header.tensors),  # read_header knows each type
     )
 
-
-def _type_name(ggml_type: int) -> str:
-    from gguf import GGMLQuantizationType
-
-    try:
-        return GGMLQuantizationType(ggml_type).name
-    except ValueError:
-        return str(ggml_type)

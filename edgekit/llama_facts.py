@@ -12,7 +12,7 @@ import os
 from functools import cache
 from typing import Any
 
-__all__ = ["KV_CACHE_TYPES", "CTX_ALIGN", "ggml_type_id", "block_size", "bits_per_weight", "kv_bytes_per_value",
+__all__ = ["KV_CACHE_TYPES", "CTX_ALIGN", "ggml_type_id", "ggml_type_name", "block_size", "bits_per_weight", "kv_bytes_per_value",
            "is_quantized", "llama_ftypes", "kv_bytes_per_token", "physical_cores", "resolve_gpu_layers"]
 
 # gguf-py (and numpy with it) is imported on first use, so importing edgekit, its planner
@@ -28,6 +28,11 @@ def _gguf() -> Any:
 def ggml_type_id(name: str) -> int:
     """The ggml type number of ``name`` (``"q8_0"``, ``"F16"``, ...); KeyError if ggml has no such type."""
     return int(_gguf().GGMLQuantizationType[name.upper()])
+
+
+def ggml_type_name(type_id: int) -> str:
+    """The ggml type name of a tensor type number (``2`` -> ``"Q4_0"``); ValueError if ggml has no such type."""
+    return _gguf().GGMLQuantizationType(type_id).name
 
 
 @cache

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edgekit.convert.quantize import QUANT_TYPES
+from edgekit.convert.quantize import QUANT_TYPES, quant_type
 from edgekit.errors import QuantizeError
 from edgekit.gguf_meta import read_header
+from edgekit.llama_facts import ggml_type_name
 from edgekit.progress import ProgressFn, report
 
 __all__ = ["quantize_with_recipe", "quantize_plain", "tensor_types"]
@@ -27,18 +28,14 @@ _FTYPE_OF_TYPE = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 
 def tensor_types(path: str | Path) -> dict[str, str]:
     """Return ``{tensor name: ggml type name}`` of a GGUF file."""
-    from gguf import GGMLQuantizationType
-
-    return {t.name: GGMLQuantizationType(t.type).name for t in read_header(path).tensors}
+    return {t.name: ggml_type_name(t.type) for t in read_header(path).tensors}
 
 
 def _tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], int]:
     """(name -> shape in ggml order, name -> type name, block count) of a GGUF."""
-    from gguf import GGMLQuantizationType
-
     header = read_header(path)
     shapes = {t.name: tuple(int(x) for x in t.shape) for t in header.tensors}
-    types = {t.name: GGMLQuantizationType(t.type).name for t in header.tensors}
+    types = {t.name: ggml_type_name(t.type) for t in header.tensors}
     n_layer = int(header.arch_key("block_count", 0) or 0)
     if not n_layer:
         n_layer = 1 + max((int(m.group(1)) for n in shapes if (m := re.match(r"blk\.(\d+)\.", n))), default=-1)
@@ -97,9 +94,5 @@ def quantize_with_recipe(src_gguf: str | Path, dst: str | Path, recipe: str,
 
 def quantize_plain(src_gguf: str | Path, dst: str | Path, qtype: str, threads: int | None = None) -> Path:
     """Quantize with one llama.cpp ftype (e.g. ``"Q4_K_M"``) using llama.cpp's own mixture rules."""
-    key = qtype.upper()
-    if qtype.lower() not in QUANT_TYPES:
-        raise QuantizeError(f"Unknown quantization type {qtype!r}.",
-                            f"Use one of: {', '.join(q.name for q in QUANT_TYPES.values())}.")
-    _run_llama_quantize(Path(src_gguf), Path(dst), key, None, threads)
+    _run_llama_quantize(Path(src_gguf), Path(dst), quant_type(qtype).name, None, threads)
     return Path(dst)

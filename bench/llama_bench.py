@@ -37,20 +37,16 @@ def find_binary(path: str) -> str:
                      "Build it from llama.cpp (cmake --build BUILD --target llama-bench) and pass BUILD/bin/llama-bench.")
 
 
-def command(binary: str, group: Any, grid: Any, case: Any) -> list[str]:
+def command(binary: str, group: Any, grid: Any, case: Any, gpu_layers: int) -> list[str]:
     """The llama-bench argv measuring ``case`` with the group's load settings.
 
-    ``-ngl`` gets the same explicit layer count edgekit's loader uses (``resolve_gpu_layers``).
+    ``gpu_layers`` is the explicit layer count edgekit's loader resolved (``Model.gpu_layers``), for ``-ngl``.
     """
-    from edgekit.gguf_check import check
-    from edgekit.llama_facts import resolve_gpu_layers
-
-    ngl = resolve_gpu_layers(grid.gpu_layers, check(group.model).n_layer)
     return [
         binary, "-m", str(group.model), "-p", str(case.n_prompt), "-n", str(case.n_gen), "-d", str(case.n_depth),
         "-t", str(group.threads), "-ctk", group.type_k, "-ctv", group.type_v,
         "-fa", "on" if group.flash_attn else "off", "-b", str(grid.n_batch), "-ub", str(grid.n_ubatch),
-        "-ngl", str(ngl), "-r", str(grid.reps), "-o", "jsonl",
+        "-ngl", str(gpu_layers), "-r", str(grid.reps), "-o", "jsonl",
         *([] if grid.warmup else ["--no-warmup"]),
     ]
 
@@ -82,9 +78,9 @@ def run(argv: list[str], *, timeout: float | None = None) -> list[dict[str, Any]
     return rows
 
 
-def run_case(binary: str, group: Any, grid: Any, case: Any, device: dict[str, Any]) -> dict[str, Any]:
+def run_case(binary: str, group: Any, grid: Any, case: Any, device: dict[str, Any], gpu_layers: int) -> dict[str, Any]:
     """Run llama-bench for one pp/tg test; return its result as an edgekit record with engine "llama-bench"."""
-    rows = run(command(find_binary(binary), group, grid, case), timeout=3600)
+    rows = run(command(find_binary(binary), group, grid, case, gpu_layers), timeout=3600)
     theirs = rows[-1]
     known = {k: theirs[k] for k in records.FIELDS if k in theirs}
     known.update(

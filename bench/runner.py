@@ -258,7 +258,7 @@ def _vs_llama_bench(loaded: Loaded, group: Group, grid: Grid, case: Case, device
         if grid.warmup:
             tick()
         ours.append(_run_case(loaded, group, grid, case, device, bandwidth, tick))
-        theirs.append(run_llama_bench(grid.llama_bench, group, grid, case, device))
+        theirs.append(run_llama_bench(grid.llama_bench, group, grid, case, device, loaded.gpu_layers))
     n_tokens = case.n_prompt + case.n_gen
     mine, other = _merge(ours, n_tokens), _merge(theirs, n_tokens)
     if case.test == "tg" and mine.get("ceiling_ts"):

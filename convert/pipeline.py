@@ -8,7 +8,6 @@ many types are asked for.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from edgekit.convert.hparams import HParams, check_shapes, count_blocks, read_hp
 from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
 from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize
 from edgekit.convert.safetensors import WeightSet
-from edgekit.convert.vocab import Vocab, load_vocab, write_vocab
+from edgekit.convert.vocab import Vocab, load_vocab, read_json_object, write_vocab
 from edgekit.convert.writer import TensorPlan, write_gguf
 from edgekit.errors import CorruptFile, EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
@@ -72,22 +71,11 @@ class Checkpoint:
     url: str | None = None
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON file that must hold an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
-        raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
-    if not isinstance(value, dict):
-        raise UnsupportedModel(f"{path.name} holds a {type(value).__name__}, not a JSON object", "Download it again.")
-    return value
-
-
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint (following the shard index); refuse pickles."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json_object(index).get("weight_map")
         # Shard names must be plain file names in the checkpoint directory (never a path out of it).
         if not isinstance(weight_map, dict) or not weight_map or not all(
             isinstance(n, str) and n and n == Path(n).name and n not in (".", "..") for n in weight_map.values()
@@ -120,7 +108,7 @@ def open_checkpoint(directory: Path, repo_id: str | None = None, url: str | None
         raise MissingFiles(f"{directory} is not a directory", "Pass a checkpoint directory or a Hub repo id (owner/name).")
     if not (directory / "config.json").is_file():
         raise MissingFiles(f"{directory} has no config.json", "Point at a Hugging Face checkpoint directory.")
-    config = _read_json(directory / "config.json")
+    config = read_json_object(directory / "config.json")
     arch = arch_for(config)
     hparams = read_hparams(config)
     files = weight_files(directory)
@@ -131,7 +119,7 @@ def open_checkpoint(directory: Path, repo_id: str | None = None, url: str | None
     check_shapes(hparams, weights.tensors.values(), name_map)
     token_config = dict(config)
     if (directory / "generation_config.json").is_file():
-        generation = _read_json(directory / "generation_config.json")
+        generation = read_json_object(directory / "generation_config.json")
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             token_config.setdefault(key, generation.get(key))
     vocab = load_vocab(directory, hparams.vocab_size, token_config)

@@ -126,11 +126,15 @@ def _token_text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file (config, tokenizer, shard index), which must hold an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise UnsupportedModel(f"{path.name} can't be read as JSON ({exc})", "Download it again.") from exc
+    if not isinstance(value, dict):
+        raise UnsupportedModel(f"{path.name} holds a {type(value).__name__}, not a JSON object", "Download it again.")
+    return value
 
 
 def chat_template_of(directory: Path, tokenizer_config: dict) -> str | None:
@@ -164,8 +168,8 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
             f"{directory} has no tokenizer.json{extra}",
             "Copy tokenizer.json and tokenizer_config.json from the base model into the checkpoint directory.",
         )
-    tokenizer = _read_json(tok_path)
-    tok_config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+    tokenizer = read_json_object(tok_path)
+    tok_config = read_json_object(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
     pre = detect_pre(tokenizer)
 
     model = tokenizer["model"]

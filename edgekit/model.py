@@ -315,7 +315,7 @@ class Model:
                 if len(self._tokens) >= self.n_ctx or len(out) >= max_tokens:
                     break  # "length": the sampled token is kept but not evaluated
                 if spec is not None:
-                    spec.drafter.append(tok)
+                    spec.append(tok)
                 if pending and tok == pending[0]:  # drafted, so already evaluated
                     pending.pop(0)
                     self._tokens.append(tok)

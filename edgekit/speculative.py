@@ -105,6 +105,11 @@ class Speculation:
         self._run = 0  # tokens in the draft being verified
         self._hits = 0  # of them, accepted so far
 
+    def append(self, tok: int) -> None:
+        """An emitted token: index it for later drafts (no work once drafting is off for this call)."""
+        if self.active:
+            self.drafter.append(tok)
+
     def propose(self, room: int) -> list[int]:
         """A draft of at most ``room`` tokens to follow the drafter's text ([] = decode one token)."""
         if not self.active:

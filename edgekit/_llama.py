@@ -99,6 +99,11 @@ def system_info() -> str:
     return lib().llama_print_system_info().decode("utf-8", errors="replace").strip()
 
 
+def build_has_amx(info: str | None = None) -> bool:
+    """Whether this llama.cpp build uses AMX (``info``: :func:`system_info`, read if not given)."""
+    return "AMX_INT8 = 1" in (system_info() if info is None else info)
+
+
 # Weight types llama.cpp's AMX buffer takes (ggml-cpu/amx/common.h, qtype_has_amx_kernels).
 AMX_TYPES = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"})
 _extra_buffers_verdicts: dict[str, bool] = {}
@@ -118,7 +123,7 @@ def extra_buffers_ok(path: Path, tensor_types: frozenset[str]) -> bool:
         return forced == "1"
     info = system_info()
     amx_types = tensor_types & AMX_TYPES
-    if "AMX_INT8 = 1" not in info or not amx_types:
+    if not build_has_amx(info) or not amx_types:
         return True
     import hashlib
     import platform

@@ -22,7 +22,7 @@ def _extra_buffers_verdict():
     from edgekit import _llama
     from edgekit.samples.assets import smollm2_gguf
 
-    if "AMX_INT8 = 1" in _llama.system_info():
+    if _llama.build_has_amx():
         path = smollm2_gguf()
         from edgekit.gguf_check import check
 

@@ -283,7 +283,7 @@ def test_extra_weight_buffers_are_probed_once_and_the_verdict_holds(smollm2_gguf
     types = check(smollm2_gguf).tensor_types
     assert {"Q4_1", "Q8_0"} <= types  # SmolLM2's file: both AMX-eligible types
     verdict = _llama.extra_buffers_ok(smollm2_gguf, types)
-    amx = "AMX_INT8 = 1" in _llama.system_info()
+    amx = _llama.build_has_amx()
     from edgekit.paths import cache_dir
 
     store = cache_dir() / "extra-buffers.json"

@@ -26,14 +26,14 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import _llama, loading, state
+from edgekit import _llama, loading, speculative, state
 from edgekit.errors import ContextOverflow, CorruptFile, EdgekitError
 from edgekit.gguf_check import ModelInfo
 from edgekit.loading import load
 from edgekit.planner import Plan
 from edgekit.progress import ProgressFn
 from edgekit.sampling import Sampling, build_sampler, resolve
-from edgekit.speculative import MAX_DRAFT, Speculation, check_mode, uses_ngram
+from edgekit.speculative import MAX_DRAFT, check_mode
 from edgekit.stats import Completion, FinishReason, Stats, peak_rss
 from edgekit.textstream import TextStream
 
@@ -289,8 +289,9 @@ class Model:
             sample, decode, ctx, pieces = L.llama_sampler_sample, L.llama_decode, self._ctx, self._pieces
             is_eog, vocab = L.llama_vocab_is_eog, self._vocab
             spec = None
-            if uses_ngram(s.speculative or self.speculative) and self._rewindable and self.n_batch > 1:
-                spec = Speculation(tokens)
+            if self._rewindable and self.n_batch > 1:
+                spec = speculative.start(s.speculative or self.speculative, tokens)
+            if spec is not None:
                 batch = _llama.TokenBatch(min(MAX_DRAFT, self.n_batch - 1) + 1)
             idx = -1  # where the next token's logits are among the last decode's outputs
             t_first = None

@@ -27,7 +27,10 @@ class Sampling:
     ``seed=None`` takes the model's seed (``load(seed=...)``), else a random one;
     the same seed with the same prompt gives the same output. ``max_tokens=None``
     generates until an end-of-generation token or a full context. ``grammar``
-    (GBNF text) or ``json_schema`` (a dict) constrain the output. ``speculative``
+    (GBNF text) or ``json_schema`` (a dict) constrain the output. ``presence_penalty`` and
+    ``frequency_penalty`` (OpenAI's meaning, -2..2) lower the logits of tokens already in the
+    last 64 tokens, once per token or per occurrence; ``logit_bias`` maps token ids to a bias
+    added to their logits (-100 bans a token). ``speculative``
     ("auto", "ngram" or "off") overrides the model's ``load(speculative=...)`` for one call;
     it changes the speed only, never the output.
     """
@@ -37,6 +40,9 @@ class Sampling:
     top_p: float = 0.95
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
     seed: int | None = None
     max_tokens: int | None = 256
     stop: tuple[str, ...] = field(default_factory=tuple)
@@ -49,10 +55,18 @@ class Sampling:
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(s for s in (self.stop or ()) if s))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else (self.logit_bias or ())
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in bias))
         if self.max_tokens is not None and self.max_tokens < 0:
             raise EdgekitError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0 or not 0.0 <= self.min_p <= 1.0:
             raise EdgekitError("top_k must be >= 0, and top_p and min_p must lie in [0, 1]")
+        if not (-2.0 <= self.presence_penalty <= 2.0 and -2.0 <= self.frequency_penalty <= 2.0):
+            raise EdgekitError("presence_penalty and frequency_penalty must lie in [-2, 2]")
+        if self.repeat_penalty <= 0:
+            raise EdgekitError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if any(not -100.0 <= b <= 100.0 for _, b in self.logit_bias):
+            raise EdgekitError("logit_bias values must lie in [-100, 100]")
         if self.grammar is not None and self.json_schema is not None:
             raise EdgekitError("give either grammar or json_schema, not both")
         if self.speculative is not None:
@@ -69,6 +83,7 @@ class Sampling:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stop"] = list(self.stop)
+        d["logit_bias"] = {str(t): b for t, b in self.logit_bias}
         return d
 
 
@@ -100,8 +115,16 @@ def build_sampler(s: Sampling, vocab: Any, n_vocab: int, *, default_seed: int | 
 
     L = _llama.lib()
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-    if s.repeat_penalty != 1.0:
-        pen = L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0)
+    bad = [t for t, _ in s.logit_bias if not 0 <= t < n_vocab]
+    if bad:
+        L.llama_sampler_free(chain)
+        raise EdgekitError(f"logit_bias names token id {bad[0]}, outside the vocabulary (0..{n_vocab - 1})")
+    if s.logit_bias:
+        biases = (L.llama_logit_bias * len(s.logit_bias))(*[L.llama_logit_bias(t, b) for t, b in s.logit_bias])
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
+    if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+        pen = L.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, s.repeat_penalty, s.frequency_penalty,
+                                             s.presence_penalty)
         for tok in list(history)[-PENALTY_LAST_N:]:
             L.llama_sampler_accept(pen, tok)
         L.llama_sampler_chain_add(chain, pen)

@@ -47,6 +47,11 @@ def uses_ngram(mode: str) -> bool:
     return check_mode(mode) in ("auto", "ngram")
 
 
+def start(mode: str, prompt: Iterable[int]) -> Speculation | None:
+    """The drafting for one generation call in ``mode`` (after ``prompt``), or None to decode one token at a time."""
+    return Speculation(prompt) if uses_ngram(mode) else None
+
+
 class NgramDrafter:
     """Proposes continuations of a token sequence from its own earlier text.
 

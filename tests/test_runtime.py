@@ -297,3 +297,22 @@ def test_extra_weight_buffers_are_probed_once_and_the_verdict_holds(smollm2_gguf
     with edgekit.load(smollm2_gguf, n_ctx=256) as m:
         assert m.extra_buffers is verdict
         assert m.generate("The capital of France is a city called", max_tokens=4, temperature=0).stats.prompt_tokens > 4
+
+
+def test_logit_bias_and_penalties_change_greedy_choices(m):
+    plain = m.generate("The three primary colors are", temperature=0, max_tokens=12)
+    first = plain.tokens[0]
+    banned = m.generate("The three primary colors are", temperature=0, max_tokens=12, logit_bias={first: -100})
+    assert banned.tokens[0] != first
+    forced = m.generate("The three primary colors are", temperature=0, max_tokens=3, logit_bias={first: 0, 42: 100})
+    assert forced.tokens == [42, 42, 42]
+    # A token already in the answer is pushed down per occurrence: greedy repeats disappear.
+    looped = m.generate("one one one one one one", temperature=0, max_tokens=16)
+    penalized = m.generate("one one one one one one", temperature=0, max_tokens=16, frequency_penalty=2.0,
+                           presence_penalty=2.0)
+    assert looped.tokens != penalized.tokens
+    assert len(set(penalized.tokens)) > len(set(looped.tokens))
+    with pytest.raises(EdgekitError, match="outside the vocabulary"):
+        m.generate("x", logit_bias={m.n_vocab: 1.0}, max_tokens=1)
+    with pytest.raises(EdgekitError, match="presence_penalty"):
+        edgekit.Sampling(presence_penalty=3.0)

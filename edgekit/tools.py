@@ -484,6 +484,23 @@ def response_format_options(response_format: Any) -> dict[str, Any]:
     return {"json_schema": schema}
 
 
+def constraint_options(request: ToolRequest, response_format: Any = None, *, own_grammar: bool = False) -> dict[str, Any]:
+    """The grammar options of one request: forced tool calls or ``response_format``, checked not to clash.
+
+    ``own_grammar``: the caller also asked for a grammar or JSON schema of its own. One generation takes
+    one grammar, so active tools and a JSON ``response_format``, or either and ``own_grammar``, raise
+    :class:`InvalidParam`.
+    """
+    output_format = response_format_options(response_format)
+    if request.active and output_format:
+        raise InvalidParam("response_format", "can't be combined with tools unless tool_choice is 'none'")
+    options = {**request.sampling_options(), **output_format}
+    if options and own_grammar:
+        raise InvalidParam("grammar", "a grammar of your own can't be combined with forced tool calls "
+                                      "or a JSON response_format")
+    return options
+
+
 # -- the Python API ---------------------------------------------------------------------------------------------
 
 
@@ -496,14 +513,9 @@ def chat(model: Model, messages: list[dict], *, tools: Any = None, tool_choice: 
     ``kwargs`` are sampling options as for :meth:`Model.chat`.
     """
     request = tool_request(tools, tool_choice, parallel_tool_calls)
-    output_format = response_format_options(response_format)
-    if request.active and output_format:
-        raise InvalidParam("response_format", "can't be combined with tools unless tool_choice is 'none'")
-    options = {**request.sampling_options(), **output_format}
-    if options and (kwargs.get("grammar") or kwargs.get("json_schema")
-                    or (sampling is not None and (sampling.grammar or sampling.json_schema))):
-        raise InvalidParam("grammar", "a grammar or json_schema can't be combined with forced tool calls "
-                                      "or response_format")
+    own = bool(kwargs.get("grammar") or kwargs.get("json_schema")
+               or (sampling is not None and (sampling.grammar or sampling.json_schema)))
+    options = constraint_options(request, response_format, own_grammar=own)
     completion = model.generate(model.chat_tokens(messages, tools=request.prompt_tools), sampling,
                                 **kwargs, **options)
     reply = request.parse(completion.text)
@@ -512,6 +524,6 @@ def chat(model: Model, messages: list[dict], *, tools: Any = None, tool_choice: 
 
 __all__ = [
     "CALL_CLOSE", "CALL_OPEN", "InvalidParam", "ToolCall", "ToolCallStream", "ToolReply", "ToolRequest",
-    "call_grammar", "chat", "chat_inputs", "check_tools", "parse_tool_calls", "response_format_options",
+    "call_grammar", "chat", "chat_inputs", "constraint_options", "check_tools", "parse_tool_calls", "response_format_options",
     "template_style", "tool_request",
 ]

@@ -82,10 +82,8 @@ def _load_raw(model: str, info: ModelInfo, type_k: str, type_v: str, flash_attn:
     from edgekit.errors import ModelLoadError
 
     Llama = _llama.high_level_llama()
-    # The same weight buffers edgekit's own loader would use on this CPU (see _llama.extra_buffers_ok).
-    extra = _llama.extra_buffers_ok(Path(model), info.tensor_types)
     try:
-        with _llama.llama_cpp_python_model_params(use_extra_bufts=extra):
+        with _llama.same_weight_buffers(Path(model), info.tensor_types, info.matrices):
             return Llama(str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=threads,
                          n_threads_batch=threads, flash_attn=flash_attn, type_k=ggml_type_id(type_k),
                          type_v=ggml_type_id(type_v), n_gpu_layers=gpu_layers, seed=1234, verbose=False)

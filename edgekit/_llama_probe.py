@@ -1,7 +1,8 @@
 """Run by :func:`edgekit._llama.extra_buffers_ok` in a subprocess: does a batched decode survive
 with llama.cpp's extra weight buffers (AMX, repacked) on this CPU? Exit 0 if it does.
 
-``python -m edgekit._llama_probe MODEL.gguf``. A crash (SIGSEGV, SIGILL) shows as a negative
+``python -m edgekit._llama_probe MODEL.gguf [--repack]``: with ``--repack``, the extra buffers stay
+off and only the weights llama.cpp repacks go to its CPU_REPACK buffer (:func:`_llama.repack_overrides`). A crash (SIGSEGV, SIGILL) shows as a negative
 return code in the parent, which then loads models without those buffers.
 """
 
@@ -12,10 +13,15 @@ import sys
 from edgekit import _llama
 
 
-def main(path: str) -> int:
+def main(path: str, repack: bool = False) -> int:
     L = _llama.lib()
     mp = L.llama_model_default_params()
-    mp.use_extra_bufts = True
+    mp.use_extra_bufts = not repack
+    if repack:
+        from edgekit.gguf_check import check
+
+        overrides = _llama.RepackOverrides(_llama.repack_targets(check(path).matrices))
+        mp.tensor_buft_overrides = overrides.pointer
     model = L.llama_model_load_from_file(path.encode(), mp)
     if not model:
         return 2
@@ -35,4 +41,4 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1]))
+    raise SystemExit(main(sys.argv[1], "--repack" in sys.argv[2:]))

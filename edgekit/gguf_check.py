@@ -56,6 +56,8 @@ class ModelInfo:
     name: str | None
     metadata: dict[str, Any] = field(repr=False)
     tensor_types: frozenset[str] = frozenset()  # ggml type names of the tensors, e.g. {"F32", "Q4_0"}
+    # (name, ggml type name, rows) of every 2-D weight: which of them llama.cpp can repack
+    matrices: tuple[tuple[str, str, int], ...] = field(default=(), repr=False)
 
     def kv_values_per_token(self) -> tuple[int, int]:
         """(K values, V values) the KV cache stores per token, over all layers."""
@@ -148,5 +150,6 @@ def check(path: str | Path) -> ModelInfo:
         name=md.get("general.name") if isinstance(md.get("general.name"), str) else None,
         metadata=_short_metadata(md),
         tensor_types=frozenset(ggml_type_name(t.type) for t in header.tensors),  # read_header knows each type
+        matrices=tuple((t.name, ggml_type_name(t.type), t.shape[1]) for t in header.tensors if len(t.shape) == 2),
     )
 

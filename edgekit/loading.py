@@ -66,6 +66,9 @@ def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, e
     mp = L.llama_model_default_params()
     mp.n_gpu_layers = gpu_layers
     mp.use_extra_bufts = extra_buffers
+    repack = None if extra_buffers else _llama.repack_overrides(info.path, info.matrices)
+    if repack is not None:
+        mp.tensor_buft_overrides = repack.pointer  # ``repack`` stays referenced until the load returns
     mp.load_mode = (L.LLAMA_LOAD_MODE_MMAP_MLOCK if mmap and mlock else L.LLAMA_LOAD_MODE_MLOCK if mlock
                     else L.LLAMA_LOAD_MODE_MMAP if mmap else L.LLAMA_LOAD_MODE_NONE)
     cancel = threading.Event()

@@ -28,6 +28,8 @@ def _extra_buffers_verdict():
 
         ok = _llama.extra_buffers_ok(path, check(path).tensor_types)
         os.environ["EDGEKIT_EXTRA_BUFFERS"] = "1" if ok else "0"
+        # and keep the plain buffers when they're off; tests/test_weight_buffers.py covers repacking
+        os.environ.setdefault("EDGEKIT_REPACK", "0")
     yield
     os.environ.pop("EDGEKIT_EXTRA_BUFFERS", None)
 

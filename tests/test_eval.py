@@ -107,7 +107,8 @@ def test_perplexity_matches_numpy_over_the_same_logits(quants):
 
     model = quants["Q8_0"]
     res = evaluate(model, n_ctx=N_CTX, n_chunks=3)
-    with _llama.llama_cpp_python_model_params(use_extra_bufts=_llama.extra_buffers_ok(model, check(model).tensor_types)):
+    info = check(model)
+    with _llama.same_weight_buffers(model, info.tensor_types, info.matrices):
         llm = llama_cpp.Llama(str(model), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, verbose=False)
     tokens = llm.tokenize(default_text().encode(), add_bos=True, special=False)
     add_bos = llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model))

@@ -27,8 +27,8 @@ def _load_llama_cpp_python(gguf: str, threads: int, gpu_layers: int) -> Any:
     from edgekit import _llama
     from edgekit.gguf_check import check
 
-    extra = _llama.extra_buffers_ok(Path(gguf), check(gguf).tensor_types)  # see _llama.extra_buffers_ok
-    with _llama.llama_cpp_python_model_params(use_extra_bufts=extra):
+    info = check(gguf)
+    with _llama.same_weight_buffers(Path(gguf), info.tensor_types, info.matrices):
         return llama_cpp.Llama(gguf, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, flash_attn=True,
                                n_gpu_layers=gpu_layers, verbose=False, n_batch=512, n_ubatch=512)
 

@@ -67,7 +67,7 @@ def _worker(a: argparse.Namespace) -> dict[str, Any]:
             rates: list[float] = [0.0] * k
             go = threading.Barrier(k + 1)
 
-            def client(i: int) -> None:
+            def client(i: int, go: threading.Barrier, rates: list[float]) -> None:
                 go.wait()
                 stats = None
                 for item in m.stream(CLIENT_PROMPTS[i % len(CLIENT_PROMPTS)], max_tokens=a.max_tokens,
@@ -75,7 +75,7 @@ def _worker(a: argparse.Namespace) -> dict[str, Any]:
                     stats = item
                 rates[i] = stats.decode_tps  # type: ignore[union-attr]
 
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(k)]
+            threads = [threading.Thread(target=client, args=(i, go, rates)) for i in range(k)]
             for t in threads:
                 t.start()
             go.wait()

@@ -25,11 +25,14 @@ ubatch with one token and the rest of it runs in a second pass.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import itertools
 import queue
+import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -68,6 +71,14 @@ class Step(NamedTuple):
 
 
 _END = object()  # the last item of a Sequence's queue
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop engine threads at exit, while they can still run (a model nobody closed)."""
+    for engine in list(_ENGINES):
+        engine.close()
 
 
 @dataclass
@@ -205,6 +216,7 @@ class Engine:
         self._batch = L.llama_batch_init(n_batch, 0, 1)
         for i in range(n_batch):
             self._batch.n_seq_id[i] = 1
+        _ENGINES.add(self)
 
     # -- API (any thread) ----------------------------------------------------------------------------
 
@@ -235,7 +247,8 @@ class Engine:
             self._closing = True
             self._cv.notify()
             thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        # While the interpreter finalizes, a daemon thread can't run again, so joining it would hang.
+        if thread is not None and thread is not threading.current_thread() and not sys.is_finalizing():
             thread.join()
         if self._batch is not None:
             self._L.llama_batch_free(self._batch)

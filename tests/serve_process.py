@@ -49,9 +49,9 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.stdout) + "".join(self.stderr)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        """Send ``sig`` and wait for the exit code (the output readers finish too)."""
-        if self.proc.poll() is None:
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send ``sig`` (None: send nothing) and wait for the exit code (the output readers finish too)."""
+        if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout)

@@ -39,6 +39,10 @@ class _Sequence:
                 yield Step(-1, chunk.encode(), chunk, None, None)
         finally:
             gen.close()
+            if self.completion is None:
+                from edgekit.stats import Completion
+
+                self.completion = Completion("", [], "cancelled")  # type: ignore[arg-type]
 
 
 def start(model: Any, prompt: Any, sampling: Any, n: int = 1) -> list[Any]:

@@ -292,7 +292,7 @@ async def _begin(request: HTTPRequest, chat: bool) -> tuple[State, Any, Request,
         if isinstance(exc, Exception):
             raise _sequence_error(exc, req) from None
         raise
-    job = Job(sequences, state.executor, on_end=lambda: state.metrics.release(1))
+    job = Job(sequences, state.executor, on_end=state.metrics.sequence_ended)
     state.jobs.add(job)
     return state, model, req, prompts, job
 
@@ -310,10 +310,10 @@ class _Choices:
     def on_step(self, i: int, step: Any) -> tuple[str, list[dict]]:
         """The new content and the logprob entries it completes."""
         entries: list[dict] = []
-        if self.req.logprobs is not None:
+        if self.req.logprobs is not None and step.token >= 0:  # not the engine's text-only last step
             self.aligners[i].step(step)
-            if step.text:
-                entries = self.aligners[i].text(step.text)
+        if self.req.logprobs is not None and step.text:
+            entries = self.aligners[i].text(step.text)
         self.sent[i] += step.text
         return step.text, entries
 
@@ -339,7 +339,8 @@ async def _events(state: State, job: Job, req: Request, choices: _Choices) -> As
             if text or entries:
                 yield i, text, entries
         else:
-            state.metrics.count_generation(item.stats)
+            if item is None or item.finish_reason == "cancelled":
+                raise APIError(503, "The request was cancelled: the server is shutting down.", code="cancelled")
             text, entries = choices.on_completion(i, item)
             if text or entries:
                 yield i, text, entries

@@ -20,6 +20,7 @@ class Metrics:
         self.generated_tokens = 0
         self.sequences = 0  # admitted and not yet ended (running or waiting for a slot)
         self.rejected = 0
+        self.cancelled = 0
         self.ttft = [0] * len(TTFT_BUCKETS)
         self.ttft_sum = 0.0
         self.ttft_count = 0
@@ -55,9 +56,15 @@ class Metrics:
         with self._lock:
             self.requests[(path, status)] += 1
 
-    def count_generation(self, stats: object) -> None:
-        """Count a finished sequence by its :class:`edgekit.Stats`."""
+    def sequence_ended(self, completion: object) -> None:
+        """A sequence ended (its :class:`edgekit.Completion`, or None if it failed): its slot is free."""
         with self._lock:
+            self.sequences -= 1
+            if completion is None:
+                return
+            if completion.finish_reason == "cancelled":  # type: ignore[attr-defined]
+                self.cancelled += 1
+            stats = completion.stats  # type: ignore[attr-defined]
             self.generated_tokens += stats.gen_tokens  # type: ignore[attr-defined]
             ttft = stats.ttft_s  # type: ignore[attr-defined]
             self.ttft_sum += ttft
@@ -87,6 +94,8 @@ class Metrics:
 
             metric("edgekit_rejected_total", "counter", "Requests refused with 503 because the queue was full.",
                    self.rejected)
+            metric("edgekit_cancelled_total", "counter", "Sequences cancelled (client gone, or shutdown).",
+                   self.cancelled)
             metric("edgekit_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.",
                    self.prompt_tokens)
             metric("edgekit_generated_tokens_total", "counter", "Tokens generated.", self.generated_tokens)

@@ -17,9 +17,10 @@ class Job:
     """The sequences of one request. ``await job.next()`` gives ``(index, item)`` events in arrival
     order: Steps, then per sequence its Completion (or the exception that ended it); None when all
     are done. ``close()`` cancels what still runs and waits for the worker threads (bounded by a step).
+    ``on_end(completion or None)`` runs in the worker thread as each sequence ends, read or not.
     """
 
-    def __init__(self, sequences: list[Any], executor: Executor, on_end: Callable[[], None]) -> None:
+    def __init__(self, sequences: list[Any], executor: Executor, on_end: Callable[[Any], None]) -> None:
         self.sequences = sequences
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -46,7 +47,7 @@ class Job:
         except BaseException as exc:  # handed to the request, which answers with an error
             self._put((index, exc))
         finally:
-            self._on_end()
+            self._on_end(getattr(seq, "completion", None))
 
     async def next(self) -> Event | None:
         if self._live == 0:

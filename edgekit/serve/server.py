@@ -7,11 +7,10 @@ signal stops without waiting. The library never prints: ``on_ready(url)`` tells 
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Literal
 
 import uvicorn
@@ -97,19 +96,15 @@ def serve(load: Callable[[Callable[..., None]], Any], state: State, sock: socket
 
     loader = threading.Thread(target=load_in_background, name="edgekit-load", daemon=True)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
-        yield
-        stopping.set()
-        state.cancel_all()  # what the grace period left running
-
     def on_signal(sig: int) -> None:
         stopping.set()
         if sig == signal.SIGINT:
             state.cancel_all()
 
-    config = uvicorn.Config(create_app(state, lifespan=lifespan), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=grace_s, lifespan="on")
+    # No lifespan: uvicorn would log a cancelled lifespan task as an error after a second signal.
+    # What the grace period leaves running is cancelled by uvicorn (each request then cancels its job).
+    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=grace_s, lifespan="off")
     server = _Server(config, on_signal, loader.start)
     try:
         server.run(sockets=[sock])

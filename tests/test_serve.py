@@ -304,3 +304,102 @@ def test_hostile_requests_get_4xx_in_openai_shape(server, http, model_id):
     ok = http.post("/v1/chat/completions", content=_chat_body(model=model_id, unknown_field={"a": 1}).encode())
     assert ok.status_code == 200  # unknown fields are ignored, as OpenAI does
     assert httpx.get(server.url + "/health", timeout=TIMEOUT).status_code == 200
+
+
+# -- response_format and tools (edgekit.tools) ----------------------------------------------------------------------
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+          "required": ["name", "age"], "additionalProperties": False}
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                   "required": ["city"], "additionalProperties": False}}}]
+
+
+def _is_person(text: str) -> bool:
+    value = json.loads(text)
+    return (isinstance(value, dict) and set(value) == {"name", "age"} and isinstance(value["name"], str)
+            and len(value["name"]) <= 24 and isinstance(value["age"], int) and 0 <= value["age"] <= 150)
+
+
+def test_json_schema_output_valid_for_20_seeds(client, model_id):
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    messages = [{"role": "user", "content": "Invent a person. Reply in JSON with name and age."}]
+    outputs = []
+    for seed in range(0, 20, SLOTS):  # n answers use seeds seed, seed + 1, ...
+        r = chat(client, model_id, messages=messages, n=SLOTS, seed=seed, temperature=1.0, max_tokens=96,
+                 response_format=fmt)
+        outputs += [c.message.content for c in r.choices]
+    assert len(outputs) == 20 and all(_is_person(o) for o in outputs), outputs
+    obj = chat(client, model_id, messages=messages, seed=1, temperature=1.0, max_tokens=96,
+               response_format={"type": "json_object"}).choices[0].message.content
+    assert isinstance(json.loads(obj), dict)
+
+
+def test_forced_tool_call_has_valid_json_arguments(client, model_id):
+    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in (named, "required"):
+        r = chat(client, model_id, messages=messages, tools=WEATHER, tool_choice=choice, temperature=0,
+                 max_tokens=64)
+        calls = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and calls
+        assert calls[0].function.name == "get_weather" and calls[0].type == "function" and calls[0].id
+        args = json.loads(calls[0].function.arguments)
+        assert isinstance(args["city"], str) and set(args) == {"city"}
+    chunks = list(chat(client, model_id, messages=messages, tools=WEATHER, tool_choice=named, temperature=0,
+                       max_tokens=64, stream=True))
+    deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas and json.loads(deltas[0].function.arguments)["city"] == args["city"]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(client, model_id, messages=messages, tools=WEATHER, tool_choice={"type": "function",
+                                                                              "function": {"name": "nope"}})
+    assert err.value.body["param"] == "tool_choice"
+
+
+# -- concurrency ----------------------------------------------------------------------------------------------------
+
+def test_four_concurrent_greedy_streams_equal_each_alone(client, model_id):
+    import threading
+
+    places = ("Africa", "the sea", "forests", "the Arctic")[:SLOTS]
+    prompts = [f"Name three animals that live in {place}." for place in places]
+
+    def ask(prompt: str) -> str:
+        stream = chat(client, model_id, messages=[{"role": "user", "content": prompt}], temperature=0,
+                      max_tokens=24, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    alone = [ask(p) for p in prompts]
+    together: list[str | None] = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def run(i: int) -> None:
+        barrier.wait(TIMEOUT)
+        together[i] = ask(prompts[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 2)
+    assert together == alone
+
+
+# -- a converted Hugging Face checkpoint (tiny Qwen2: Hermes-style tool template) --------------------------------------
+
+def test_tiny_qwen2_checkpoint_served_with_tools(tiny_qwen2_dir, tmp_path):
+    srv = ServerProcess(tiny_qwen2_dir, "--ctx", "512", "--threads", "2", home=tmp_path).wait_ready()
+    try:
+        with openai.OpenAI(base_url=srv.url + "/v1", api_key="none", timeout=TIMEOUT, max_retries=0) as c:
+            model_id = c.models.list().data[0].id
+            assert model_id == tiny_qwen2_dir.name
+            r = chat(c, model_id, messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=WEATHER,
+                     tool_choice="required", seed=0, temperature=1.0, max_tokens=64)
+            args = json.loads(r.choices[0].message.tool_calls[0].function.arguments)
+            assert isinstance(args["city"], str)
+        assert srv.stop() == 0
+    finally:
+        srv.kill()

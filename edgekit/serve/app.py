@@ -197,7 +197,8 @@ async def detokenize(request: HTTPRequest) -> Response:
 
 # -- generation -------------------------------------------------------------------------------------------------
 
-def _check_request(state: State, model: Any, req: Request) -> None:
+def _check_request(state: State, model: Any, req: Request) -> Any:
+    """Check what needs the model; apply tools and response_format. Returns the ToolRequest (or None)."""
     if req.model != state.model_id and req.model not in state.aliases:
         raise invalid("model", f"The model '{req.model}' does not exist; this server serves '{state.model_id}'.",
                       code="model_not_found")
@@ -205,12 +206,36 @@ def _check_request(state: State, model: Any, req: Request) -> None:
     if bad:
         raise invalid("logit_bias", f"'logit_bias' names token id {bad[0]}, outside the vocabulary "
                                     f"(0..{model.n_vocab - 1}).")
-    if req.response_format is not None and req.response_format.get("type") != "text":
-        raise invalid("response_format", "'response_format' other than text is not supported yet.")
-    if req.tools:
-        raise invalid("tools", "'tools' are not supported yet.")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise invalid("tool_choice", "'tool_choice' needs 'tools'.")
+    return _constraints(req) if req.messages else None
+
+
+def _constraints(req: Request) -> Any:
+    """tools / tool_choice / response_format -> a ToolRequest and grammar options on ``req.sampling``."""
+    try:
+        from edgekit import tools
+    except ImportError:  # a build without edgekit.tools: refuse rather than ignore
+        if req.response_format is not None and req.response_format.get("type") != "text":
+            raise invalid("response_format", "'response_format' other than text is not supported.") from None
+        if req.tools or req.tool_choice not in (None, "none", "auto"):
+            raise invalid("tools" if req.tools else "tool_choice", "'tools' are not supported.") from None
+        return None
+    try:
+        treq = tools.tool_request(req.tools, req.tool_choice, req.parallel_tool_calls)
+        output_format = tools.response_format_options(req.response_format)
+    except tools.InvalidParam as exc:
+        raise invalid(exc.param, exc.message) from None
+    if treq.active and output_format:
+        raise invalid("response_format", "'response_format' can't be combined with tools unless tool_choice "
+                                         "is 'none'.")
+    if treq.active and req.logprobs is not None:
+        raise invalid("logprobs", "'logprobs' can't be combined with tools (the content is parsed out of the "
+                                  "output, so its tokens would not match).")
+    options = {**treq.sampling_options(), **output_format}
+    if options and req.sampling.grammar:
+        raise invalid("grammar", "'grammar' can't be combined with forced tool calls or response_format.")
+    if options:
+        req.sampling = req.sampling.replace(**options)
+    return treq if treq.active else None
 
 
 def _fit(model: Any, tokens: list[int], param: str) -> None:
@@ -223,9 +248,9 @@ def _fit(model: Any, tokens: list[int], param: str) -> None:
                              "truncates).", code="context_length_exceeded")
 
 
-def _chat_prompt(model: Any, req: Request) -> list[int]:
+def _chat_prompt(model: Any, req: Request, treq: Any) -> list[int]:
     try:
-        tokens = model.chat_tokens(req.messages)
+        tokens = model.chat_tokens(req.messages, tools=treq.prompt_tools) if treq else model.chat_tokens(req.messages)
     except EdgekitError as exc:
         raise error_for(exc, "messages") from None
     _fit(model, tokens, "messages")
@@ -268,16 +293,16 @@ def _sequence_error(exc: BaseException, req: Request) -> APIError:
     return APIError(500, f"Generation failed: {type(exc).__name__}: {exc}")
 
 
-async def _begin(request: HTTPRequest, chat: bool) -> tuple[State, Any, Request, list[list[int]], Job]:
+async def _begin(request: HTTPRequest, chat: bool) -> tuple[State, Any, Request, Any, list[list[int]], Job]:
     """Parse, validate, build the prompt, admit, and start the sequences."""
     state = _state(request)
     body = await read_json(request, state.max_body)
     model = state.ready_model()
     base = model.defaults.replace(max_tokens=None)
     req = (parse_chat if chat else parse_completion)(body, base=base, slots=state.slots)
-    _check_request(state, model, req)
+    treq = _check_request(state, model, req)
     if chat:
-        prompts = [await anyio.to_thread.run_sync(_chat_prompt, model, req)]
+        prompts = [await anyio.to_thread.run_sync(_chat_prompt, model, req, treq)]
     else:
         prompts = await anyio.to_thread.run_sync(_completion_prompts, model, req)
     n_sequences = len(prompts) * req.n
@@ -294,16 +319,20 @@ async def _begin(request: HTTPRequest, chat: bool) -> tuple[State, Any, Request,
         raise
     job = Job(sequences, state.executor, on_end=state.metrics.sequence_ended)
     state.jobs.add(job)
-    return state, model, req, prompts, job
+    return state, model, req, treq, prompts, job
 
 
 class _Choices:
     """Per-choice text, logprobs and finish reasons while events arrive."""
 
-    def __init__(self, model: Any, req: Request, count: int) -> None:
+    def __init__(self, model: Any, req: Request, count: int, treq: Any = None) -> None:
         self.req = req
+        self.treq = treq  # active tools: content is split from the calls as it streams
+        self.calls: list[list[dict]] = [[] for _ in range(count)]
+        self._splitters = [treq.stream() for _ in range(count)] if treq is not None else None
         self.sent = [""] * count
         self.aligners = [responses.LogprobAligner(lambda t: model.detokenize([t])) for _ in range(count)]
+        self.raw = [""] * count  # the model's text so far (before tool calls are split out)
         self.finish: list[str | None] = [None] * count
         self.completion_tokens = 0
 
@@ -314,18 +343,31 @@ class _Choices:
             self.aligners[i].step(step)
         if self.req.logprobs is not None and step.text:
             entries = self.aligners[i].text(step.text)
-        self.sent[i] += step.text
-        return step.text, entries
+        self.raw[i] += step.text
+        text = self._splitters[i].feed(step.text) if self._splitters else step.text
+        self.sent[i] += text
+        return text, entries
 
     def on_completion(self, i: int, completion: Any) -> tuple[str, list[dict]]:
         """The content not sent yet (held back until the end) and the remaining logprob entries."""
-        sent = self.sent[i]
-        tail = completion.text[len(sent):] if completion.text.startswith(sent) else ""
+        raw = self.raw[i]
+        tail = completion.text[len(raw):] if completion.text.startswith(raw) else ""
         entries = self.aligners[i].text(tail, final=True) if self.req.logprobs is not None else []
-        self.sent[i] += tail
         self.finish[i] = responses.FINISH.get(completion.finish_reason, "stop")
+        if self._splitters:
+            tail = self._splitters[i].feed(tail)
+            rest, reply = self._splitters[i].finish()
+            tail += rest
+            self.calls[i] = [c.as_dict() for c in reply.tool_calls]
+            if self.calls[i]:
+                self.finish[i] = "tool_calls"
+        self.sent[i] += tail
         self.completion_tokens += len(completion.tokens)
         return tail, entries
+
+    def content(self, i: int) -> str | None:
+        """The message content (None when the answer is only tool calls, as OpenAI sends it)."""
+        return None if self.calls[i] and not self.sent[i] else self.sent[i]
 
 
 async def _events(state: State, job: Job, req: Request, choices: _Choices) -> AsyncIterator[tuple[int, str, list]]:
@@ -390,9 +432,9 @@ async def completions(request: HTTPRequest) -> Response:
 
 
 async def _generate(request: HTTPRequest, chat: bool) -> Response:
-    state, model, req, prompts, job = await _begin(request, chat)
+    state, model, req, treq, prompts, job = await _begin(request, chat)
     n_choices = len(job.sequences)
-    choices = _Choices(model, req, n_choices)
+    choices = _Choices(model, req, n_choices, treq)
     prompt_tokens = sum(len(p) for p in prompts)
     meta = {"id": responses.new_id("chatcmpl" if chat else "cmpl"), "created": responses.now(), "model": req.model}
     if req.stream:
@@ -411,9 +453,14 @@ async def _generate(request: HTTPRequest, chat: bool) -> Response:
     body: dict[str, Any] = {**meta, "object": "chat.completion" if chat else "text_completion",
                             "usage": responses.usage(prompt_tokens, choices.completion_tokens)}
     if chat:
-        body["choices"] = [{"index": i, "message": {"role": "assistant", "content": choices.sent[i]},
-                            "logprobs": responses.chat_logprobs(logprobs[i]) if req.logprobs is not None else None,
-                            "finish_reason": choices.finish[i]} for i in range(n_choices)]
+        body["choices"] = []
+        for i in range(n_choices):
+            message: dict[str, Any] = {"role": "assistant", "content": choices.content(i)}
+            if choices.calls[i]:
+                message["tool_calls"] = choices.calls[i]
+            body["choices"].append({
+                "index": i, "message": message, "finish_reason": choices.finish[i],
+                "logprobs": responses.chat_logprobs(logprobs[i]) if req.logprobs is not None else None})
     else:
         body["choices"] = []
         for i in range(n_choices):
@@ -459,6 +506,10 @@ async def _stream(state: State, job: Job, req: Request, choices: _Choices, meta:
             yield chunk(i, _echo_text(model, req, prompts, i), [])
     try:
         async for i, text, entries in _events(state, job, req, choices):
+            if text is None and choices.calls[i]:
+                calls = [{"index": k, **call} for k, call in enumerate(choices.calls[i])]
+                yield _sse({**meta, "object": obj, **extra, "choices": [
+                    {"index": i, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None}]})
             yield chunk(i, text, entries, finish=choices.finish[i] if text is None else None)
     except APIError as exc:  # headers are sent: report in the stream, as OpenAI does
         yield _sse(exc.body())

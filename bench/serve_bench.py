@@ -214,7 +214,8 @@ def long_prompt_gaps(server: Server, max_tokens: int, bias: dict[str, int], prom
                                 kwargs={"run": runs[i]}) for i in range(4)]
     for t in threads:
         t.start()
-    while min(len(r.stamps) for r in runs) < 20:
+    warm = min(20, max_tokens // 4)  # gaps before the long prompt: after each stream's first few tokens
+    while min(len(r.stamps) for r in runs) < warm and all(t.is_alive() for t in threads):
         time.sleep(0.01)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", timeout=REQUEST_TIMEOUT_S, max_retries=0)
     t_arrive = time.perf_counter()
@@ -338,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             results["single"] = {"served_tps": served, "in_process_tps": local, "ratio": served / local}
             print(json.dumps(results["single"]), flush=True)
         if "long_prompt" in sections:
-            results["long_prompt"] = {s.name: long_prompt_gaps(s, args.max_tokens * 2, bias, args.long_prompt)
+            # The streams must outlast the long prompt's prefill: 4x the usual answer length.
+            results["long_prompt"] = {s.name: long_prompt_gaps(s, args.max_tokens * 4, bias, args.long_prompt)
                                       for s in servers}
             print(json.dumps(results["long_prompt"]), flush=True)
         if "soak" in sections:

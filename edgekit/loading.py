@@ -30,6 +30,9 @@ from edgekit.speculative import check_mode
 if TYPE_CHECKING:
     from edgekit.model import Model
 
+# llama.cpp's LLAMA_MAX_SEQ: the most sequences one context can hold.
+MAX_SLOTS = 256
+
 
 @contextlib.contextmanager
 def sigint_sets(flag: threading.Event) -> Iterator[None]:
@@ -101,13 +104,19 @@ def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, e
 
 def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batch: int, n_ubatch: int,
                 rope_scaling: str | None) -> Any:
-    """A ``llama_context*`` as ``plan`` says (n_ctx, KV types, flash attention); ModelLoadError if refused."""
+    """A ``llama_context*`` as ``plan`` says (n_ctx per slot, slots, KV types, flash attention);
+    ModelLoadError if refused.
+
+    Each slot (sequence) gets its own KV stream of ``plan.n_ctx`` cells (``kv_unified`` off):
+    attention then scans only the sequence's own cells, and no sequence can crowd out another.
+    """
     L = _llama.lib()
     cp = L.llama_context_default_params()
-    cp.n_ctx = plan.n_ctx
+    cp.n_ctx = plan.n_ctx * plan.slots
     cp.n_batch = n_batch
     cp.n_ubatch = min(n_ubatch, n_batch)
-    cp.n_seq_max = 1
+    cp.n_seq_max = plan.slots
+    cp.kv_unified = False
     cp.n_threads = cp.n_threads_batch = threads
     cp.type_k = ggml_type_id(plan.type_k)
     cp.type_v = ggml_type_id(plan.type_v)
@@ -120,7 +129,7 @@ def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batc
         cp.yarn_orig_ctx = info.n_ctx_train
     ctx = L.llama_init_from_model(model, cp)
     if not ctx:
-        raise ModelLoadError(f"llama.cpp could not create a context of {plan.n_ctx} tokens: "
+        raise ModelLoadError(f"llama.cpp could not create a context of {plan.slots} x {plan.n_ctx} tokens: "
                              f"{_llama.log_tail(3) or 'no details'}", "Try a smaller n_ctx or kv_cache type.")
     return ctx
 
@@ -129,7 +138,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
          quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
-         speculative: str = "off") -> Model:
+         speculative: str = "off", slots: int = 1) -> Model:
     """Load a model for generation, planned to fit memory.
 
     Args:
@@ -154,6 +163,8 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
             Prompt lookup drafts tokens from the prompt and the answer so far and verifies
             them in one batch; the output stays what one-token-at-a-time decoding gives.
             ``Sampling(speculative=...)`` overrides it for one call.
+        slots: sequences decoded at once (:meth:`Model.start`, or generate/stream from several
+            threads): each has its own ``n_ctx`` of KV cache, so the cache is ``slots`` x ``n_ctx``.
 
     Raises:
         SourceError, CorruptFile, UnsupportedModel: the model can't be found or read.
@@ -176,7 +187,10 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
         raise EdgekitError(f"rope_scaling must be 'linear' or 'yarn', got {rope_scaling!r}")
     if n_batch < 1 or n_ubatch < 1:
         raise EdgekitError("n_batch and n_ubatch must be positive")
-    p = plan_info(info, n_ctx, kv_cache, flash_attn, min(n_ubatch, n_batch))
+    if not 1 <= slots <= min(MAX_SLOTS, n_batch):
+        raise EdgekitError(f"slots must lie in 1..{min(MAX_SLOTS, n_batch)}, got {slots}",
+                           "Every slot needs a row in each batch: at most n_batch (and llama.cpp's 256) slots.")
+    p = plan_info(info, n_ctx, kv_cache, flash_attn, min(n_ubatch, n_batch), slots=slots)
     require_fit(p)
     n_threads = int(threads) if threads else physical_cores()
     from edgekit.model import Model

@@ -1,20 +1,16 @@
 """Model: a GGUF loaded into llama.cpp, with generate / stream / chat and a prompt cache.
 
-One generator (:meth:`Model.generation`) does all the work: reuse the KV prefix shared
-with the previous evaluation, prefill only the new tokens, then sample in C and
-decode one token at a time (or a token plus a prompt-lookup draft, verified in one
-batch: :mod:`edgekit.speculative`), yielding text that is safe to show and finally a
-:class:`Stats`. ``generate``, ``chat`` and :class:`edgekit.Chat` all consume it.
+Generation runs in :mod:`edgekit.engine`: one background thread decodes every running
+sequence of the model in one batch per step. :meth:`Model.start` queues a request and
+returns its :class:`~edgekit.engine.Sequence` (n of them for n answers to one prompt);
+:meth:`Model.generation`, the generator behind ``generate``, ``stream``, ``chat`` and
+:class:`edgekit.Chat`, is a thin consumer of it. So calls from several threads are batched
+together (with ``load(slots=N)``) or queue for the one slot, and each request reuses the KV
+prefix its slot shares with it (a chat follow-up prefills only its new tokens).
 
-Thread safety: llama.cpp contexts are not thread-safe, so every call that
-touches the context holds the model's lock. Calls from other threads wait;
-starting a second generation from the thread that is still consuming a stream
-raises :class:`~edgekit.EdgekitError` instead of deadlocking.
-
-Size: about 430 lines, over the house's ~400, for one reason: the generation loop and the
-bookkeeping it keeps exact (the cached token list, draft cells, the lock) are one idea;
-loading lives in :mod:`edgekit.loading`, drafting in :mod:`edgekit.speculative`, file I/O
-of saved state in :mod:`edgekit.state`. The multi-sequence engine (issue 12) is where it splits.
+Thread safety: any thread may call any method. Starting a second stream from the thread that
+is consuming one, with no slot left for it, raises :class:`~edgekit.EdgekitError` instead of
+quietly waiting for the first stream to run to its end.
 """
 
 from __future__ import annotations
@@ -26,16 +22,16 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-from edgekit import _llama, loading, speculative, state
+from edgekit import _llama, loading, state
+from edgekit.engine import Engine, Sequence, Step, new_spec
 from edgekit.errors import ContextOverflow, CorruptFile, EdgekitError
 from edgekit.gguf_check import ModelInfo
 from edgekit.loading import load
 from edgekit.planner import Plan
 from edgekit.progress import ProgressFn
 from edgekit.sampling import Sampling, build_sampler, resolve
-from edgekit.speculative import MAX_DRAFT, check_mode
-from edgekit.stats import Completion, FinishReason, Stats, peak_rss
-from edgekit.textstream import TextStream
+from edgekit.speculative import check_mode
+from edgekit.stats import Completion, Stats, peak_rss
 
 
 class Model:
@@ -59,10 +55,11 @@ class Model:
         self.n_batch = n_batch
         self.defaults = Sampling()
         self.speculative = check_mode(speculative)  # Sampling.speculative overrides it per call
-        self._lock = threading.Lock()
-        self._owner: int | None = None
+        self.slots = plan.slots
+        self._live: dict[int, int] = {}  # thread id -> its streams of generation() not yet finished
+        self._live_lock = threading.Lock()
         self._model = self._ctx = None
-        self._tokens: list[int] = []  # exactly the tokens whose KV is in the cache, in order
+        self._engine: Engine | None = None
         t0 = time.perf_counter()
 
         self.extra_buffers = _llama.extra_buffers_ok(info.path, info.tensor_types)
@@ -78,19 +75,24 @@ class Model:
         except BaseException:
             self.close()
             raise
-        self._mem = L.llama_get_memory(self._ctx)
-        self.n_ctx: int = L.llama_n_ctx(self._ctx)
+        self.n_ctx: int = L.llama_n_ctx_seq(self._ctx)  # what ONE sequence can use
         self._pieces = _llama.Pieces(self._vocab)
         self._add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
         self._bos_text = self._token_text(L.llama_vocab_bos(self._vocab))
         self._eos_text = self._token_text(L.llama_vocab_eos(self._vocab))
-        self.load_s = time.perf_counter() - t0
+        self._engine = Engine(self._ctx, self._vocab, slots=self.slots, n_ctx=self.n_ctx, n_batch=n_batch,
+                              n_vocab=self.n_vocab, pieces=self._pieces, rewindable=self._rewindable)
+        self.load_s = self._engine.load_s = time.perf_counter() - t0
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the context and the weights. The model can't be used afterwards."""
+        """Stop the engine thread (running streams end with an error), free the context and the weights.
+        The model can't be used afterwards."""
         L = self._L
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
@@ -111,27 +113,14 @@ class Model:
             pass
 
     def __repr__(self) -> str:
-        return (f"Model({self.path.name}, n_ctx={self.n_ctx}, kv={self.type_k}/{self.type_v}, "
+        slots = f", slots={self.slots}" if self.slots > 1 else ""
+        return (f"Model({self.path.name}, n_ctx={self.n_ctx}{slots}, kv={self.type_k}/{self.type_v}, "
                 f"threads={self.threads})")
 
-    def _check_open(self) -> None:
-        if not self._ctx:
+    def _check_open(self) -> Engine:
+        if not self._ctx or self._engine is None:
             raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
-
-    # -- locking -----------------------------------------------------------------------------------------
-
-    def _acquire(self) -> None:
-        self._check_open()
-        me = threading.get_ident()
-        if self._owner == me:
-            raise EdgekitError("this model is already generating in this thread",
-                               "Finish or close the previous stream before starting another.")
-        self._lock.acquire()
-        self._owner = me
-
-    def _release(self) -> None:
-        self._owner = None
-        self._lock.release()
+        return self._engine
 
     # -- tokens ------------------------------------------------------------------------------------------
 
@@ -218,172 +207,89 @@ class Model:
             return self.tokenize(prompt, add_special=True)
         return [int(t) for t in prompt]
 
-    def _prefill(self, tokens: list[int]) -> None:
-        """Decode ``tokens`` after what the cache holds, in n_batch chunks (logits for the last one)."""
-        L = self._L
-        for i in range(0, len(tokens), self.n_batch):
-            chunk = tokens[i : i + self.n_batch]
-            arr = (L.llama_token * len(chunk))(*chunk)
-            rc = L.llama_decode(self._ctx, L.llama_batch_get_one(arr, len(chunk)))
-            if rc != 0:
-                self._resync()
-                raise EdgekitError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
-                                   "The context may be full; use a larger n_ctx.")
-            self._tokens.extend(chunk)
+    def start(self, prompt: str | list[int], sampling: Sampling | None = None, *, n: int = 1,
+              **kwargs: Any) -> list[Sequence]:
+        """Queue a generation and return its :class:`~edgekit.engine.Sequence` (``n`` of them: ``n``
+        answers to one prompt, prefilled once and copied). Iterate each for its
+        :class:`~edgekit.engine.Step` events; its ``completion`` is set when the iteration ends.
 
-    def _resync(self) -> None:
-        """After a failed decode, make the cache and our token list agree again (empty)."""
-        self._L.llama_memory_clear(self._mem, True)
-        self._tokens = []
+        The sequences run in the engine's thread as soon as ``n`` slots are free (requests start
+        in order of arrival), batched with whatever else runs. With a ``seed``, the i-th sequence
+        samples with ``seed + i``, so the same seed gives the same n answers.
 
-    def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Keep the longest cached prefix of ``tokens`` (minus one, so the last token yields logits)."""
-        cached = self._tokens
-        n = 0
-        limit = min(len(cached), len(tokens) - 1)
-        while n < limit and cached[n] == tokens[n]:
-            n += 1
-        # Always trim: an interrupted decode (e.g. KeyboardInterrupt) may have left cells past our list.
-        if not self._L.llama_memory_seq_rm(self._mem, 0, n, -1):
-            self._resync()
-            return 0
-        del self._tokens[n:]
-        return n
+        Raises:
+            ContextOverflow: the prompt doesn't fit one sequence's context (``n_ctx``).
+            EdgekitError: an empty prompt, ``n`` outside 1..slots, a bad grammar or logit_bias.
+        """
+        engine = self._check_open()
+        s = resolve(self.defaults, sampling, kwargs)
+        if not 1 <= n <= self.slots:
+            raise EdgekitError(f"n={n} answers need {n} slots, but the model has {self.slots}",
+                               f"Load the model with slots={max(n, 1)} or more, or ask for fewer answers.")
+        tokens = self._prompt_tokens(prompt)
+        if not tokens:
+            raise EdgekitError("the prompt is empty")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflow(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
+                                  "Shorten the prompt or load the model with a larger n_ctx.",
+                                  needed=len(tokens) + 1, available=self.n_ctx)
+        seed = s.seed if s.seed is not None else self.seed
+        group: list[Sequence] = []
+        try:
+            for i in range(n):
+                si = s if seed is None or n == 1 else s.replace(seed=seed + i)
+                sampler = build_sampler(si, self._vocab, self.n_vocab, default_seed=self.seed, history=tokens)
+                spec = new_spec(s.speculative or self.speculative, tokens, engine)
+                group.append(Sequence(engine, tokens, si, sampler, spec, i))
+        except BaseException:
+            for seq in group:
+                self._L.llama_sampler_free(seq._sampler)
+            raise
+        engine.submit(group)
+        return group
 
     def generation(self, prompt: str | list[int], s: Sampling) -> Generator[str, None, Completion]:
-        """The generation loop: yields text chunks; its return value (``StopIteration.value``) is the
-        :class:`Completion`. :meth:`generate`, :meth:`stream` and :class:`edgekit.Chat` build on it.
+        """The generation loop every text API shares: yields text chunks; its return value
+        (``StopIteration.value``) is the :class:`Completion`. :meth:`generate`, :meth:`stream` and
+        :class:`edgekit.Chat` build on it; it consumes one :meth:`start` sequence.
 
-        With speculation on, a token is evaluated together with a draft of the tokens expected
-        after it, in one batch with logits at every position. The next tokens are then sampled
-        there, in C, by the same sampler chain, one after another: while a sample equals the
-        drafted token, that token's KV is already in the cache; the first sample that differs
-        is the next token to evaluate, and the cells of the rest of the draft are removed. So
-        every emitted token is sampled exactly as plain decoding samples it (the chain accepts
-        exactly the emitted tokens), and EOG, stop strings, max_tokens and the context limit
-        are checked per token as before.
+        Closing the generator (or an exception in the consumer, like Ctrl-C) cancels the sequence.
         """
-        L = self._L
-        self._acquire()
-        sampler = batch = None
-        pending: list[int] = []  # drafted tokens whose KV follows self._tokens, not yet verified
+        me = threading.get_ident()
+        with self._live_lock:
+            live = self._live.get(me, 0)
+            if live >= self.slots:  # it would wait for a stream that this very thread has to finish
+                raise EdgekitError("this model is already generating in this thread",
+                                   "Finish or close the previous stream before starting another, or load "
+                                   "the model with more slots.")
+            self._live[me] = live + 1
         try:
-            t0 = time.perf_counter()
-            tokens = self._prompt_tokens(prompt)
-            if not tokens:
-                raise EdgekitError("the prompt is empty")
-            if len(tokens) >= self.n_ctx:
-                raise ContextOverflow(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
-                                      "Shorten the prompt or load the model with a larger n_ctx.",
-                                      needed=len(tokens) + 1, available=self.n_ctx)
-            n_cached = self._reuse_prefix(tokens)
-            self._prefill(tokens[n_cached:])
-            t_prefill = time.perf_counter()
-            sampler = build_sampler(s, self._vocab, self.n_vocab, default_seed=self.seed, history=tokens)
-            stream = TextStream(s.stop)
-            out: list[int] = []
-            max_tokens = s.max_tokens if s.max_tokens is not None else self.n_ctx
-            finish: FinishReason = "length"
-            tok_buf = (L.llama_token * 1)()
-            one = L.llama_batch_get_one(tok_buf, 1)
-            sample, decode, ctx, pieces = L.llama_sampler_sample, L.llama_decode, self._ctx, self._pieces
-            is_eog, vocab = L.llama_vocab_is_eog, self._vocab
-            spec = None
-            if self._rewindable and self.n_batch > 1:
-                spec = speculative.start(s.speculative or self.speculative, tokens)
-            if spec is not None:
-                batch = _llama.TokenBatch(min(MAX_DRAFT, self.n_batch - 1) + 1)
-            idx = -1  # where the next token's logits are among the last decode's outputs
-            t_first = None
-            n_sampled = 0
-            while len(out) < max_tokens:
-                tok = sample(sampler, ctx, idx)
-                n_sampled += 1
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if pending and spec is not None:
-                    spec.verdict(tok == pending[0])
-                if is_eog(vocab, tok):
-                    finish = "eog"
-                    break
-                out.append(tok)
-                chunk = stream.push(pieces(tok))
-                if chunk:
-                    yield chunk
-                if stream.stopped:
-                    finish = "stop"
-                    break
-                if len(self._tokens) >= self.n_ctx or len(out) >= max_tokens:
-                    break  # "length": the sampled token is kept but not evaluated
-                if spec is not None:
-                    spec.append(tok)
-                if pending and tok == pending[0]:  # drafted, so already evaluated
-                    pending.pop(0)
-                    self._tokens.append(tok)
-                    idx += 1
-                    continue
-                if pending:
-                    self._drop_cells(pending)
-                draft: list[int] = []
-                if spec is not None and batch is not None:
-                    # Room: the context, the tokens still allowed (the last one is never evaluated), the batch.
-                    room = min(self.n_ctx - len(self._tokens) - 1, max_tokens - len(out) - 1, batch.capacity - 1)
-                    draft = spec.propose(room)
-                if draft:
-                    rc = decode(ctx, batch.fill([tok, *draft], len(self._tokens)))  # type: ignore[union-attr]
-                    pending, idx = draft, 0
-                else:
-                    tok_buf[0] = tok
-                    rc = decode(ctx, one)
-                    idx = -1
-                if rc != 0:
-                    pending = []
-                    self._resync()
-                    raise EdgekitError("llama.cpp failed to evaluate a generated token")
-                self._tokens.append(tok)
-            if pending:
-                self._drop_cells(pending)
-            tail = stream.finish()
-            if tail:
-                yield tail
-            t_end = time.perf_counter()
-            t_first = t_first or t_end
-            n_new = len(tokens) - n_cached
-            decode_s = t_end - t_first
-            stats = Stats(
-                load_s=self.load_s, prompt_tokens=len(tokens), cached_tokens=n_cached, new_prompt_tokens=n_new,
-                ttft_s=t_first - t0, prefill_tps=n_new / (t_prefill - t0) if t_prefill > t0 else 0.0,
-                gen_tokens=len(out), decode_s=decode_s,
-                decode_tps=(n_sampled - 1) / decode_s if n_sampled > 1 and decode_s > 0 else 0.0,
-                peak_rss=peak_rss(), n_ctx=self.n_ctx, ctx_used=len(self._tokens), finish_reason=finish,
-                drafted_tokens=spec.drafted if spec else 0, accepted_tokens=spec.accepted if spec else 0,
-            )
-            return Completion(stream.text, out, finish, stats)
+            (seq,) = self.start(prompt, s)
+            try:
+                for step in seq:
+                    if step.text:
+                        yield step.text
+            finally:
+                seq.close()  # a no-op once it ended; else cancel and wait until its cells are free
         finally:
-            if pending and self._ctx:  # stopped mid-draft (an exception, or the stream was closed)
-                self._drop_cells(pending)
-            if batch is not None:
-                batch.free()
-            if sampler is not None:
-                L.llama_sampler_free(sampler)
-            self._release()
-
-    def _drop_cells(self, pending: list[int]) -> None:
-        """Remove the KV cells past ``self._tokens`` (a draft's rejected tokens) and forget ``pending``."""
-        pending.clear()
-        if not self._L.llama_memory_seq_rm(self._mem, 0, len(self._tokens), -1):
-            self._resync()
-            raise EdgekitError("llama.cpp could not remove a rejected draft from the KV cache")
+            with self._live_lock:
+                self._live[me] -= 1
+                if not self._live[me]:
+                    del self._live[me]
+        assert seq.completion is not None
+        return seq.completion
 
     # -- state ---------------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the prompt cache (the next call prefills from scratch)."""
-        self._acquire()
-        try:
-            self._resync()
-        finally:
-            self._release()
+        """Forget the prompt cache of every slot (the next call prefills from scratch).
+
+        Waits until no sequence runs.
+        """
+        with self._check_open().exclusive() as engine:
+            self._L.llama_memory_clear(self._L.llama_get_memory(self._ctx), True)
+            for slot in engine.slots:
+                slot.tokens = []
 
     @property
     def llama_model(self) -> Any:
@@ -393,46 +299,48 @@ class Model:
 
     @property
     def llama_context(self) -> Any:
-        """The raw ``llama_context*``. Call :meth:`reset` after decoding on it yourself."""
+        """The raw ``llama_context*``, for tools that decode on it themselves (sequence 0): only while no
+        generation runs, and call :meth:`reset` afterwards."""
         self._check_open()
         return self._ctx
 
     @property
     def cached_tokens(self) -> list[int]:
-        """The tokens whose KV is in the cache now (a copy)."""
-        return list(self._tokens)
+        """The tokens whose KV is in the cache of the most recent sequence's slot (a copy)."""
+        return list(self._check_open().recent.tokens)
 
     def save_state(self, path: str | Path) -> Path:
-        """Write the KV cache and its tokens to ``path``; :meth:`load_state` restores them.
+        """Write the KV cache of the most recent sequence's slot and its tokens to ``path``;
+        :meth:`load_state` restores them. Waits until no sequence runs.
 
         A long system prompt or document is then prefilled once and reused by later runs.
         """
-        self._acquire()
-        try:
-            L = self._L
-            size = L.llama_state_seq_get_size(self._ctx, 0)
+        with self._check_open().exclusive() as engine:
+            L, slot = self._L, engine.recent
+            size = L.llama_state_seq_get_size(self._ctx, slot.id)
             buf = (ctypes.c_uint8 * size)()
-            n = L.llama_state_seq_get_data(self._ctx, buf, size, 0)
-            if n == 0 and self._tokens:
+            n = L.llama_state_seq_get_data(self._ctx, buf, size, slot.id)
+            if n == 0 and slot.tokens:
                 raise EdgekitError("llama.cpp could not copy the KV cache state")
-            return state.write(self, Path(path), list(self._tokens), memoryview(buf)[:n])
-        finally:
-            self._release()
+            return state.write(self, Path(path), list(slot.tokens), memoryview(buf)[:n])
 
     def load_state(self, path: str | Path) -> int:
-        """Restore a state written by :meth:`save_state` (same model file, KV types); returns its token count."""
+        """Restore a state written by :meth:`save_state` (same model file, KV types) into the least
+        recently used slot, where the next matching prompt finds it; returns its token count."""
         path = Path(path)
         tokens, data = state.read(self, path)
-        self._acquire()
-        try:
-            self._resync()
-            if tokens and self._L.llama_state_seq_set_data(self._ctx, data, len(data), 0) == 0:
-                self._resync()
+        with self._check_open().exclusive() as engine:
+            L = self._L
+            slot = min(engine.slots, key=lambda sl: sl.last_used)
+            mem = L.llama_get_memory(self._ctx)
+            L.llama_memory_seq_rm(mem, slot.id, -1, -1)
+            slot.tokens = []
+            if tokens and L.llama_state_seq_set_data(self._ctx, data, len(data), slot.id) == 0:
+                L.llama_memory_seq_rm(mem, slot.id, -1, -1)
                 raise CorruptFile(f"llama.cpp rejected the state in {path.name}")
-            self._tokens = tokens
+            slot.tokens = tokens
+            engine.touch(slot)
             return len(tokens)
-        finally:
-            self._release()
 
 
-__all__ = ["Completion", "Model", "Stats", "load", "peak_rss"]
+__all__ = ["Completion", "Model", "Sequence", "Stats", "Step", "load", "peak_rss"]

@@ -1,10 +1,14 @@
 """The memory planner: what a model needs at a given context, before anything is allocated.
 
 total = weights (tensor bytes, mmapped and all touched while decoding)
-      + KV cache (n_ctx x layers x KV heads x (K dim x K type bytes + V dim x V type bytes))
+      + KV cache (slots x n_ctx x layers x KV heads x (K dim x K type bytes + V dim x V type bytes))
       + compute buffers (activations of one ubatch; without flash attention also the
         n_ubatch x n_ctx x heads f32 attention scores)
       + runtime overhead (interpreter, llama.cpp, vocabulary tables)
+
+``slots`` sequences decoded at once each get their own n_ctx of KV cache (a stream of their
+own: no sequence can crowd out another), so the KV term is per slot; ``n_ctx`` is always
+what ONE sequence can use.
 
 The compute and overhead terms are calibrated against peak RSS measured with
 llama.cpp (see tests/test_plan.py); the KV term is exact (llama.cpp allocates
@@ -75,6 +79,8 @@ class Plan:
     n_ctx_train: int = 0
     n_ubatch: int = 512
     path: str = ""
+    slots: int = 1  # sequences decoded at once, each with its own n_ctx of KV cache
+    max_fitting_slots: int = 1  # the most slots that fit at this n_ctx
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +92,11 @@ class Plan:
             return f"{n / MiB:,.0f} MiB"
 
         verdict = "fits" if self.fits else f"does NOT fit (max n_ctx {self.max_fitting_ctx})"
-        return (f"n_ctx {self.n_ctx}, KV {self.type_k}/{self.type_v}, flash attention "
+        if not self.fits and self.slots > 1:
+            verdict = (f"does NOT fit (max n_ctx {self.max_fitting_ctx} with {self.slots} slots, "
+                       f"or {self.max_fitting_slots} slots of {self.n_ctx})")
+        size = f"{self.slots} slots x {self.n_ctx} tokens" if self.slots > 1 else f"n_ctx {self.n_ctx}"
+        return (f"{size}, KV {self.type_k}/{self.type_v}, flash attention "
                 f"{'on' if self.flash_attn else 'off'}: weights {mib(self.weights_bytes)} + KV {mib(self.kv_bytes)}"
                 f" + compute {mib(self.compute_bytes)} + overhead {mib(self.overhead_bytes)} = "
                 f"{mib(self.total_bytes)} of {mib(self.available_bytes)} available; {verdict}")
@@ -125,47 +135,58 @@ def kv_bytes(info: ModelInfo, n_ctx: int, type_k: str, type_v: str) -> int:
     return int(n_ctx * kv_bytes_per_token(info.kv_values_per_token(), type_k, type_v))
 
 
-def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool, slots: int = 1) -> int:
     """Compute-buffer bytes touched at full depth: one ubatch of activations, the attention
     mask (ubatch x n_ctx; f16 with flash attention, else f32), the output row of logits,
     and without flash attention the f32 attention scores of one layer.
 
     llama.cpp reserves the buffer for the deepest graph up front, but pages become resident
     only as the cache fills: a 32k prompt on the 0.5B grows by the mask's 32 MiB (measured).
+    With ``slots`` sequences the ubatch's tokens are shared out among their streams (so the
+    mask and scores stay about the same), and the logits buffer holds a row per slot.
     """
     n_tok = min(n_ubatch, n_ctx)
     act = 4 * n_tok * (ACT_FLOATS_PER_TOKEN_EMBD * info.n_embd + ACT_FLOATS_PER_TOKEN_FF * info.n_ff)
     mask = (2 if flash_attn else 4) * n_tok * n_ctx
     scores = 0 if flash_attn else 4 * n_tok * n_ctx * info.n_head
-    return int(act + mask + scores + 4 * info.n_vocab)
+    return int(act + mask + scores + 4 * info.n_vocab * max(1, slots))
 
 
 def overhead_bytes(info: ModelInfo) -> int:
     return OVERHEAD_BASE + OVERHEAD_PER_VOCAB * info.n_vocab
 
 
-def _total(info: ModelInfo, n_ctx: int, tk: str, tv: str, n_ubatch: int, fa: bool) -> int:
-    return (info.weights_bytes + kv_bytes(info, n_ctx, tk, tv) + compute_bytes(info, n_ctx, n_ubatch, fa)
-            + overhead_bytes(info))
+def _total(info: ModelInfo, n_ctx: int, tk: str, tv: str, n_ubatch: int, fa: bool, slots: int = 1) -> int:
+    return (info.weights_bytes + slots * kv_bytes(info, n_ctx, tk, tv)
+            + compute_bytes(info, n_ctx, n_ubatch, fa, slots) + overhead_bytes(info))
 
 
-def _max_ctx(info: ModelInfo, limit: int, tk: str, tv: str, n_ubatch: int, fa: bool, avail: int) -> int:
+def _max_ctx(info: ModelInfo, limit: int, tk: str, tv: str, n_ubatch: int, fa: bool, avail: int,
+             slots: int = 1) -> int:
     lo, hi = 0, limit // CTX_ALIGN
     while lo < hi:  # largest multiple of CTX_ALIGN that fits
         mid = (lo + hi + 1) // 2
-        if _total(info, mid * CTX_ALIGN, tk, tv, n_ubatch, fa) <= avail:
+        if _total(info, mid * CTX_ALIGN, tk, tv, n_ubatch, fa, slots) <= avail:
             lo = mid
         else:
             hi = mid - 1
     return lo * CTX_ALIGN
 
 
+def _max_slots(info: ModelInfo, n_ctx: int, tk: str, tv: str, n_ubatch: int, fa: bool, avail: int) -> int:
+    per_slot = kv_bytes(info, n_ctx, tk, tv) + 4 * info.n_vocab
+    spare = avail - _total(info, n_ctx, tk, tv, n_ubatch, fa, 0)
+    return max(0, spare // per_slot) if per_slot else 0
+
+
 def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto", flash_attn: bool | str = "auto",
-              n_ubatch: int = 512, available: int | None = None) -> Plan:
+              n_ubatch: int = 512, available: int | None = None, *, slots: int = 1) -> Plan:
     """Plan for an already validated model (see :func:`plan`)."""
     n_ctx = int(n_ctx or info.n_ctx_train)
     if n_ctx < 16:
         raise EdgekitError(f"n_ctx must be at least 16, got {n_ctx}")
+    if slots < 1:
+        raise EdgekitError(f"slots must be at least 1, got {slots}")
     avail = available_memory() if available is None else int(available)
     candidates = parse_kv_cache(kv_cache)
     # A quantized cache row is whole blocks (32 values): the head size must be a multiple of the block.
@@ -187,7 +208,7 @@ def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto",
     for tk, tv in candidates:
         fa = True if flash_attn == "auto" else bool(flash_attn)
         fa = fa or is_quantized(tv)
-        total = _total(info, n_ctx, tk, tv, n_ubatch, fa)
+        total = _total(info, n_ctx, tk, tv, n_ubatch, fa, slots)
         chosen = (tk, tv, fa, total)
         if total <= avail:
             break
@@ -196,19 +217,20 @@ def plan_info(info: ModelInfo, n_ctx: int | None = None, kv_cache: str = "auto",
     # The largest context that fits with the smallest cache on offer.
     sk, sv = min(candidates, key=lambda kv: kv_bytes_per_value(kv[0]) + kv_bytes_per_value(kv[1]))
     sfa = fa or is_quantized(sv)
-    max_ctx = _max_ctx(info, max(n_ctx, info.n_ctx_train), sk, sv, n_ubatch, sfa, avail)
+    max_ctx = _max_ctx(info, max(n_ctx, info.n_ctx_train), sk, sv, n_ubatch, sfa, avail, slots)
+    max_slots = _max_slots(info, n_ctx, sk, sv, n_ubatch, sfa, avail)
     return Plan(
-        weights_bytes=info.weights_bytes, kv_bytes=kv_bytes(info, n_ctx, tk, tv),
-        compute_bytes=compute_bytes(info, n_ctx, n_ubatch, fa), overhead_bytes=overhead_bytes(info),
+        weights_bytes=info.weights_bytes, kv_bytes=slots * kv_bytes(info, n_ctx, tk, tv),
+        compute_bytes=compute_bytes(info, n_ctx, n_ubatch, fa, slots), overhead_bytes=overhead_bytes(info),
         total_bytes=total, available_bytes=avail, n_ctx=n_ctx, type_k=tk, type_v=tv, flash_attn=fa,
         fits=total <= avail, max_fitting_ctx=max_ctx, n_ctx_train=info.n_ctx_train, n_ubatch=n_ubatch,
-        path=str(info.path),
+        path=str(info.path), slots=slots, max_fitting_slots=max_slots,
     )
 
 
 def plan(model: str | Path, n_ctx: int | None = None, kv_cache: str = "auto", flash_attn: bool | str = "auto",
-         n_ubatch: int = 512) -> Plan:
-    """Memory plan for ``model`` (GGUF path, HF dir, repo id or store name) at ``n_ctx``.
+         n_ubatch: int = 512, slots: int = 1) -> Plan:
+    """Memory plan for ``model`` (GGUF path, HF dir, repo id or store name) at ``n_ctx`` per slot.
 
     ``n_ctx=None`` is the model's trained context. With ``kv_cache="auto"`` the
     fastest KV type that fits is chosen; ``Plan.fits`` says whether it does, and
@@ -217,7 +239,7 @@ def plan(model: str | Path, n_ctx: int | None = None, kv_cache: str = "auto", fl
     from edgekit.gguf_check import check
     from edgekit.store import resolve
 
-    return plan_info(check(resolve(model)), n_ctx, kv_cache, flash_attn, n_ubatch)
+    return plan_info(check(resolve(model)), n_ctx, kv_cache, flash_attn, n_ubatch, slots=slots)
 
 
 def require_fit(p: Plan) -> None:
@@ -226,6 +248,12 @@ def require_fit(p: Plan) -> None:
         return
     hint = (f"Use n_ctx={p.max_fitting_ctx} or less (or a smaller KV cache type)" if p.max_fitting_ctx
             else "Use a smaller (more quantized) model file")
-    raise OutOfMemory(f"the model needs {p.total_bytes / MiB:,.0f} MiB at n_ctx {p.n_ctx} "
+    if p.slots > 1:
+        hint = (f"Use n_ctx={p.max_fitting_ctx} or less per slot" if p.max_fitting_ctx else "Use fewer slots")
+        if p.max_fitting_slots:
+            hint += f", or slots={p.max_fitting_slots} or fewer at n_ctx {p.n_ctx}"
+        hint += " (or a smaller KV cache type)"
+    where = f"{p.slots} slots x n_ctx {p.n_ctx}" if p.slots > 1 else f"n_ctx {p.n_ctx}"
+    raise OutOfMemory(f"the model needs {p.total_bytes / MiB:,.0f} MiB at {where} "
                       f"(KV {p.type_k}/{p.type_v}), but only {p.available_bytes / MiB:,.0f} MiB is available",
                       hint + ".")

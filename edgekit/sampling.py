@@ -18,6 +18,8 @@ from edgekit.speculative import check_mode
 
 # How many recent tokens the repeat penalty looks at (llama.cpp's default).
 PENALTY_LAST_N = 64
+# The most alternatives Sampling(logprobs=k) reports per token (OpenAI's top_logprobs limit).
+MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class Sampling:
     last 64 tokens, once per token or per occurrence; ``logit_bias`` maps token ids to a bias
     added to their logits (-100 bans a token). ``speculative``
     ("auto", "ngram" or "off") overrides the model's ``load(speculative=...)`` for one call;
-    it changes the speed only, never the output.
+    it changes the speed only, never the output. ``logprobs=k`` (0..20; None = off) adds to each
+    :class:`~edgekit.engine.Step` the chosen token's log-probability under the model (log-softmax
+    of the raw logits, before any penalty, grammar or temperature) and the ``k`` most likely tokens.
     """
 
     temperature: float = 0.8
@@ -49,6 +53,7 @@ class Sampling:
     grammar: str | None = None
     json_schema: dict | None = None
     speculative: str | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -71,6 +76,8 @@ class Sampling:
             raise EdgekitError("give either grammar or json_schema, not both")
         if self.speculative is not None:
             check_mode(self.speculative)
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise EdgekitError(f"logprobs must lie in 0..{MAX_LOGPROBS}, got {self.logprobs}")
 
     def replace(self, **changes: Any) -> Sampling:
         """A copy with ``changes`` applied (unknown names raise a clear error)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-FinishReason = Literal["stop", "length", "eog"]
+FinishReason = Literal["stop", "length", "eog", "cancelled"]  # cancelled: Sequence.cancel() or its consumer left
 
 
 def peak_rss() -> int:

@@ -1,0 +1,612 @@
+"""The engine: one llama.cpp context decoding many sequences at once, on a background thread.
+
+A context has ``slots`` sequences (llama.cpp ``n_seq_max``, each its own KV stream). Every
+step builds ONE ``llama_batch``: the next token of every generating sequence (plus its
+prompt-lookup draft, with logits at each position), and a chunk of prompt tokens from one
+sequence that is still prefilling: at most :data:`PREFILL_CHUNK` while others generate, so a
+long new prompt doesn't freeze running streams, the whole ``n_batch`` when nothing else
+runs. Then each sequence is sampled at its own output rows by its own sampler chain, checked
+for EOG, stop strings, ``max_tokens`` and its context, and its :class:`Step` events go to
+its own queue. :class:`Sequence` is the consumer's end of that queue.
+
+Why a thread: a served client that reads slowly must not stall the others, and
+``Model.generate`` from several threads must batch instead of queueing on a lock. The
+thread holds no reference to the :class:`~edgekit.Model`, only to the engine, so an
+unclosed model is still collected (and its ``__del__`` stops the thread).
+
+Speculation per sequence is exact, as in plain decoding: a drafted token is kept only while
+the sequence's own sample at the previous position equals it (see :mod:`edgekit.speculative`).
+
+llama.cpp detail that shapes the batch: with one KV stream per sequence (``kv_unified``
+off) llama.cpp splits a batch into ubatches of *consecutive* sequence ids with equal token
+counts, so tokens go in slot order; a prefill chunk or a draft rides in the first
+ubatch with one token and the rest of it runs in a second pass.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from edgekit import _llama, speculative
+from edgekit.errors import EdgekitError
+from edgekit.sampling import Sampling
+from edgekit.speculative import MAX_DRAFT
+from edgekit.stats import Completion, FinishReason, Stats, peak_rss
+from edgekit.textstream import TextStream
+
+# Prompt tokens one prefilling sequence may add to a step while other sequences generate.
+# A step's time grows with it: on 2 cores a 64-token chunk costs about as much as 3-4 decode
+# steps of a 0.5B model, which keeps the token gaps of running streams within a few x.
+PREFILL_CHUNK = 64
+# The token of the last Step of a sequence that only carries held-back text (see Step).
+TAIL = -1
+
+
+class Step(NamedTuple):
+    """One generated token of a :class:`Sequence`.
+
+    ``text`` is the newly safe-to-show text and may be "": a UTF-8 character split across
+    tokens, or a possible start of a stop string, is held back until it is decided. A held
+    back text left at the end (an unfinished stop-string prefix, a dangling byte) comes in a
+    last Step with ``token == TAIL`` (-1) and no piece. So the ``text`` of all steps joined is
+    ``completion.text``. ``logprob``/``top_logprobs`` are set when ``Sampling(logprobs=k)``
+    asks: the chosen token's log-probability under the model (log-softmax of the raw logits)
+    and the ``k`` most likely tokens, best first.
+    """
+
+    token: int
+    piece: bytes
+    text: str
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+_END = object()  # the last item of a Sequence's queue
+
+
+@dataclass
+class _Slot:
+    id: int
+    tokens: list[int]  # exactly the tokens whose KV is in this slot's stream, in order
+    last_used: int = 0
+    seq: Sequence | None = None
+
+
+class Sequence:
+    """One generation running in the engine: iterate it for :class:`Step` events.
+
+    When the iteration ends, :attr:`completion` is set (text, tokens, finish reason, Stats).
+    Iterate from any thread (one consumer at a time). :meth:`cancel` stops it at the next
+    step and frees its KV cells (:meth:`close` also waits for that); leaving a ``with``
+    block, closing or abandoning the iteration, or an exception in the consumer (Ctrl-C)
+    cancels it too. A cancelled sequence ends with ``finish_reason == "cancelled"``.
+    """
+
+    def __init__(self, engine: Engine, tokens: list[int], s: Sampling, sampler: Any, spec: Any, index: int) -> None:
+        self._engine = engine
+        self.prompt_tokens = tokens
+        self.sampling = s
+        self.index = index  # among the n sequences of one start() call
+        self.completion: Completion | None = None
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancel = False
+        self._ended = False  # the consumer saw the end
+        self._over = False  # the engine is done with it (completion or error queued)
+        # Engine-thread state.
+        self._sampler = sampler
+        self._spec = spec
+        self._group: list[Sequence] = [self]
+        self._slot: _Slot | None = None
+        self._prefilling = False  # the group's leader, until its prompt is in the KV cache
+        self._waiting = False  # a sibling, until the leader's prompt is copied to its slot
+        self._next: int | None = None  # the sampled token to evaluate next
+        self._draft: list[int] = []  # drafted tokens evaluated after _next, not yet verified
+        self._stream = TextStream(s.stop)
+        self._out: list[int] = []
+        self._max = s.max_tokens
+        self._t0 = time.perf_counter()
+        self._t_admit = self._t_prefill = self._t_first = 0.0
+        self._n_cached = 0
+        self._n_new = 0
+        self._n_sampled = 0
+
+    @property
+    def slot(self) -> int | None:
+        """The slot (llama.cpp sequence id) it runs in; None while it waits for one."""
+        return self._slot.id if self._slot is not None else None
+
+    @property
+    def done(self) -> bool:
+        """The engine has finished with this sequence (its completion is set or about to be read)."""
+        return self.completion is not None or self._ended
+
+    def cancel(self) -> None:
+        """Stop generating (at the next step) and free the sequence's KV cells. Safe to call twice."""
+        if not self._cancel and not self._ended:
+            self._cancel = True
+            self._engine._wake()
+
+    def close(self) -> None:
+        """Cancel, and return once the engine has let go of the sequence (its cells are free)."""
+        self.cancel()
+        try:
+            for _ in self:
+                pass
+        except EdgekitError:  # it failed or the model closed: either way it is over
+            pass
+
+    def __iter__(self):
+        try:
+            while not self._ended:
+                item = self._events.get()
+                if item is _END:
+                    self._ended = True
+                    return
+                if isinstance(item, BaseException):
+                    self._ended = True
+                    raise item
+                yield item
+        finally:
+            if not self._ended:  # the consumer stopped early (closed, broke out, or raised)
+                self.cancel()
+
+    def __enter__(self) -> Sequence:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._ended:
+            self.cancel()
+
+    # -- engine side -------------------------------------------------------------------------------
+
+    def _put(self, item: Any) -> None:
+        self._events.put(item)
+
+
+class _Exclusive:
+    """A queued request for the whole context (save/load state, reset): granted when no sequence runs."""
+
+    def __init__(self) -> None:
+        self.granted = threading.Event()
+        self.released = threading.Event()
+
+
+class Engine:
+    """Owns a context's slots and decodes them on one background thread. One per :class:`~edgekit.Model`."""
+
+    def __init__(self, ctx: Any, vocab: Any, *, slots: int, n_ctx: int, n_batch: int, n_vocab: int,
+                 pieces: _llama.Pieces, rewindable: bool) -> None:
+        L = _llama.lib()
+        self._L = L
+        self._ctx = ctx
+        self._mem = L.llama_get_memory(ctx)
+        self._vocab = vocab
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.n_vocab = n_vocab
+        self.prefill_chunk = PREFILL_CHUNK
+        self.load_s = 0.0  # the model's, copied into every Stats
+        self.rewindable = rewindable
+        self._pieces = pieces
+        self.slots = [_Slot(i, []) for i in range(slots)]
+        self.recent: _Slot = self.slots[0]  # the slot of the most recent sequence
+        self._clock = itertools.count(1)
+        self._cv = threading.Condition()
+        self._queue: collections.deque[list[Sequence] | _Exclusive] = collections.deque()
+        self._active: list[Sequence] = []  # admitted, in admission order (engine thread only)
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._batch = L.llama_batch_init(n_batch, 0, 1)
+        for i in range(n_batch):
+            self._batch.n_seq_id[i] = 1
+
+    # -- API (any thread) ----------------------------------------------------------------------------
+
+    def submit(self, group: list[Sequence]) -> None:
+        """Queue the sequences of one request (FIFO); they start when len(group) slots are free."""
+        for seq in group:
+            seq._group = group
+        with self._cv:
+            if self._closing:
+                raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+            self._queue.append(group)
+            self._ensure_thread()
+            self._cv.notify()
+
+    def _ensure_thread(self) -> None:
+        """Start the thread on first use (called with the lock held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="edgekit-engine", daemon=True)
+            self._thread.start()
+
+    def exclusive(self) -> _ExclusiveHold:
+        """``with engine.exclusive():`` the caller alone uses the context (waits for running sequences)."""
+        return _ExclusiveHold(self)
+
+    def close(self) -> None:
+        """Stop the thread (running and queued sequences end with an error) and free the batch."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        if self._batch is not None:
+            self._L.llama_batch_free(self._batch)
+            self._batch = None
+
+    def touch(self, slot: _Slot) -> None:
+        """Make ``slot`` the most recently used (and :attr:`recent`); for exclusive holders."""
+        slot.last_used = next(self._clock)
+        self.recent = slot
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    # -- the thread ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        closed = EdgekitError("the model was closed during generation")
+        try:
+            while True:
+                exclusive = None
+                with self._cv:
+                    while not (self._closing or self._active or self._queue):
+                        self._cv.wait()
+                    if self._closing:
+                        break
+                    exclusive = self._admit()
+                if exclusive is not None:
+                    exclusive.granted.set()
+                    exclusive.released.wait()
+                    continue
+                try:
+                    self._reap()
+                    if self._active:
+                        self._step()
+                except Exception as exc:  # a bug must not kill the thread: fail what ran, keep serving
+                    for seq in list(self._active):
+                        slot = seq._slot
+                        if slot is not None:
+                            self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+                            slot.tokens = []
+                        self._fail(seq, exc)
+        finally:
+            with self._cv:
+                pending = [s for g in self._queue if isinstance(g, list) for s in g]
+                for item in self._queue:
+                    if isinstance(item, _Exclusive):
+                        item.granted.set()  # its holder sees the model closing
+                self._queue.clear()
+            for seq in self._active + pending:
+                self._fail(seq, closed)
+            self._active = []
+
+    def _admit(self) -> _Exclusive | None:
+        """Start queued requests while slots are free (FIFO). Called with the lock held."""
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, _Exclusive):
+                if self._active:
+                    return None
+                self._queue.popleft()
+                return head
+            live = [s for s in head if not s._cancel]
+            if not live:
+                self._queue.popleft()
+                for seq in head:
+                    self._end(seq, "cancelled")
+                continue
+            free = [slot for slot in self.slots if slot.seq is None]
+            if len(free) < len(head):
+                return None
+            self._queue.popleft()
+            self._start(head, free)
+        return None
+
+    def _start(self, group: list[Sequence], free: list[_Slot]) -> None:
+        L, now = self._L, time.perf_counter()
+        leader, tokens = group[0], group[0].prompt_tokens
+
+        def shared(slot: _Slot) -> int:
+            n, cached, limit = 0, slot.tokens, min(len(slot.tokens), len(tokens) - 1)
+            while n < limit and cached[n] == tokens[n]:
+                n += 1
+            return n
+
+        # The free slot sharing the longest prefix (ties and no match: least recently used).
+        best = max(free, key=lambda slot: (shared(slot), -slot.last_used))
+        n = shared(best)
+        # Always trim: a failed or interrupted decode may have left cells past our list.
+        if not L.llama_memory_seq_rm(self._mem, best.id, n, -1):
+            L.llama_memory_seq_rm(self._mem, best.id, -1, -1)
+            n = 0
+        del best.tokens[n:]
+        others = sorted((s for s in free if s is not best), key=lambda slot: slot.last_used)
+        for seq, slot in zip(group, [best, *others], strict=False):
+            slot.seq, seq._slot = seq, slot
+            slot.last_used = next(self._clock)
+            seq._t_admit = now
+            self._active.append(seq)
+            if seq is not leader:
+                seq._waiting = True
+                L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+                slot.tokens = []
+        leader._prefilling = True
+        leader._n_cached = n
+        leader._n_new = len(tokens) - n
+        self.recent = best
+
+    def _reap(self) -> None:
+        """End cancelled sequences and free their cells (a group's prefill goes on for the others)."""
+        for seq in [s for s in self._active if s._cancel]:
+            if seq._prefilling and not all(m._cancel for m in seq._group):
+                continue
+            slot = seq._slot
+            assert slot is not None
+            self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+            slot.tokens = []
+            self._end(seq, "cancelled")
+
+    # -- one step ------------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        b, n_batch = self._batch, self.n_batch
+        generating = [s for s in self._active if s._next is not None]
+        prefill = next((s for s in self._active if s._prefilling), None)
+        room = n_batch - len(generating)
+        chunk: list[int] = []
+        if prefill is not None:
+            slot = prefill._slot
+            assert slot is not None
+            cap = room if not generating else min(room, self.prefill_chunk)
+            done = len(slot.tokens)
+            chunk = prefill.prompt_tokens[done : done + cap]
+            room -= len(chunk)
+        for seq in generating:  # drafts take what is left of the batch
+            seq._draft = []
+            if seq._spec is not None and room > 0:
+                slot = seq._slot
+                assert slot is not None
+                left = min(self.n_ctx - len(slot.tokens) - 1, self._left(seq) - 1, MAX_DRAFT, room)
+                seq._draft = seq._spec.propose(left)
+                room -= len(seq._draft)
+        # Fill in slot order (see the module docstring).
+        rows: list[tuple[Sequence, int]] = []  # (sequence, its first output row)
+        n = 0
+        for slot in self.slots:
+            seq = slot.seq
+            if seq is None:
+                continue
+            if seq is prefill:
+                pos, last = len(slot.tokens), len(slot.tokens) + len(chunk) == len(seq.prompt_tokens)
+                for i, tok in enumerate(chunk):
+                    b.token[n], b.pos[n], b.seq_id[n][0] = tok, pos + i, slot.id
+                    b.logits[n] = last and i == len(chunk) - 1
+                    n += 1
+                if last:
+                    rows.append((seq, n - 1))
+            elif seq._next is not None:
+                rows.append((seq, n))
+                pos = len(slot.tokens)
+                for i, tok in enumerate([seq._next, *seq._draft]):
+                    b.token[n], b.pos[n], b.seq_id[n][0], b.logits[n] = tok, pos + i, slot.id, 1
+                    n += 1
+        b.n_tokens = n
+        if n == 0:  # only sequences waiting for a prefill that is gone: never spin on them
+            for seq in list(self._active):
+                self._fail(seq, EdgekitError("the sequence lost the prompt it was waiting for"))
+            return
+        batch_seqs = generating + ([prefill] if prefill is not None else [])
+        try:
+            rc = self._L.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise EdgekitError(f"llama.cpp failed to evaluate a batch (llama_decode returned {rc})",
+                                   "The context may be full; use a larger n_ctx.")
+        except BaseException as exc:  # also a KeyboardInterrupt raised around the call: fail this batch only
+            for seq in batch_seqs:
+                slot = seq._slot
+                assert slot is not None
+                self._L.llama_memory_seq_rm(self._mem, slot.id, len(slot.tokens), -1)  # unrecorded cells
+                seq._draft = []
+                for member in (seq._group if seq is prefill else [seq]):
+                    self._fail(member, exc)
+            return
+        for seq in generating:
+            slot = seq._slot
+            assert slot is not None and seq._next is not None
+            slot.tokens.append(seq._next)
+            seq._next = None
+        if prefill is not None:
+            slot = prefill._slot
+            assert slot is not None
+            slot.tokens.extend(chunk)
+            if len(slot.tokens) == len(prefill.prompt_tokens):
+                self._prefilled(prefill)
+        for seq, row in rows:
+            for member in (seq._group if seq is prefill else [seq]):
+                if member._cancel or member._over or member._slot is None:
+                    continue  # a cancelled leader still prefilled for its siblings: reaped next step
+                try:
+                    self._sample(member, row)
+                except BaseException as exc:
+                    self._fail(member, exc)
+
+    def _prefilled(self, leader: Sequence) -> None:
+        """The leader's prompt is in its slot: copy it to the waiting siblings' slots."""
+        L, now = self._L, time.perf_counter()
+        leader._prefilling = False
+        src = leader._slot
+        assert src is not None
+        for seq in leader._group:
+            seq._t_prefill = now
+            if seq is leader or not seq._waiting:
+                continue
+            seq._waiting = False
+            dst = seq._slot
+            assert dst is not None
+            L.llama_memory_seq_cp(self._mem, src.id, dst.id, -1, -1)  # across streams: the whole buffer
+            dst.tokens = list(src.tokens)
+            seq._n_cached = len(src.tokens)
+
+    def _left(self, seq: Sequence) -> int:
+        return (seq._max if seq._max is not None else self.n_ctx) - len(seq._out)
+
+    def _sample(self, seq: Sequence, row: int) -> None:
+        """Sample ``seq`` at output ``row`` (and on through its accepted draft); set what to evaluate next."""
+        L, slot, spec = self._L, seq._slot, seq._spec
+        assert slot is not None
+        draft = seq._draft
+        while True:
+            if self._left(seq) <= 0:
+                self._finish(seq, "length")
+                return
+            tok = L.llama_sampler_sample(seq._sampler, self._ctx, row)
+            seq._n_sampled += 1
+            if not seq._t_first:
+                seq._t_first = time.perf_counter()
+            if draft and spec is not None:
+                spec.verdict(tok == draft[0])
+            k = seq.sampling.logprobs
+            lp, top = self._logprobs(row, tok, k) if k is not None else (None, None)
+            if L.llama_vocab_is_eog(self._vocab, tok):
+                self._finish(seq, "eog")
+                return
+            seq._out.append(tok)
+            piece = self._pieces(tok)
+            seq._put(Step(tok, piece, seq._stream.push(piece), lp, top))
+            if seq._stream.stopped:
+                self._finish(seq, "stop")
+                return
+            if len(slot.tokens) >= self.n_ctx or self._left(seq) <= 0:
+                self._finish(seq, "length")  # the sampled token is kept but not evaluated
+                return
+            if spec is not None:
+                spec.append(tok)
+            if draft and tok == draft[0]:  # drafted, so already evaluated
+                draft.pop(0)
+                slot.tokens.append(tok)
+                row += 1
+                continue
+            if draft:
+                self._drop_draft(seq)
+            seq._next = tok
+            return
+
+    def _logprobs(self, row: int, tok: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+        import numpy as np
+
+        ptr = self._L.llama_get_logits_ith(self._ctx, row)
+        x = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        m = x.max()
+        lp = x - (m + np.log(np.exp(x - m).sum()))
+        top: list[tuple[int, float]] = []
+        if k > 0:
+            best = np.argpartition(-lp, min(k, lp.size - 1))[:k]
+            best = best[np.argsort(-lp[best], kind="stable")]
+            top = [(int(i), float(lp[i])) for i in best]
+        return float(lp[tok]), top
+
+    def _drop_draft(self, seq: Sequence) -> None:
+        slot = seq._slot
+        assert slot is not None
+        seq._draft = []
+        if not self._L.llama_memory_seq_rm(self._mem, slot.id, len(slot.tokens), -1):
+            raise EdgekitError("llama.cpp could not remove a rejected draft from the KV cache")
+
+    # -- endings -----------------------------------------------------------------------------------------
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        if seq._draft:
+            self._drop_draft(seq)
+        tail = seq._stream.finish()
+        if tail:
+            seq._put(Step(TAIL, b"", tail))
+        self._end(seq, reason)
+
+    def _end(self, seq: Sequence, reason: FinishReason) -> None:
+        """Set the completion, free the slot and the sampler, and close the sequence's queue."""
+        t_end = time.perf_counter()
+        slot = seq._slot
+        t_first = seq._t_first or t_end
+        t_start = seq._t_admit or seq._t0
+        decode_s = t_end - t_first
+        spec = seq._spec
+        stats = Stats(
+            load_s=self.load_s, prompt_tokens=len(seq.prompt_tokens), cached_tokens=seq._n_cached,
+            new_prompt_tokens=seq._n_new, ttft_s=t_first - seq._t0,
+            prefill_tps=seq._n_new / (seq._t_prefill - t_start) if seq._t_prefill > t_start else 0.0,
+            gen_tokens=len(seq._out), decode_s=decode_s,
+            decode_tps=(seq._n_sampled - 1) / decode_s if seq._n_sampled > 1 and decode_s > 0 else 0.0,
+            peak_rss=peak_rss(), n_ctx=self.n_ctx, ctx_used=len(slot.tokens) if slot else 0, finish_reason=reason,
+            drafted_tokens=spec.drafted if spec else 0, accepted_tokens=spec.accepted if spec else 0,
+        )
+        seq.completion = Completion(seq._stream.text, seq._out, reason, stats)
+        seq._over = True
+        self._release(seq)
+        seq._put(_END)
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        if not seq._over:
+            seq._over = True
+            self._release(seq)
+            seq._put(exc)
+
+    def _release(self, seq: Sequence) -> None:
+        slot = seq._slot
+        if slot is not None and slot.seq is seq:
+            slot.seq = None
+            slot.last_used = next(self._clock)
+        if seq in self._active:
+            self._active.remove(seq)
+        seq._prefilling = seq._waiting = False
+        seq._next = None
+        self._free_sampler(seq)
+
+    def _free_sampler(self, seq: Sequence) -> None:
+        if seq._sampler is not None:
+            self._L.llama_sampler_free(seq._sampler)
+            seq._sampler = None
+
+
+class _ExclusiveHold:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._request: _Exclusive | None = None
+
+    def __enter__(self) -> Engine:
+        e = self._engine
+        with e._cv:
+            if e._closing:
+                raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+            self._request = request = _Exclusive()
+            e._queue.append(request)
+            e._ensure_thread()
+            e._cv.notify()
+        try:
+            request.granted.wait()
+        except BaseException:  # Ctrl-C while waiting: the engine must not wait for us
+            request.released.set()
+            raise
+        if e._closing:
+            request.released.set()
+            raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+        return e
+
+    def __exit__(self, *exc: object) -> None:
+        if self._request is not None:
+            self._request.released.set()
+
+
+def new_spec(mode: str, tokens: list[int], engine: Engine) -> Any:
+    """The drafting for one sequence, or None (off, a recurrent model, or a batch of one token)."""
+    if not engine.rewindable or engine.n_batch <= 1:
+        return None
+    return speculative.start(mode, tokens)

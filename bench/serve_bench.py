@@ -286,9 +286,8 @@ def in_process_rate(model: str, ctx: int, threads: int, max_tokens: int, bias: d
 
 
 def bare_model_rss_mb(model: str, ctx: int, threads: int, slots: int) -> float:
-    code = ("import inspect, sys, psutil, edgekit\n"
-            f"kw = {{'slots': {slots}}} if 'slots' in inspect.signature(edgekit.load).parameters else {{}}\n"
-            f"m = edgekit.load({model!r}, n_ctx={ctx}, threads={threads}, **kw)\n"
+    code = ("import psutil, edgekit\n"
+            f"m = edgekit.load({model!r}, n_ctx={ctx}, threads={threads}, slots={slots})\n"
             "m.generate('Hello', max_tokens=16)\n"
             "print(psutil.Process().memory_info().rss)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -62,12 +62,9 @@ def test_health_models_metrics(server, http, smollm2_gguf):
 
 
 def test_greedy_equals_model_chat(client, model_id, smollm2_gguf):
-    import inspect
-
     import edgekit
 
-    extra = {"slots": SLOTS} if "slots" in inspect.signature(edgekit.load).parameters else {}
-    with edgekit.load(smollm2_gguf, n_ctx=CTX, threads=2, **extra) as model:
+    with edgekit.load(smollm2_gguf, n_ctx=CTX, threads=2, slots=SLOTS) as model:
         want = model.chat(MESSAGES, temperature=0, max_tokens=24)
     got = chat(client, model_id, temperature=0, max_tokens=24)
     assert got.choices[0].message.content == want.text

@@ -60,15 +60,11 @@ def serve(
     failure: list[BaseException] = []
 
     def load(progress: Any) -> Any:
-        import inspect
-
         import edgekit
 
-        kwargs: dict[str, Any] = {"n_ctx": ctx, "kv_cache": kv_cache, "progress": progress}
+        kwargs: dict[str, Any] = {"n_ctx": ctx, "kv_cache": kv_cache, "progress": progress, "slots": slots}
         if threads is not None:
             kwargs["threads"] = threads
-        if "slots" in inspect.signature(edgekit.load).parameters:
-            kwargs["slots"] = slots
         m = edgekit.load(model, **kwargs)
         print(f"plan: {m.plan.summary()}", file=sys.stderr, flush=True)
         return m

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgekit.errors import ContextOverflow, EdgekitError
-from edgekit.serve import _compat, responses
+from edgekit.serve import responses
 from edgekit.serve.errors import APIError, invalid
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.params import Request, error_for, parse_chat, parse_completion, parse_json
@@ -53,6 +53,7 @@ class State:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.slots, self.queue)
+        self.metrics.running = self._running
         self.executor = ThreadPoolExecutor(max_workers=self.slots + self.queue, thread_name_prefix="edgekit-seq")
 
     def ready_model(self) -> Any:
@@ -60,6 +61,11 @@ class State:
             raise APIError(503, "The model is still loading.", code="model_loading",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
         return self.model
+
+    def _running(self) -> int:
+        """Sequences that hold a slot now: started by the engine and not finished."""
+        return sum(1 for job in list(self.jobs) for seq in job.sequences
+                   if getattr(seq, "slot", None) is not None and not seq.done)
 
     def cancel_all(self) -> None:
         """Cancel every running sequence (Ctrl-C, or the end of a graceful shutdown)."""
@@ -272,7 +278,7 @@ def _start(model: Any, prompts: list[list[int]], req: Request) -> list[Any]:
     sequences: list[Any] = []
     try:
         for tokens in prompts:
-            sequences += _compat.start(model, tokens, req.sampling, n=req.n)
+            sequences += model.start(tokens, req.sampling, n=req.n)
     except BaseException:
         for seq in sequences:
             seq.cancel()
@@ -381,7 +387,7 @@ async def _events(state: State, job: Job, req: Request, choices: _Choices) -> As
             if text or entries:
                 yield i, text, entries
         else:
-            if item is None or item.finish_reason == "cancelled":
+            if item.finish_reason == "cancelled":
                 raise APIError(503, "The request was cancelled: the server is shutting down.", code="cancelled")
             text, entries = choices.on_completion(i, item)
             if text or entries:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 
@@ -42,13 +43,15 @@ class Metrics:
         with self._lock:
             self.sequences -= n
 
+    running: Callable[[], int] | None = None  # sequences holding a slot now (the engine's view), if known
+
     @property
     def slots_busy(self) -> int:
-        return min(self.sequences, self.slots)
+        return min(self.running(), self.slots) if self.running is not None else min(self.sequences, self.slots)
 
     @property
     def queue_depth(self) -> int:
-        return max(0, self.sequences - self.slots)
+        return max(0, self.sequences - self.slots_busy)
 
     # -- counting -----------------------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ what needs the vocabulary (logit_bias ids, prompt lengths) is checked where the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -146,8 +145,6 @@ def _sampling(body: dict, base: Sampling, max_tokens: int | None, logprobs: int 
     if bias:
         changes["logit_bias"] = bias
     if logprobs is not None:
-        if "logprobs" not in {f.name for f in dataclasses.fields(Sampling)}:
-            raise invalid("logprobs", "'logprobs' needs the multi-sequence engine, which this build lacks.")
         changes["logprobs"] = logprobs
     try:
         return base.replace(**changes)

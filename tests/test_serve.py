@@ -325,7 +325,7 @@ def test_json_schema_output_valid_for_20_seeds(client, model_id):
     messages = [{"role": "user", "content": "Invent a person. Reply in JSON with name and age."}]
     outputs = []
     for seed in range(0, 20, SLOTS):  # n answers use seeds seed, seed + 1, ...
-        r = chat(client, model_id, messages=messages, n=SLOTS, seed=seed, temperature=1.0, max_tokens=96,
+        r = chat(client, model_id, messages=messages, n=SLOTS, seed=seed, temperature=1.0, max_tokens=64,
                  response_format=fmt)
         outputs += [c.message.content for c in r.choices]
     assert len(outputs) == 20 and all(_is_person(o) for o in outputs), outputs

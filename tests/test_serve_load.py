@@ -17,6 +17,7 @@ from serve_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 60
+SLOW_TIMEOUT = 300  # requests that wait in the queue behind others, on a loaded 2-core CI machine
 # SmolLM2's <|endoftext|> and <|im_end|>: banned, so a request runs to max_tokens.
 NO_EOS = {"0": -100, "2": -100}
 
@@ -55,20 +56,20 @@ def test_queue_full_gives_exactly_four_fast_503s(small_server):
     results: list[httpx.Response] = []
 
     def one() -> None:
-        with httpx.Client(base_url=small_server.url, timeout=TIMEOUT) as c:
+        with httpx.Client(base_url=small_server.url, timeout=SLOW_TIMEOUT) as c:
             barrier.wait(TIMEOUT)
-            results.append(c.post("/v1/chat/completions", json=_body(model_id, 96)))
+            results.append(c.post("/v1/chat/completions", json=_body(model_id, 32)))
 
     threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(TIMEOUT * 3)
+        t.join(SLOW_TIMEOUT * 2)
     assert len(results) == 8
     ok = [r for r in results if r.status_code == 200]
     busy = [r for r in results if r.status_code == 503]
     assert len(ok) == 4 and len(busy) == 4, [r.status_code for r in results]
-    assert all(r.json()["usage"]["completion_tokens"] == 96 for r in ok)
+    assert all(r.json()["usage"]["completion_tokens"] == 32 for r in ok)
     for r in busy:
         assert r.headers["Retry-After"] and r.json()["error"]["code"] == "server_busy"
     with httpx.Client(base_url=small_server.url, timeout=TIMEOUT) as http:
@@ -112,7 +113,7 @@ def test_sigterm_finishes_running_requests_and_exits_0(smollm2_gguf, tmp_path):
     srv = ServerProcess(smollm2_gguf, "--ctx", "1024", "--threads", "2", home=tmp_path).wait_ready()
     try:
         model_id = httpx.get(srv.url + "/v1/models", timeout=TIMEOUT).json()["data"][0]["id"]
-        lines = _first_chunk_then(srv, model_id, 16, signal.SIGTERM)  # well within the 10 s grace
+        lines = _first_chunk_then(srv, model_id, 8, signal.SIGTERM)  # well within the 10 s grace
         assert lines[-1] == "[DONE]"
         text = "".join(json.loads(x)["choices"][0]["delta"].get("content", "") for x in lines[:-1])
         assert json.loads(lines[-2])["choices"][0]["finish_reason"] == "length" and text

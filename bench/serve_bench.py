@@ -316,44 +316,60 @@ def main(argv: list[str] | None = None) -> int:
     bias = eog_bias(args.model)
     results: dict[str, Any] = {"model": args.model, "threads": args.threads, "ctx_per_slot": args.ctx,
                                "max_tokens": args.max_tokens, "slots": slots}
-    servers = [start_edgekit(args.model, slots=slots, ctx=args.ctx, threads=args.threads)]
-    if args.llama_server != "none" and sections & {"scaling", "long_prompt"}:
-        servers.append(start_llama_server(Path(args.llama_server), args.model, slots=slots, ctx=args.ctx,
-                                          threads=args.threads))
-    try:
-        for s in servers:  # warm-up: first-touch of the weights and buffers
-            stream_once(s, "Warm up.", 8, bias)
-        if "scaling" in sections:
-            rows = []
-            for r in range(args.rounds):
-                for s in servers:
+    kinds = ["edgekit"] + (["llama-server"] if args.llama_server != "none" else [])
+
+    def start(kind: str) -> Server:
+        """One server at a time, so an idle one never competes for the cores."""
+        if kind == "edgekit":
+            server = start_edgekit(args.model, slots=slots, ctx=args.ctx, threads=args.threads)
+        else:
+            server = start_llama_server(Path(args.llama_server), args.model, slots=slots, ctx=args.ctx,
+                                        threads=args.threads)
+        stream_once(server, "Warm up.", 8, bias)  # first touch of the weights and buffers
+        return server
+
+    if "scaling" in sections:
+        rows = []
+        for r in range(args.rounds):
+            for kind in kinds:
+                server = start(kind)
+                try:
                     for c in clients:
-                        row = {"round": r, "server": s.name, **concurrent(s, c, args.max_tokens, bias)}
+                        row = {"round": r, "server": kind, **concurrent(server, c, args.max_tokens, bias)}
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-            results["scaling"] = rows
-        if "single" in sections:
-            served = max(concurrent(servers[0], 1, args.max_tokens, bias)["aggregate_tps"] for _ in range(2))
-            local = max(in_process_rate(args.model, args.ctx, args.threads, args.max_tokens, bias) for _ in range(2))
-            results["single"] = {"served_tps": served, "in_process_tps": local, "ratio": served / local}
-            print(json.dumps(results["single"]), flush=True)
-        if "long_prompt" in sections:
-            # The streams must outlast the long prompt's prefill: 4x the usual answer length.
-            results["long_prompt"] = {s.name: long_prompt_gaps(s, args.max_tokens * 4, bias, args.long_prompt)
-                                      for s in servers}
-            print(json.dumps(results["long_prompt"]), flush=True)
-        if "soak" in sections:
-            results["soak"] = soak(servers[0], args.soak, min(4, slots), bias)
-            print(json.dumps(results["soak"]), flush=True)
-        if "footprint" in sections:
-            server_rss = servers[0].rss_mb()
-            bare = bare_model_rss_mb(args.model, args.ctx, args.threads, slots)
-            results["footprint"] = {"server_rss_mb": server_rss, "bare_model_rss_mb": bare,
-                                    "added_mb": server_rss - bare}
-            print(json.dumps(results["footprint"]), flush=True)
-    finally:
-        for s in servers:
-            s.stop()
+                finally:
+                    server.stop()
+        results["scaling"] = rows
+    if "long_prompt" in sections:
+        results["long_prompt"] = {}
+        for kind in kinds:
+            server = start(kind)
+            try:  # the streams must outlast the long prompt's prefill: 4x the usual answer length
+                results["long_prompt"][kind] = long_prompt_gaps(server, args.max_tokens * 4, bias, args.long_prompt)
+            finally:
+                server.stop()
+        print(json.dumps(results["long_prompt"]), flush=True)
+    if sections & {"single", "soak", "footprint"}:
+        server = start("edgekit")
+        try:
+            if "single" in sections:
+                served = max(concurrent(server, 1, args.max_tokens, bias)["aggregate_tps"] for _ in range(2))
+                local = max(in_process_rate(args.model, args.ctx, args.threads, args.max_tokens, bias)
+                            for _ in range(2))
+                results["single"] = {"served_tps": served, "in_process_tps": local, "ratio": served / local}
+                print(json.dumps(results["single"]), flush=True)
+            if "footprint" in sections:  # before the soak: the server as a client sees it after warm-up
+                server_rss = server.rss_mb()
+                bare = bare_model_rss_mb(args.model, args.ctx, args.threads, slots)
+                results["footprint"] = {"server_rss_mb": server_rss, "bare_model_rss_mb": bare,
+                                        "added_mb": server_rss - bare}
+                print(json.dumps(results["footprint"]), flush=True)
+            if "soak" in sections:
+                results["soak"] = soak(server, args.soak, min(4, slots), bias)
+                print(json.dumps(results["soak"]), flush=True)
+        finally:
+            server.stop()
     print(summary(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

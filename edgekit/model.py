@@ -148,16 +148,24 @@ class Model:
 
     # -- chat --------------------------------------------------------------------------------------------
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text for ``messages``, by the model's own chat template (Jinja sandbox)."""
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> str:
+        """The prompt text for ``messages``, by the model's own chat template (Jinja sandbox).
+
+        ``tools`` (OpenAI function tools), assistant ``tool_calls`` and ``tool`` results are rendered
+        by the template if it supports them, else as text it can show (:mod:`edgekit.tools`).
+        """
         from edgekit.template import render
+        from edgekit.tools import chat_inputs
 
+        messages, extra = chat_inputs(self.chat_template, messages, tools)
         return render(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                      bos_token=self._bos_text, eos_token=self._eos_text)
+                      bos_token=self._bos_text, eos_token=self._eos_text, **extra)
 
-    def chat_tokens(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """Prompt tokens for ``messages``; BOS is added only if the template didn't write it."""
-        text = self.render_chat(messages, add_generation_prompt)
+    def chat_tokens(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> list[int]:
+        """Prompt tokens for ``messages`` (and ``tools``); BOS is added only if the template didn't write it."""
+        text = self.render_chat(messages, add_generation_prompt, tools)
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         tokens = self.tokenize(text, add_special=False)
         if add_bos:

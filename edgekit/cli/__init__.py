@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd
+from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd, tune_cmd
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("convert")(convert_cmd.convert)
 app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval_command)
 app.command("models")(models_cmd.models)
+app.command("tune")(tune_cmd.tune)
 app.add_typer(bench_cmd.bench_app, name="bench")
 
 

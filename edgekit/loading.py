@@ -215,10 +215,17 @@ def _resolve_settings(info: ModelInfo, n_ctx: int | None, kv_cache: str, flash_a
     use_kv = tuned and kv_cache == "auto" and not (fa is False and is_quantized(tuned.type_v))
     if use_kv:
         kv = f"{tuned.type_k}/{tuned.type_v}"
-    p = plan_info(info, n_ctx, kv, fa, min(n_ubatch, n_batch))
-    if use_kv and not p.fits:
-        note = f"the tuned KV cache {kv} doesn't fit n_ctx {p.n_ctx}; the static rule's is used"
+    try:
+        p: Plan | None = plan_info(info, n_ctx, kv, fa, min(n_ubatch, n_batch))
+        why = f"doesn't fit n_ctx {n_ctx or info.n_ctx_train}"
+    except EdgekitError as exc:
+        if not use_kv:
+            raise
+        p, why = None, f"can't be used here ({exc.message})"
+    if use_kv and (p is None or not p.fits):
+        note = f"the tuned KV cache {kv} {why}; the static rule's is used"
         p = plan_info(info, n_ctx, "auto", fa, min(n_ubatch, n_batch))
+    assert p is not None
     n_threads = int(threads) if threads else (tuned.threads if tuned else physical_cores())
     threads_batch = tuned.threads_batch if tuned and not threads else n_threads
     if tuned:

@@ -32,7 +32,7 @@ def tune(
     if show:
         stored = profiles.read(profiles.profile_path(path))
         if stored is None:
-            raise EdgekitError(f"no tuned profile for {path.name}", f"Run: edgekit tune {model}")
+            raise EdgekitError(f"no tuned profile for {path.name} on this machine.", f"Run `edgekit tune {model}` first.")
         _, note = profiles.lookup(path)
         _print(stored, tuning.compare(stored, tuning.static_settings(path, stored.n_ctx)), note, as_json)
         return

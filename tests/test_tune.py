@@ -284,3 +284,42 @@ def test_bench_uses_the_profile_and_says_so(tiny_gguf):
     untuned = replace(grid, use_profile=False)
     (group,), _ = plan(untuned)
     assert group.tuned is None and group.flash_attn is True and group.n_ubatch == 512
+
+
+# -- convert -q auto: recipe speed on this device ------------------------------------------------------------
+
+def test_pick_auto_ranks_the_recipes_within_the_kld_budget_by_this_devices_speed():
+    from edgekit.convert.recipes import pick_auto
+
+    assert pick_auto(0.05) == "q4-best"  # no table: the quality table's speeds
+    assert pick_auto(0.05, {"q5-best": 90.0, "q4-best": 60.0}) == "q5-best"
+    assert pick_auto(0.05, {"q4-fast": 999.0, "q4-best": 60.0}) == "q4-best"  # fast but over the KLD budget
+
+
+def test_a_stored_speed_table_drives_auto_and_a_stale_one_is_ignored():
+    from edgekit.convert import recipe_speed
+    from edgekit.convert.recipes import get_recipe
+
+    path = recipe_speed.write_table({"q5-best": {"tg_ts": 90.0, "pp_ts": 400.0},
+                                     "q4-best": {"tg_ts": 60.0, "pp_ts": 300.0}}, "test.gguf")
+    assert get_recipe("auto").name == "q5-best"
+    table = json.loads(path.read_text())
+    table["build"]["llama_cpp_python"] = "0.0.1"
+    path.write_text(json.dumps(table))
+    assert recipe_speed.read_speeds() is None and get_recipe("auto").name == "q4-best"
+
+
+@pytest.mark.slow
+def test_convert_tune_measures_the_recipes_and_auto_follows_the_table(tiny_qwen2_dir, tmp_path):
+    from edgekit.convert import recipe_speed
+    from edgekit.convert.recipes import RECIPES, pick_auto
+
+    res = _cli("convert", str(tiny_qwen2_dir), "-q", "auto", "--tune", "--json", "-o", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    table = json.loads(recipe_speed.table_path().read_text())
+    measured = {name for name, r in RECIPES.items() if r.measured is not None}
+    assert set(table["recipes"]) == measured
+    assert all(row["tg_ts"] > 0 and row["pp_ts"] > 0 for row in table["recipes"].values())
+    chosen = pick_auto(0.05, recipe_speed.read_speeds())
+    out = json.loads(res.stdout)["outputs"]
+    assert [o["type"] for o in out] == [chosen.upper()]

@@ -154,8 +154,7 @@ def lookup(path: Path) -> tuple[Profile | None, str]:
     """The valid profile of the model at ``path`` and a note.
 
     (profile, "") when one matches this device, file and build; (None, note) when a profile
-    exists but can't be used (stale, partial without settings, unreadable); (None, "") when
-    there is none.
+    exists but can't be used (stale, partial, unreadable); (None, "") when there is none.
     """
     where = profile_path(path)
     if not where.exists():
@@ -166,6 +165,7 @@ def lookup(path: Path) -> tuple[Profile | None, str]:
     why = mismatch(profile.key, current_key(path))
     if why:
         return None, f"ignored the tuned profile of {path.name}: {why}; run `edgekit tune` again"
-    if profile.settings is None:
-        return None, f"ignored the tuned profile of {path.name}: tuning was interrupted before any result"
+    if profile.partial:  # a checkpoint to continue from, not a result
+        return None, (f"ignored the tuned profile of {path.name}: tuning was interrupted; run `edgekit tune` "
+                      "again to finish it")
     return profile, ""

@@ -293,6 +293,10 @@ class _Tuner:
     def affordable(self) -> bool:
         return self.elapsed() + self.cost_s <= self.budget_s
 
+    def keep_state_of(self, cfg: Config) -> None:
+        """Drop the filled caches no later configuration can take over (they hold the whole KV cache)."""
+        self.states = {k: v for k, v in self.states.items() if k == (cfg.type_k, cfg.type_v, cfg.flash_attn)}
+
 
 def _base_config(info: Any, n_ctx: int, threads: int) -> Config:
     """edgekit's static rule: what load() picks without a profile."""
@@ -391,6 +395,7 @@ def _search(tuner: _Tuner, base: Config, threads: list[int]) -> None:
             if by_job(entry) < by_job(best_entry):
                 best, best_entry = Config(**{k: entry[k] for k in Config.__dataclass_fields__}), entry
                 tuner.best, tuner.best_entry = best, entry
+            tuner.keep_state_of(best)
 
     # 2. flash attention (off needs an f16 V cache; it also has to fit: the score buffer grows with n_ctx)
     if not _quantized_v(best.kv) and tuner.fits(best.kv, not best.flash_attn, best.n_ubatch):

@@ -261,6 +261,8 @@ def test_ctrl_c_keeps_a_partial_profile_and_a_rerun_continues_it(tiny_gguf, tmp_
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     partial = read(profile_path(tiny_gguf))
     assert partial is not None and partial.partial and partial.measured
+    profile, note = lookup(tiny_gguf)  # a checkpoint to continue from: load() doesn't use it
+    assert profile is None and "interrupted" in note
     # The re-run continues: what was measured is kept as it was, and the profile is complete.
     done = tune(tiny_gguf, n_ctx=1024, budget_s=3, threads=[1])
     assert not done.partial and done.settings is not None

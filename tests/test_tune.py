@@ -316,7 +316,7 @@ def test_convert_tune_measures_the_recipes_and_auto_follows_the_table(tiny_qwen2
     from edgekit.convert import recipe_speed
     from edgekit.convert.recipes import RECIPES, pick_auto
 
-    res = _cli("convert", str(tiny_qwen2_dir), "-q", "auto", "--tune", "--json", "-o", str(tmp_path))
+    res = _cli("convert", str(tiny_qwen2_dir), "-q", "auto", "--tune", "-t", "1", "--json", "-o", str(tmp_path))
     assert res.returncode == 0, res.stderr
     table = json.loads(recipe_speed.table_path().read_text())
     measured = {name for name, r in RECIPES.items() if r.measured is not None}

@@ -325,3 +325,27 @@ def test_convert_tune_measures_the_recipes_and_auto_follows_the_table(tiny_qwen2
     chosen = pick_auto(0.05, recipe_speed.read_speeds())
     out = json.loads(res.stdout)["outputs"]
     assert [o["type"] for o in out] == [chosen.upper()]
+
+
+@pytest.mark.slow
+def test_fill_depth_tops_up_a_shallower_saved_state(tiny_gguf):
+    """Depths measured in increasing order fill the cache once: 256 tokens, then 256 more for depth 512."""
+    import edgekit
+    from edgekit import _llama
+    from edgekit.bench import measure
+
+    with edgekit.load(tiny_gguf, n_ctx=1024, threads=1) as m:
+        ctx = measure.Context(m.llama_context, m.llama_model, 1)
+        L = _llama.lib()
+        mem = L.llama_get_memory(ctx.ctx)
+        filled: list[int] = []
+        prompt = ctx.prompt
+        ctx.prompt = lambda n, n_batch: (filled.append(n), prompt(n, n_batch))  # type: ignore[method-assign]
+        ctx.fill_depth(256, 128)
+        assert L.llama_memory_seq_pos_max(mem, 0) == 255
+        ctx.fill_depth(512, 128)
+        assert L.llama_memory_seq_pos_max(mem, 0) == 511 and ctx.depth_state[0] == 512
+        ctx.fill_depth(512, 128)  # the same depth again: restored, nothing decoded
+        assert L.llama_memory_seq_pos_max(mem, 0) == 511
+        assert filled == [256, 256]
+        m.reset()

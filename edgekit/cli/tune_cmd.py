@@ -97,15 +97,18 @@ def _print(profile: Any, comparison: dict[str, Any], note: str, as_json: bool, s
     typer.echo(f"{profile.model}: tuned for n_ctx {profile.n_ctx}{state}, depths {profile.depths}, "
                f"{len(profile.measured)} configurations in {profile.elapsed_s:.0f} s")
     rows = [[r["setting"], _fmt(r["static"]), _fmt(r["tuned"])] for r in comparison["settings"]]
-    typer.echo(tables.render(("setting", "static rule", "tuned"), rows, "table"))
+    typer.echo(tables.render(("setting", "static rule", "tuned"), rows, "table").rstrip())
     rows = [[str(r["depth"]), _fmt(r["pp_static"]), _fmt(r["pp_tuned"]), _fmt(r["tg_static"]), _fmt(r["tg_tuned"])]
             for r in comparison["predicted"]]
     typer.echo("\npredicted tokens/s (fitted a + b*depth):")
-    typer.echo(tables.render(("depth", "pp static", "pp tuned", "tg static", "tg tuned"), rows, "table"))
+    typer.echo(tables.render(("depth", "pp static", "pp tuned", "tg static", "tg tuned"), rows, "table").rstrip())
     job = comparison["job_s"]
     prompt, gen = profile.job.get("prompt_tokens"), profile.job.get("gen_tokens")
+    def secs(v: float | None) -> str:
+        return f"{v:.1f} s" if v is not None else "not measured"
+
     typer.echo(f"\nrepresentative job ({prompt}-token prompt, then {gen} tokens generated): "
-               f"static {_fmt(job['static'])} s, tuned {_fmt(job['tuned'])} s")
+               f"static rule {secs(job['static'])}, tuned {secs(job['tuned'])}")
     for line in profile.not_measured:
         typer.echo(f"not measured (budget): {line}")
     if saved:

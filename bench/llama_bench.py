@@ -45,7 +45,7 @@ def command(binary: str, group: Any, grid: Any, case: Any, gpu_layers: int) -> l
     return [
         binary, "-m", str(group.model), "-p", str(case.n_prompt), "-n", str(case.n_gen), "-d", str(case.n_depth),
         "-t", str(group.threads), "-ctk", group.type_k, "-ctv", group.type_v,
-        "-fa", "on" if group.flash_attn else "off", "-b", str(grid.n_batch), "-ub", str(grid.n_ubatch),
+        "-fa", "on" if group.flash_attn else "off", "-b", str(grid.n_batch), "-ub", str(group.n_ubatch),
         "-ngl", str(gpu_layers), "-r", str(grid.reps), "-o", "jsonl",
         *([] if grid.warmup else ["--no-warmup"]),
     ]

@@ -63,7 +63,9 @@ class Context:
     on_clear: Callable[[], None] | None = None  # tell the owner its cache bookkeeping is stale
     seed: int = 1234
     _rng: random.Random = field(init=False, repr=False)
-    _depth_state: tuple[int, Any] | None = field(default=None, init=False, repr=False)
+    # (depth, llama.cpp's sequence state at that depth): fill_depth restores it instead of refilling.
+    # Another context of the same model, KV types and flash-attention setting can take it over.
+    depth_state: tuple[int, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from edgekit import _llama
@@ -117,21 +119,29 @@ class Context:
             token = self._token()
 
     def fill_depth(self, depth: int, n_batch: int) -> None:
-        """Clear the cache and put ``depth`` tokens in it, restoring a saved state when the depth was filled before."""
+        """Clear the cache and put ``depth`` tokens in it.
+
+        A saved state of this depth is restored; one of a smaller depth is restored and topped
+        up, so depths measured in increasing order fill the cache only once.
+        """
         self.clear()
         if depth <= 0:
             return
         lib = self._lib
-        if self._depth_state is not None and self._depth_state[0] == depth:
-            buf = self._depth_state[1]
+        have = 0
+        if self.depth_state is not None and self.depth_state[0] <= depth:
+            saved, buf = self.depth_state
             if lib.llama_state_seq_set_data(self.ctx, buf, len(buf), 0) != 0:
-                return
-            self.clear()  # an incompatible state: refill from scratch
-        self.prompt(depth, n_batch)
+                if saved == depth:
+                    return
+                have = saved
+            else:
+                self.clear()  # an incompatible state: refill from scratch
+        self.prompt(depth - have, n_batch)
         size = lib.llama_state_seq_get_size(self.ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         lib.llama_state_seq_get_data(self.ctx, buf, size, 0)
-        self._depth_state = (depth, buf)
+        self.depth_state = (depth, buf)
 
 
 def time_pp_tg(ctx: Context, *, n_prompt: int, n_gen: int, n_depth: int, n_batch: int, reps: int,

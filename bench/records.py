@@ -45,6 +45,7 @@ FIELDS: tuple[str, ...] = (
     "prompt_tokens", "gen_tokens",
     "mem_bw_gbs", "bytes_per_token", "ceiling_ts", "efficiency",
     "llama_bench_ts", "ratio_vs_llama_bench",
+    "tuned", "tuned_settings",  # whether the load settings came from a tuned profile (edgekit tune), and which
     "edgekit_version", "llama_cpp_python", "device_id", "device",
 )
 REQUIRED: tuple[str, ...] = (

@@ -34,6 +34,7 @@ from .engines import Loaded
 __all__ = ["Grid", "SUITES", "Case", "Group", "plan", "run", "suite_grid", "parse_kv", "ENGINES"]
 
 ENGINES = ("edgekit", "llama-cpp-python")
+TUNABLE = frozenset({"kv_cache", "threads", "flash_attn", "n_ubatch"})  # what a tuned profile may set
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class Grid:
     llama_bench: str | None = None  # path of a llama-bench binary to interleave with
     gpu_layers: int | str = "auto"  # "auto" = every layer where the build offloads (Metal), else 0
     vs_rounds: int = 2  # A-B-A-B rounds against llama-bench, so slow drift of a shared machine cancels out
+    # Load settings (kv_cache, threads, flash_attn, n_ubatch) not named here come from the model's tuned
+    # profile when it has a valid one (edgekit tune), as edgekit.load does; the defaults above otherwise.
+    use_profile: bool = True
+    explicit: frozenset[str] = frozenset()
 
 
 # Suites set the grid's defaults; explicit CLI options override them.
@@ -84,7 +89,8 @@ def suite_grid(models: Sequence[str], suite: str = "standard", **overrides: Any)
     if suite not in SUITES:
         raise BenchError(f"unknown suite {suite!r}", f"Use one of: {', '.join(SUITES)}.")
     base = Grid(models=tuple(models), **SUITES[suite])
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(base, **given, explicit=frozenset(given) & TUNABLE)
 
 
 def parse_kv(spec: str) -> tuple[str, str]:
@@ -119,6 +125,9 @@ class Group:
     threads: int
     n_ctx: int
     cases: list[Case] = field(default_factory=list)
+    n_ubatch: int = 512
+    threads_batch: int = 0  # prefill threads when a tuned profile picked them apart from ``threads``
+    tuned: dict[str, Any] | None = None  # the tuned profile's settings this group used, if any
 
 
 def plan(grid: Grid) -> tuple[list[Group], list[str]]:
@@ -152,7 +161,17 @@ def plan(grid: Grid) -> tuple[list[Group], list[str]]:
                 skipped.append(f"{Path(model).name} {records.test_name(c.test, c.n_prompt, c.n_gen, c.n_depth)}: "
                                f"needs {c.n_depth + c.n_prompt + c.n_gen} tokens of context, the model was trained "
                                f"for {limit}")
-    for model, kv, t, fa in itertools.product(grid.models, grid.kv_cache, threads, grid.flash_attn):
+    combos = []
+    for model in grid.models:
+        tuned = _tuned_settings(model) if grid.use_profile and grid.engine == "edgekit" else None
+        kvs, ths, fas, ub = grid.kv_cache, threads, grid.flash_attn, grid.n_ubatch
+        if tuned is not None:
+            kvs = kvs if "kv_cache" in grid.explicit else (f"{tuned.type_k}/{tuned.type_v}",)
+            ths = ths if "threads" in grid.explicit else (tuned.threads,)
+            fas = fas if "flash_attn" in grid.explicit else (tuned.flash_attn,)
+            ub = ub if "n_ubatch" in grid.explicit else tuned.n_ubatch
+        combos += [(model, kv, t, fa, ub, tuned) for kv, t, fa in itertools.product(kvs, ths, fas)]
+    for model, kv, t, fa, ub, tuned in combos:
         type_k, type_v = parse_kv(kv)
         limit = trained[model]
         fitting = [c for c in cases if not limit or c.n_depth + c.n_prompt + c.n_gen <= limit]
@@ -167,8 +186,25 @@ def plan(grid: Grid) -> tuple[list[Group], list[str]]:
         n_ctx = -(-need // CTX_ALIGN) * CTX_ALIGN
         if limit:
             n_ctx = min(n_ctx, max(limit, need))
-        groups.append(Group(model, type_k, type_v, fa, t, n_ctx, fitting))
+        used = None if tuned is None else {**tuned.as_dict(), "type_k": type_k, "type_v": type_v, "flash_attn": fa,
+                                            "threads": t, "n_ubatch": ub}
+        tb = tuned.threads_batch if tuned is not None and "threads" not in grid.explicit else 0
+        groups.append(Group(model, type_k, type_v, fa, t, n_ctx, fitting, n_ubatch=ub, threads_batch=tb, tuned=used))
     return groups, skipped
+
+
+def _tuned_settings(model: str) -> Any:
+    """The tuned profile's Settings of a GGUF file (None without a valid profile)."""
+    path = Path(model).expanduser()
+    if not path.is_file():
+        return None
+    from edgekit.profile import lookup
+
+    try:
+        profile, _ = lookup(path)
+    except Exception:  # an unreadable file: llama.cpp's error at load time says more
+        return None
+    return profile.settings if profile is not None else None
 
 
 def _trained_ctx(model: str) -> int | None:
@@ -232,7 +268,11 @@ def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any
 
     for group in groups:
         loaded = Loaded(group.model, group.type_k, group.type_v, group.flash_attn, group.threads, group.n_ctx,
-                        grid.engine, grid.n_batch, grid.n_ubatch, grid.gpu_layers)
+                        grid.engine, grid.n_batch, group.n_ubatch, grid.gpu_layers)
+        if group.threads_batch and group.threads_batch != group.threads:
+            from edgekit import _llama
+
+            _llama.lib().llama_set_n_threads(loaded.ctx.ctx, group.threads, group.threads_batch)
         try:
             for case in group.cases:
                 if case.test == "chat":
@@ -285,12 +325,13 @@ def _common(loaded: Loaded, group: Group, grid: Grid, case: Case, device: dict[s
         "n_depth": case.n_depth, "build_commit": None, "cpu_info": device.get("cpu_model"), "gpu_info": "",
         "backends": "CPU", "model_filename": str(group.model), "model_type": loaded.model_type,
         "model_size": loaded.model_size, "model_n_params": loaded.model_n_params, "n_batch": grid.n_batch,
-        "n_ubatch": grid.n_ubatch, "n_threads": group.threads, "type_k": loaded.type_k, "type_v": loaded.type_v,
+        "n_ubatch": group.n_ubatch, "n_threads": group.threads, "type_k": loaded.type_k, "type_v": loaded.type_v,
         "n_gpu_layers": loaded.gpu_layers, "flash_attn": int(loaded.flash_attn), "n_ctx": loaded.n_ctx, "reps": grid.reps,
         "warmup": grid.warmup, "load_s": loaded.load_s, "rss_bytes": loaded.rss,
         "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "edgekit_version": device.get("edgekit"), "llama_cpp_python": device.get("llama_cpp_python"),
         "device_id": device["device_id"], "device": device,
+        "tuned": group.tuned is not None, "tuned_settings": group.tuned,
     }
 
 

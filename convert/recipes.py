@@ -15,7 +15,8 @@ and decode speed.
 
 ``measured`` holds the numbers of the quality table that ``bench/studies/quality.py``
 measures (SmolLM2-135M, weights perturbed off the Q4_1 grid, F16 reference, 1785
-tokens of edgekit's eval text at ctx 512); :func:`pick_auto` uses them.
+tokens of edgekit's eval text at ctx 512); :func:`pick_auto` uses them, with this device's own
+speed table (``edgekit convert --tune``, :mod:`edgekit.convert.recipe_speed`) when there is one.
 """
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ def is_recipe(name: str) -> bool:
 
 
 def get_recipe(name: str, max_kld: float | None = None) -> Recipe:
-    """The recipe called ``name``; ``auto`` resolves through :func:`pick_auto`."""
+    """The recipe called ``name``; ``auto`` resolves through :func:`pick_auto` (with this device's speed table)."""
     key = name.lower()
     if key == "auto":
-        key = pick_auto(DEFAULT_MAX_KLD if max_kld is None else max_kld)
+        from edgekit.convert.recipe_speed import read_speeds
+
+        key = pick_auto(DEFAULT_MAX_KLD if max_kld is None else max_kld, read_speeds())
     if key not in RECIPES:
         raise QuantizeError(f"Unknown recipe {name!r}.", f"Use one of: auto, {', '.join(RECIPES)}.")
     return RECIPES[key]
@@ -138,12 +141,20 @@ def resolve_types(recipe: Recipe, shapes: dict[str, tuple[int, ...]], n_layer: i
     return plan
 
 
-def pick_auto(max_kld: float = DEFAULT_MAX_KLD) -> str:
-    """The fastest measured recipe whose KLD is within ``max_kld`` (the most accurate one if none is)."""
+def pick_auto(max_kld: float = DEFAULT_MAX_KLD, speeds: dict[str, float] | None = None) -> str:
+    """The fastest measured recipe whose KLD is within ``max_kld`` (the most accurate one if none is).
+
+    Speed is this device's decode tokens/s from ``speeds`` ({recipe: tok/s}, the table
+    ``edgekit convert --tune`` stores) for the candidates it covers; without it, the quality
+    table's decode speed relative to F16 (measured on the project's machine). KLD breaks ties.
+    """
     rows = [r for r in RECIPES.values() if r.measured is not None]
     if not rows:
         return next(iter(RECIPES))
     within = [r for r in rows if r.measured.kld <= max_kld]
     if not within:
         return min(rows, key=lambda r: r.measured.kld).name
+    timed = [r for r in within if speeds and speeds.get(r.name)]
+    if timed:
+        return max(timed, key=lambda r: (speeds[r.name], -r.measured.kld)).name  # type: ignore[index]
     return max(within, key=lambda r: (r.measured.tg_ratio_f16, -r.measured.kld)).name

@@ -139,7 +139,7 @@ def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batc
 
 def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
-         seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
+         seed: int | None = None, n_batch: int = 512, n_ubatch: int | None = None, rope_scaling: str | None = None,
          quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
          speculative: str = "off", slots: int = 1) -> Model:
     """Load a model for generation, planned to fit memory.
@@ -149,14 +149,21 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
             into the cache, type ``quant``), or a name from the local store.
         n_ctx: context size in tokens; None = the model's trained context. More than
             the trained context is refused unless ``rope_scaling`` ("linear" or "yarn") is given.
-        kv_cache: "auto" (fastest type that fits), "f16", "q8_0", "q4_0", or "K/V" like "q8_0/f16".
-        threads: CPU threads; None = physical cores.
+        kv_cache: "auto" (the tuned type if it fits, else the static rule: f16 when it fits, quantized
+            only when memory requires it), "f16", "q8_0", "q4_0", or "K/V" like "q8_0/f16".
+        threads: CPU threads; None = the tuned decode and prefill thread counts, else physical cores.
         gpu_layers: layers to offload: "auto" = all where the build supports GPU offload (Metal), else 0;
             a negative number = all. ``Model.gpu_layers`` is the resolved count (all = n_layer + 1).
-        flash_attn: "auto" (on), True or False. A quantized V cache turns it on.
+        flash_attn: "auto" (the tuned setting, else on), True or False. A quantized V cache turns it on.
         mmap, mlock: map the weights instead of reading them; lock them in RAM.
         seed: default sampling seed (None = random per call unless the call gives one).
-        n_batch, n_ubatch: prompt tokens per llama_decode call / per compute pass.
+        n_batch, n_ubatch: prompt tokens per llama_decode call / per compute pass (n_ubatch None =
+            the tuned value, else 512).
+
+    Settings left on their defaults come from the model's tuned profile when ``edgekit tune`` made
+    one for this device, file and llama.cpp build (docs/tune.md); explicit arguments always win,
+    and the memory plan has the last word. ``Model.plan.tuned`` shows what was used, and
+    ``Model.plan.note`` says why a profile was ignored.
         progress: ``progress(stage, done, total)`` for conversion and loading.
         chat_template: a chat template (Jinja text) to use instead of the one in the GGUF,
             e.g. for a model converted without one.
@@ -188,16 +195,62 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
             needed=n_ctx, available=info.n_ctx_train)
     if rope_scaling not in (None, "linear", "yarn"):
         raise EdgekitError(f"rope_scaling must be 'linear' or 'yarn', got {rope_scaling!r}")
-    if n_batch < 1 or n_ubatch < 1:
-        raise EdgekitError("n_batch and n_ubatch must be positive")
     if not 1 <= slots <= min(MAX_SLOTS, n_batch):
         raise EdgekitError(f"slots must lie in 1..{min(MAX_SLOTS, n_batch)}, got {slots}",
                            "Every slot needs a row in each batch: at most n_batch (and llama.cpp's 256) slots.")
-    p = plan_info(info, n_ctx, kv_cache, flash_attn, min(n_ubatch, n_batch), slots=slots)
+    p, n_threads, threads_batch, n_ubatch = _resolve_settings(info, n_ctx, kv_cache, flash_attn, threads, n_batch,
+                                                              n_ubatch, slots)
     require_fit(p)
-    n_threads = int(threads) if threads else physical_cores()
     from edgekit.model import Model
 
-    return Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
-                 mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
-                 progress=progress, chat_template=chat_template, speculative=speculative)
+    m = Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
+              mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
+              progress=progress, chat_template=chat_template, speculative=speculative)
+    if threads_batch != n_threads:  # the Model sets one count for both phases; the profile picked each
+        _llama.lib().llama_set_n_threads(m.llama_context, n_threads, threads_batch)
+    return m
+
+
+def _resolve_settings(info: ModelInfo, n_ctx: int | None, kv_cache: str, flash_attn: bool | str,
+                      threads: int | None, n_batch: int, n_ubatch: int | None,
+                      slots: int = 1) -> tuple[Plan, int, int, int]:
+    """The memory plan, decode threads, prefill threads and n_ubatch: explicit arguments, else the
+    tuned profile's settings, else the static rule; a tuned KV type that doesn't fit falls back."""
+    from dataclasses import replace
+
+    from edgekit.llama_facts import is_quantized
+    from edgekit.profile import lookup
+
+    profile, note = lookup(info.path)
+    tuned = profile.settings if profile is not None else None
+    if n_ubatch is None:
+        n_ubatch = tuned.n_ubatch if tuned else 512
+    if n_batch < 1 or n_ubatch < 1:
+        raise EdgekitError("n_batch and n_ubatch must be positive")
+    kv, fa = kv_cache, flash_attn
+    if tuned and flash_attn == "auto":
+        fa = tuned.flash_attn
+    use_kv = tuned and kv_cache == "auto" and not (fa is False and is_quantized(tuned.type_v))
+    if use_kv:
+        kv = f"{tuned.type_k}/{tuned.type_v}"
+    try:
+        p: Plan | None = plan_info(info, n_ctx, kv, fa, min(n_ubatch, n_batch), slots=slots)
+        why = f"doesn't fit n_ctx {n_ctx or info.n_ctx_train}"
+    except EdgekitError as exc:
+        if not use_kv:
+            raise
+        p, why = None, f"can't be used here ({exc.message})"
+    if use_kv and (p is None or not p.fits):
+        note = f"the tuned KV cache {kv} {why}; the static rule's is used"
+        p = plan_info(info, n_ctx, "auto", fa, min(n_ubatch, n_batch), slots=slots)
+    assert p is not None
+    n_threads = int(threads) if threads else (tuned.threads if tuned else physical_cores())
+    threads_batch = tuned.threads_batch if tuned and not threads else n_threads
+    if tuned:
+        used = {"threads": n_threads, "threads_batch": threads_batch, "flash_attn": p.flash_attn,
+                "type_k": p.type_k, "type_v": p.type_v, "n_ubatch": min(n_ubatch, n_batch),
+                "tuned_n_ctx": profile.n_ctx}
+        p = replace(p, tuned=used, note=note)
+    elif note:
+        p = replace(p, note=note)
+    return p, n_threads, threads_batch, n_ubatch

@@ -81,9 +81,20 @@ class Plan:
     path: str = ""
     slots: int = 1  # sequences decoded at once, each with its own n_ctx of KV cache
     max_fitting_slots: int = 1  # the most slots that fit at this n_ctx
+    # Settings taken from the model's tuned profile (edgekit tune), as Settings.as_dict(); None = the static rule.
+    tuned: dict | None = None
+    note: str = ""  # e.g. why a tuned profile was ignored or a tuned KV type didn't fit
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def tuning(self) -> str:
+        """``tuned: threads 2 (prefill 2), ...`` or ``untuned (static rule)``."""
+        if not self.tuned:
+            return "untuned (static rule)"
+        t = self.tuned
+        return (f"tuned: threads {t['threads']} (prefill {t['threads_batch']}), ubatch {t['n_ubatch']}, "
+                f"KV {t['type_k']}/{t['type_v']}, flash attention {'on' if t['flash_attn'] else 'off'}")
 
     def summary(self) -> str:
         """A short human-readable breakdown, e.g. for ``edgekit chat --plan``."""
@@ -99,7 +110,8 @@ class Plan:
         return (f"{size}, KV {self.type_k}/{self.type_v}, flash attention "
                 f"{'on' if self.flash_attn else 'off'}: weights {mib(self.weights_bytes)} + KV {mib(self.kv_bytes)}"
                 f" + compute {mib(self.compute_bytes)} + overhead {mib(self.overhead_bytes)} = "
-                f"{mib(self.total_bytes)} of {mib(self.available_bytes)} available; {verdict}")
+                f"{mib(self.total_bytes)} of {mib(self.available_bytes)} available; {verdict}; {self.tuning()}"
+                + (f" ({self.note})" if self.note else ""))
 
 
 def parse_kv_cache(kv_cache: str) -> list[tuple[str, str]]:

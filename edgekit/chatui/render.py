@@ -115,6 +115,7 @@ def memory_table(model: Model) -> Table:
     fa = "on" if plan.flash_attn else "off"
     fits = "fits" if plan.fits else "does NOT fit"
     table.add_row("plan", f"n_ctx {plan.n_ctx}, KV {plan.type_k}/{plan.type_v}, flash attention {fa}: {fits}")
+    table.add_row("settings", plan.tuning() + (f" ({plan.note})" if plan.note else ""))
     proc = psutil.Process()
     table.add_row("process RSS now", fmt_bytes(proc.memory_info().rss))
     table.add_row("system available", fmt_bytes(psutil.virtual_memory().available))

@@ -114,6 +114,9 @@ def run(opts: ChatOptions) -> int:
     chat = Chat(model, system=opts.system, **settings.kwargs())
     state = ChatState(model=model, chat=chat, settings=settings, err=render.stderr_console(),
                       quiet=opts.quiet, colour=render.use_colour(sys.stderr))
+    note = getattr(model.plan, "note", "")
+    if note and not opts.quiet:  # e.g. a stale tuned profile was ignored: say so once
+        state.note(f"Note: {note}.")
     try:
         if one_shot:
             from edgekit.chatui import oneshot

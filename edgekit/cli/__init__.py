@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd, serve_cmd
+from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd, serve_cmd, tune_cmd
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval_command)
 app.command("models")(models_cmd.models)
 app.command("serve")(serve_cmd.serve)
+app.command("tune")(tune_cmd.tune)
 app.add_typer(bench_cmd.bench_app, name="bench")
 
 

@@ -67,12 +67,13 @@ def run_cmd(
     n_prompt: Annotated[str | None, typer.Option("-p", "--n-prompt", help="Prompt lengths for pp tests, e.g. 512.")] = None,
     n_gen: Annotated[str | None, typer.Option("-n", "--n-gen", help="Token counts for tg tests, e.g. 128.")] = None,
     depth: Annotated[str | None, typer.Option("-d", "--depth", help="Context depths, e.g. 0,4096,16384.")] = None,
-    kv_cache: Annotated[str | None, typer.Option("--kv-cache", "-k", help="KV types, e.g. f16,q8_0,q8_0/f16 (K/V).")] = None,
-    threads: Annotated[str | None, typer.Option("--threads", "-t", help="Thread counts (default: physical cores).")] = None,
-    flash_attn: Annotated[str | None, typer.Option("--flash-attn", help="on,off (default: on).")] = None,
+    kv_cache: Annotated[str | None, typer.Option("--kv-cache", "-k", help="KV types, e.g. f16,q8_0,q8_0/f16 (K/V). Default: the tuned profile's, else f16/f16.")] = None,
+    threads: Annotated[str | None, typer.Option("--threads", "-t", help="Thread counts (default: the tuned profile's, else physical cores).")] = None,
+    flash_attn: Annotated[str | None, typer.Option("--flash-attn", help="on,off (default: the tuned profile's, else on).")] = None,
     reps: Annotated[int | None, typer.Option("-r", "--repetitions", help="Repetitions per test (after a warm-up).")] = None,
     n_batch: Annotated[int, typer.Option("-b", "--n-batch", help="Logical batch size.")] = 512,
-    n_ubatch: Annotated[int, typer.Option("--n-ubatch", help="Physical batch size.")] = 512,
+    n_ubatch: Annotated[int | None, typer.Option("--n-ubatch", help="Physical batch size (default: the tuned "
+                                                 "value, else 512).", show_default=False)] = None,
     gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: auto (all where Metal/GPU is built in) or a number.")] = "auto",
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Also time a chat turn (TTFT, end-to-end); "
                                                "default: on for the suites, off like llama-bench.")] = None,

@@ -16,6 +16,8 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="Quantizer threads (default: all cores).")] = None,
     max_kld: Annotated[float | None, typer.Option("--max-kld", help="KLD budget for -q auto (default 0.05).")] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="Before converting, time the recipes on this device and store "
+                                       "the table -q auto ranks by (a minute or two for a 0.5B model).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary: path, type, size, sha256.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
@@ -23,6 +25,13 @@ def convert(
     from edgekit.convert import convert as run_convert
     from edgekit.progress import rich_progress
 
+    if tune:
+        from edgekit.convert.recipe_speed import tune_recipes
+
+        with rich_progress(enabled=not quiet and not as_json) as progress:
+            table = tune_recipes(src, threads=threads, progress=progress)
+        if not as_json:
+            typer.echo(f"recipe speeds on this device: {table}", err=True)
     with rich_progress(enabled=not quiet and not as_json, unit_bytes=True) as progress:
         files = run_convert(src, out=out, quant=quant, force=force, threads=threads, max_kld=max_kld, progress=progress)
     if as_json:

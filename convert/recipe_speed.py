@@ -1,0 +1,125 @@
+"""How fast each quantization recipe runs on this device: the table ``convert -q auto`` ranks by.
+
+llama.cpp's CPU kernels differ per type and per device: it repacks Q4_0 and IQ4_NL weights
+for AVX2 and NEON (interleaved rows, faster matmuls) but not Q5_0, and where the repacked
+(extra) buffers are off (on this project's Xeon the AMX probe turns them off) that advantage
+is gone. So a recipe's speed measured on one machine doesn't carry over to another.
+
+:func:`tune_recipes` quantizes the candidates from one F16 conversion, times each briefly with
+the benchmark's own code (:func:`edgekit.bench.measure.time_pp_tg`, loaded like
+:class:`edgekit.bench.engines.Loaded`) and stores decode and prefill tokens/s per recipe in
+``data_dir()/profiles/recipe-speed-<device>.json``, keyed by the device and the llama.cpp build.
+:func:`read_speeds` returns the stored decode speeds (None when there's no valid table).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from edgekit.progress import ProgressFn, report
+
+__all__ = ["table_path", "read_speeds", "write_table", "tune_recipes", "SCHEMA"]
+
+SCHEMA = "edgekit.recipe_speed"
+PP_TOKENS = 128
+TG_TOKENS = 32
+
+
+def _device_id() -> str:
+    from edgekit.device import device_id, fingerprint
+
+    return device_id(fingerprint())
+
+
+def table_path(device: str | None = None) -> Path:
+    from edgekit.profile import profiles_dir
+
+    return profiles_dir() / f"recipe-speed-{device or _device_id()}.json"
+
+
+def read_speeds() -> dict[str, float] | None:
+    """{recipe: decode tokens/s} measured on this device with this llama.cpp build, or None."""
+    from edgekit.profile import build_identity, profiles_dir
+
+    if not any(profiles_dir().glob("recipe-speed-*.json")):  # nothing stored: don't start llama.cpp to find out
+        return None
+    path = table_path()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if table.get("schema") != SCHEMA or table.get("build") != build_identity():
+        return None
+    recipes = table.get("recipes") or {}
+    speeds = {name: float(row["tg_ts"]) for name, row in recipes.items() if isinstance(row, dict) and row.get("tg_ts")}
+    return speeds or None
+
+
+def write_table(recipes: dict[str, dict[str, Any]], model: str, repacked: bool | None = None) -> Path:
+    """Store ``{recipe: {"tg_ts", "pp_ts"}}`` for this device and build (atomically); return the path."""
+    from edgekit.convert.atomic import atomic_output
+    from edgekit.profile import build_identity
+
+    device = _device_id()
+    table = {"schema": SCHEMA, "device_id": device, "build": build_identity(), "model": model,
+             "repacked_weights": repacked, "recipes": recipes,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = table_path(device)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(table, indent=2) + "\n")
+    return path
+
+
+def _time_file(path: Path, threads: int) -> dict[str, float]:
+    """Brief pp and tg tokens/s of one GGUF (one load, a warm-up, one repetition each)."""
+    from edgekit.bench import measure
+    from edgekit.bench.engines import Loaded
+
+    loaded = Loaded(str(path), "f16", "f16", True, threads, 512, "edgekit", 512, 512, "auto")
+    try:
+        loaded.ctx.clear()
+        loaded.ctx.prompt(32, 512)
+        loaded.ctx.gen(1)
+        pp = measure.time_pp_tg(loaded.ctx, n_prompt=PP_TOKENS, n_gen=0, n_depth=0, n_batch=512, reps=1, warmup=False)
+        tg = measure.time_pp_tg(loaded.ctx, n_prompt=0, n_gen=TG_TOKENS, n_depth=0, n_batch=512, reps=1, warmup=False)
+        return {"pp_ts": PP_TOKENS * 1e9 / pp[0], "tg_ts": TG_TOKENS * 1e9 / tg[0],
+                "size_bytes": path.stat().st_size}
+    finally:
+        loaded.close()
+
+
+def tune_recipes(src: str | Path, recipes: list[str] | None = None, *, threads: int | None = None,
+                 progress: ProgressFn | None = None) -> Path:
+    """Convert ``src`` to F16 once, quantize it with each recipe, time each, and store the table.
+
+    ``recipes`` defaults to every measured recipe in :data:`~edgekit.convert.recipes.RECIPES`.
+    Returns the table's path. The quantized files are scratch files, removed afterwards.
+    """
+    from edgekit import _llama
+    from edgekit.convert.pipeline import convert
+    from edgekit.convert.recipes import RECIPES
+    from edgekit.convert.tensor_quant import quantize_with_recipe
+    from edgekit.gguf_check import check
+    from edgekit.llama_facts import physical_cores
+
+    names = recipes or [r.name for r in RECIPES.values() if r.measured is not None]
+    n_threads = threads or physical_cores()
+    rows: dict[str, dict[str, Any]] = {}
+    repacked = None
+    with tempfile.TemporaryDirectory(prefix="edgekit-recipe-speed-") as tmp:
+        base = convert(src, out=Path(tmp), quant="f16", progress=progress)[0].path
+        for i, name in enumerate(names):
+            report(progress, "recipe speed", i, len(names))
+            out = Path(tmp) / f"{name}.gguf"
+            quantize_with_recipe(base, out, name, threads=threads)
+            info = check(out)
+            repacked = _llama.extra_buffers_ok(out, info.tensor_types)
+            rows[name] = _time_file(out, n_threads)
+            out.unlink()
+        report(progress, "recipe speed", len(names), len(names))
+        model = base.name
+    return write_table(rows, model, repacked)

@@ -1,0 +1,171 @@
+"""Tuned profiles: the runtime settings ``edgekit tune`` measured as fastest for one model on one device.
+
+A profile is a JSON file in ``data_dir()/profiles``, one per model file path. It is valid
+only for the key it was measured under: the device (:func:`edgekit.device.device_id`), the
+model file's identity (size, mtime and a hash of its GGUF header and tensor-info region,
+which names every tensor's type and offset) and the llama.cpp build (llama-cpp-python's
+version and llama.cpp's system info). :func:`lookup` returns the profile's settings when the
+key matches, and otherwise a note that says why the profile was ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "Profile", "profile_path", "model_identity", "build_identity", "current_key", "lookup",
+           "read", "write", "SCHEMA_VERSION"]
+
+SCHEMA = "edgekit.profile"
+SCHEMA_VERSION = 1
+# The header region hashed for a file's identity: the metadata and tensor infos are at the
+# start of a GGUF (a few MiB with a 150k-token vocabulary); capped so the hash stays cheap.
+_HEAD_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings a profile chooses (what :func:`edgekit.load` would otherwise default)."""
+
+    threads: int  # decode threads (llama.cpp's n_threads)
+    threads_batch: int  # prefill threads (n_threads_batch)
+    flash_attn: bool
+    type_k: str
+    type_v: str
+    n_ubatch: int
+
+    def describe(self) -> str:
+        """Short text, e.g. ``threads 2 (prefill 2), flash attention on, KV f16/f16, ubatch 512``."""
+        return (f"threads {self.threads} (prefill {self.threads_batch}), flash attention "
+                f"{'on' if self.flash_attn else 'off'}, KV {self.type_k}/{self.type_v}, ubatch {self.n_ubatch}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Profile:
+    """A measured profile (see the module docstring); ``partial`` when tuning was interrupted or ran out of budget."""
+
+    key: dict[str, Any]
+    model: str
+    n_ctx: int
+    settings: Settings | None
+    partial: bool = False
+    job: dict[str, Any] = field(default_factory=dict)  # the representative job configs are ranked by
+    depths: list[int] = field(default_factory=list)
+    measured: list[dict[str, Any]] = field(default_factory=list)  # one entry per configuration measured
+    not_measured: list[str] = field(default_factory=list)
+    budget_s: float = 0.0
+    elapsed_s: float = 0.0
+    created: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **d}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Profile:
+        s = d.get("settings")
+        return cls(key=dict(d["key"]), model=str(d["model"]), n_ctx=int(d["n_ctx"]),
+                   settings=Settings(**s) if s else None, partial=bool(d.get("partial")), job=dict(d.get("job") or {}),
+                   depths=[int(x) for x in d.get("depths") or []], measured=list(d.get("measured") or []),
+                   not_measured=list(d.get("not_measured") or []), budget_s=float(d.get("budget_s") or 0),
+                   elapsed_s=float(d.get("elapsed_s") or 0), created=str(d.get("created") or ""))
+
+
+def profiles_dir() -> Path:
+    from edgekit.paths import data_dir
+
+    return data_dir() / "profiles"
+
+
+def profile_path(model: Path) -> Path:
+    """Where the profile of the GGUF at ``model`` lives (one per absolute path)."""
+    resolved = str(Path(model).expanduser().resolve())
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    return profiles_dir() / f"{Path(model).stem}-{digest}.json"
+
+
+def model_identity(path: Path) -> dict[str, Any]:
+    """Size, mtime and a hash of the GGUF header and tensor infos: changes when the file is rewritten."""
+    from edgekit.gguf_meta import read_header
+
+    st = path.stat()
+    head = min(read_header(path).data_offset, _HEAD_BYTES)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(head))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()[:16]}
+
+
+def build_identity() -> dict[str, Any]:
+    """llama-cpp-python's version and a hash of llama.cpp's system info (its CPU features and backends)."""
+    from edgekit import _llama
+
+    info = _llama.system_info()
+    return {"llama_cpp_python": _llama.bindings_version(), "system_info_sha256": hashlib.sha256(info.encode()).hexdigest()[:16]}
+
+
+def current_key(path: Path) -> dict[str, Any]:
+    """The key a profile of ``path`` must carry to be used here and now."""
+    from edgekit.device import device_id, fingerprint
+
+    return {"device_id": device_id(fingerprint()), "model": model_identity(path), "build": build_identity()}
+
+
+def read(path: Path) -> Profile | None:
+    """The profile stored at ``path``; None if there is none or it isn't readable as one."""
+    try:
+        d = json.loads(path.read_text())
+        if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
+            return None
+        return Profile.from_dict(d)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write(profile: Profile, path: Path | None = None) -> Path:
+    """Write ``profile`` atomically (a reader never sees half a file); return its path."""
+    from edgekit.convert.atomic import atomic_output
+
+    path = path or profile_path(Path(profile.model))
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(profile.as_dict(), indent=2) + "\n")
+    return path
+
+
+def mismatch(stored: dict[str, Any], current: dict[str, Any]) -> str:
+    """Why a stored key doesn't match (empty if it does)."""
+    if stored.get("device_id") != current["device_id"]:
+        return "it was measured on another device"
+    if stored.get("build") != current["build"]:
+        return "it was measured with another llama.cpp build"
+    if stored.get("model") != current["model"]:
+        return "the model file has changed since"
+    return ""
+
+
+def lookup(path: Path) -> tuple[Profile | None, str]:
+    """The valid profile of the model at ``path`` and a note.
+
+    (profile, "") when one matches this device, file and build; (None, note) when a profile
+    exists but can't be used (stale, partial, unreadable); (None, "") when there is none.
+    """
+    where = profile_path(path)
+    if not where.exists():
+        return None, ""
+    profile = read(where)
+    if profile is None:
+        return None, f"ignored the tuned profile {where.name}: it isn't readable; run `edgekit tune` again"
+    why = mismatch(profile.key, current_key(path))
+    if why:
+        return None, f"ignored the tuned profile of {path.name}: {why}; run `edgekit tune` again"
+    if profile.partial:  # a checkpoint to continue from, not a result
+        return None, (f"ignored the tuned profile of {path.name}: tuning was interrupted; run `edgekit tune` "
+                      "again to finish it")
+    return profile, ""

@@ -100,14 +100,15 @@ def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, e
 
 
 def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batch: int, n_ubatch: int,
-                rope_scaling: str | None) -> Any:
-    """A ``llama_context*`` as ``plan`` says (n_ctx, KV types, flash attention); ModelLoadError if refused."""
+                rope_scaling: str | None, n_seq_max: int = 1) -> Any:
+    """A ``llama_context*`` as ``plan`` says (n_ctx, KV types, flash attention) for ``n_seq_max`` sequences;
+    ModelLoadError if refused."""
     L = _llama.lib()
     cp = L.llama_context_default_params()
     cp.n_ctx = plan.n_ctx
     cp.n_batch = n_batch
     cp.n_ubatch = min(n_ubatch, n_batch)
-    cp.n_seq_max = 1
+    cp.n_seq_max = n_seq_max
     cp.n_threads = cp.n_threads_batch = threads
     cp.type_k = ggml_type_id(plan.type_k)
     cp.type_v = ggml_type_id(plan.type_v)
@@ -129,7 +130,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = 512, n_ubatch: int = 512, rope_scaling: str | None = None,
          quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
-         speculative: str = "off") -> Model:
+         speculative: str = "auto", draft: str | Path | None = None) -> Model:
     """Load a model for generation, planned to fit memory.
 
     Args:
@@ -148,12 +149,14 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
         progress: ``progress(stage, done, total)`` for conversion and loading.
         chat_template: a chat template (Jinja text) to use instead of the one in the GGUF,
             e.g. for a model converted without one.
-        speculative: "off" (the default, until the adaptive rule is tuned per device: measured
-            on SmolLM2 it made grounded answers 1.14x faster but open-ended ones 0.92x),
-            "auto" (prompt lookup, as long as no draft model exists) or "ngram" (the same, by name).
-            Prompt lookup drafts tokens from the prompt and the answer so far and verifies
-            them in one batch; the output stays what one-token-at-a-time decoding gives.
-            ``Sampling(speculative=...)`` overrides it for one call.
+        speculative: "auto" (the default: the draft model if one is given, else prompt lookup),
+            "ngram" (prompt lookup) or "off" (one token at a time). Drafted tokens are verified
+            in one batch; the output stays what one-token-at-a-time decoding gives. How many
+            tokens to draft, if any, follows the measured acceptance and the cost of verifying
+            a batch, so text that doesn't repeat its prompt decodes at plain speed
+            (docs/speculative.md). ``Sampling(speculative=...)`` overrides it for one call.
+        draft: a draft model (resolved like ``model``; same vocabulary as the target) that
+            proposes tokens for ``speculative="auto"``. It gets its own f16 KV cache of n_ctx tokens.
 
     Raises:
         SourceError, CorruptFile, UnsupportedModel: the model can't be found or read.
@@ -181,6 +184,19 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
     n_threads = int(threads) if threads else physical_cores()
     from edgekit.model import Model
 
-    return Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
-                 mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
-                 progress=progress, chat_template=chat_template, speculative=speculative)
+    draft_path = resolve_model(draft, quant=quant or DEFAULT_QUANT, progress=progress) if draft is not None else None
+    n_gpu = resolve_gpu_layers(gpu_layers, info.n_layer)
+    m = Model(info, p, threads=n_threads, gpu_layers=n_gpu, mmap=mmap, mlock=mlock, seed=seed, n_batch=n_batch,
+              n_ubatch=n_ubatch, rope_scaling=rope_scaling, progress=progress, chat_template=chat_template,
+              speculative=speculative)
+    if draft_path is not None:
+        from edgekit.draft import DraftModel
+
+        try:
+            m.draft = DraftModel(draft_path, target_vocab=_llama.lib().llama_model_get_vocab(m.llama_model),
+                                 target_size=_llama.lib().llama_model_size(m.llama_model), target_name=path.name,
+                                 n_ctx=m.n_ctx, threads=n_threads, gpu_layers=n_gpu, n_batch=n_batch)
+        except BaseException:
+            m.close()
+            raise
+    return m

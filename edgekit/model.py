@@ -63,6 +63,7 @@ class Model:
         self._owner: int | None = None
         self._model = self._ctx = None
         self._tokens: list[int] = []  # exactly the tokens whose KV is in the cache, in order
+        self.draft: Any = None  # an edgekit.draft.DraftModel this model owns (load(draft=...)), or None
         t0 = time.perf_counter()
 
         self.extra_buffers = _llama.extra_buffers_ok(info.path, info.tensor_types)
@@ -91,6 +92,9 @@ class Model:
     def close(self) -> None:
         """Free the context and the weights. The model can't be used afterwards."""
         L = self._L
+        if getattr(self, "draft", None) is not None:
+            self.draft.close()
+            self.draft = None
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
@@ -290,7 +294,7 @@ class Model:
             is_eog, vocab = L.llama_vocab_is_eog, self._vocab
             spec = None
             if self._rewindable and self.n_batch > 1:
-                spec = speculative.start(s.speculative or self.speculative, tokens)
+                spec = speculative.start(s.speculative or self.speculative, tokens, draft=self.draft)
             if spec is not None:
                 batch = _llama.TokenBatch(min(MAX_DRAFT, self.n_batch - 1) + 1)
             idx = -1  # where the next token's logits are among the last decode's outputs

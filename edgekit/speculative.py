@@ -51,18 +51,21 @@ QWEN05B_COST: dict[int, float] = {1: 1.00, 2: 0.93, 3: 1.10, 4: 1.23, 5: 1.54, 6
                                   10: 2.33, 12: 2.58, 14: 3.09, 16: 3.25}
 DEFAULT_COST = SMOLLM2_COST
 
-# Prior acceptance (rate, weight in observations) of a draft's first token after a miss, and of a
-# token after a correct guess; measured rates replace them within a few drafts.
-PRIOR_FIRST = (0.3, 2.0)
-PRIOR_NEXT = (0.7, 2.0)
+# Prior acceptance of a draft's first token after a miss (each drafter has its own: a draft model is
+# chosen because it agrees with the target, a prompt lookup in open text rarely does) and of a token
+# after a correct guess, and the weight of a prior in observations; measured rates replace them
+# within a few drafts.
+PRIOR_NEXT = 0.7
+PRIOR_WEIGHT = 2.0
 # Older observations fade with this factor per observation (a half-life of about 22), so the
 # rates follow the text: an answer that starts copying its prompt is noticed within a sentence.
 DECAY = 0.97
 # Draft only when the expected tokens per unit of time beat plain decoding by this margin:
 # the per-token Python work and the timing noise the cost curve leaves out.
 MARGIN = 1.05
-# A drafter whose guesses cost time (a draft model) probes with one token after this many
-# tokens without drafting, so a rate measured on a bad stretch doesn't stop drafting for good.
+# A drafter whose guesses cost time (a draft model) probes with one token at the start of a call
+# and after this many tokens without drafting, so its rates get measured, and a rate measured on
+# a bad stretch doesn't stop drafting for good.
 QUIET = 24
 
 
@@ -98,6 +101,7 @@ class Drafter(Protocol):
 
     free: bool  # guesses cost no time (so unverified ones can be scored)
     cost: float  # time to draft one token, relative to one target step
+    prior: float  # expected acceptance of a draft's first token, before any is measured
 
     def extend(self, tokens: Iterable[int]) -> None: ...
 
@@ -135,6 +139,7 @@ class NgramDrafter:
 
     free = True
     cost = 0.0
+    prior = 0.3
 
     def __init__(self, tokens: Iterable[int] = ()) -> None:
         self._seq: list[int] = []
@@ -175,9 +180,9 @@ class NgramDrafter:
 class Rate:
     """An acceptance rate that starts at a prior and follows recent observations (exponential decay)."""
 
-    def __init__(self, prior: tuple[float, float]) -> None:
-        self.hits = prior[0] * prior[1]
-        self.total = prior[1]
+    def __init__(self, prior: float) -> None:
+        self.hits = prior * PRIOR_WEIGHT
+        self.total = PRIOR_WEIGHT
 
     def add(self, hit: bool) -> None:
         self.hits = DECAY * self.hits + hit
@@ -223,13 +228,13 @@ class Speculation:
     def __init__(self, drafter: Drafter, *, cost: Callable[[int], float] | None = None) -> None:
         self.drafter = drafter
         self.cost = cost or verify_cost
-        self.first = Rate(PRIOR_FIRST)
+        self.first = Rate(drafter.prior)
         self.next = Rate(PRIOR_NEXT)
         self.drafted = 0
         self.accepted = 0
         self._hot = False  # the latest emitted token was guessed right (by a draft or a shadow guess)
         self._shadow: list[int] = []  # a free guess not verified, scored against the tokens that come
-        self._quiet = 0  # tokens since the last draft (for drafters that can't guess for free)
+        self._quiet = QUIET  # tokens since the last draft; a costly drafter probes at once, starting short
 
     @property
     def active(self) -> bool:

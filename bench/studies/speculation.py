@@ -1,7 +1,7 @@
 """Speculative decoding on grounded and open-ended prompts: offline cost model, then wall clock.
 
 Run:
-  python -m edgekit.bench.studies.speculation trace [--model GGUF] [--draft GGUF] [-n 96] [--out F]
+  python -m edgekit.bench.studies.speculation trace [--model GGUF] [--draft GGUF] [-n 96] [--out FILE]
   python -m edgekit.bench.studies.speculation simulate TRACE [--cost smollm2|qwen05b]
   python -m edgekit.bench.studies.speculation run [--model GGUF] [--draft GGUF] [--mode auto] [--rounds 3]
   python -m edgekit.bench.studies.speculation build     # SmolLM2 F16 / Q8_0 / Q4_0 from its real weights
@@ -77,17 +77,28 @@ def draft_guesses(draft: Any, tokens: list[int], first: int) -> tuple[list[int],
     return guesses, probs
 
 
-def trace(model: str, draft: str | None, max_tokens: int, threads: int | None) -> dict[str, Any]:
-    """Plain greedy answers (tokens) for every prompt, plus the draft model's guesses if ``draft``."""
+def trace(model: str, draft: str | None, max_tokens: int, threads: int | None, out_path: Path | None) -> dict[str, Any]:
+    """Plain greedy answers (tokens) for every prompt, plus the draft model's guesses if ``draft``.
+
+    With ``out_path``, the trace is written after every prompt and a run resumes where a
+    previous one with the same settings stopped.
+    """
     import edgekit
 
     system, items = prompts()
     out: dict[str, Any] = {"model": Path(model).name, "draft": Path(draft).name if draft else None,
                            "max_tokens": max_tokens, "prompts": []}
+    if out_path is not None and out_path.exists():
+        old = json.loads(out_path.read_text(encoding="utf-8"))
+        if all(old.get(k) == out[k] for k in ("model", "draft", "max_tokens")):
+            out = old
+    done = {row["name"] for row in out["prompts"]}
     with edgekit.load(model, n_ctx=4096, threads=threads, speculative="off", seed=1) as m:
         dm = edgekit.load(draft, n_ctx=4096, threads=threads, speculative="off") if draft else None
         try:
             for item in items:
+                if item["name"] in done:
+                    continue
                 prompt = m.chat_tokens(_messages(system, item["prompt"]))
                 m.reset()
                 c = m.generate(prompt, temperature=0, max_tokens=max_tokens)
@@ -95,6 +106,8 @@ def trace(model: str, draft: str | None, max_tokens: int, threads: int | None) -
                 if dm is not None:
                     row["guess"], row["guess_p"] = draft_guesses(dm, prompt + c.tokens, len(prompt))
                 out["prompts"].append(row)
+                if out_path is not None:
+                    out_path.write_text(json.dumps(out), encoding="utf-8")
         finally:
             if dm is not None:
                 dm.close()
@@ -115,6 +128,9 @@ class TraceDrafter:
 
     def __init__(self, prompt: list[int], output: list[int], guess: list[int], guess_p: list[float], cost: float,
                  p_min: float) -> None:
+        from edgekit.draft import ModelDrafter
+
+        self.prior = ModelDrafter.prior
         self._n_prompt = len(prompt)
         self._len = len(prompt)
         self._truth, self._guess, self._p = output, guess, guess_p
@@ -174,8 +190,12 @@ def simulate(data: dict[str, Any], cost_name: str, draft_cost: float, p_min: flo
 
 # -- run (wall clock) --------------------------------------------------------------------------------------
 
-def run(model: str, draft: str | None, mode: str, rounds: int, max_tokens: int, threads: int | None) -> dict[str, Any]:
-    """Plain vs ``mode`` greedy decoding, interleaved per prompt and round; decode tokens/s from Stats."""
+def run(model: str, draft: str | None, mode: str, rounds: int, max_tokens: int, threads: int | None,
+        draft_cost: float | None = None) -> dict[str, Any]:
+    """Plain vs ``mode`` greedy decoding, interleaved per prompt and round; decode tokens/s from Stats.
+
+    ``draft_cost`` replaces the draft model's cost estimate (per drafted token, relative to a target step).
+    """
     import edgekit
 
     system, items = prompts()
@@ -184,6 +204,8 @@ def run(model: str, draft: str | None, mode: str, rounds: int, max_tokens: int, 
     accepted = {s: 0 for s in SETS}
     mismatches: list[str] = []
     with edgekit.load(model, n_ctx=4096, threads=threads, speculative="off", seed=1, draft=draft) as m:
+        if m.draft is not None and draft_cost is not None:
+            m.draft.cost = draft_cost
         for r in range(rounds):
             for item in items:
                 messages = _messages(system, item["prompt"])
@@ -202,6 +224,7 @@ def run(model: str, draft: str | None, mode: str, rounds: int, max_tokens: int, 
                 if texts["off"] != texts["spec"]:
                     mismatches.append(item["name"])
     result: dict[str, Any] = {"model": Path(model).name, "draft": Path(draft).name if draft else None, "mode": mode,
+                              "draft_cost": draft_cost,
                               "rounds": rounds, "max_tokens": max_tokens, "identical": not mismatches,
                               "mismatches": sorted(set(mismatches))}
     for s in SETS:
@@ -226,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["trace"].add_argument("--out", default=None, help="write the trace here (default: stdout)")
     sub.choices["run"].add_argument("--mode", default="auto", help="speculative mode to compare with off")
     sub.choices["run"].add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    sub.choices["run"].add_argument("--draft-cost", type=float, default=None,
+                                    help="the draft model's cost per token relative to a target step "
+                                         "(default: the weight-size ratio)")
     p = sub.add_parser("simulate")
     p.add_argument("trace", help="a file written by the trace command")
     p.add_argument("--cost", choices=("smollm2", "qwen05b"), default="smollm2", help="verification cost curve")
@@ -240,11 +266,9 @@ def main(argv: list[str] | None = None) -> None:
 
         print(json.dumps({t: str(p) for t, p in cached_smollm2_ggufs().items()}))
     elif a.cmd == "trace":
-        text = json.dumps(trace(a.model or _default_model(), a.draft, a.max_tokens, a.threads))
-        if a.out:
-            Path(a.out).write_text(text, encoding="utf-8")
-        else:
-            print(text)
+        data = trace(a.model or _default_model(), a.draft, a.max_tokens, a.threads, Path(a.out) if a.out else None)
+        if not a.out:
+            print(json.dumps(data))
     elif a.cmd == "simulate":
         from edgekit.draft import P_MIN
 
@@ -252,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
         draft_cost = a.draft_cost if a.draft_cost is not None else 0.6
         print(json.dumps(simulate(data, a.cost, draft_cost, a.p_min if a.p_min is not None else P_MIN)))
     else:
-        print(json.dumps(run(a.model or _default_model(), a.draft, a.mode, a.rounds, a.max_tokens, a.threads)))
+        print(json.dumps(run(a.model or _default_model(), a.draft, a.mode, a.rounds, a.max_tokens, a.threads,
+                             a.draft_cost)))
 
 
 if __name__ == "__main__":

@@ -207,7 +207,8 @@ class ModelDrafter:
     """One call's drafting by a :class:`DraftModel`: the text so far, and the draft model's guesses."""
 
     free = False  # every guess costs a draft-model step
-    prior = 0.6  # a draft model is chosen because it mostly agrees with the target
+    level = 0
+    priors = ((0.6, 0.7),)  # a draft model is chosen because it mostly agrees with the target
 
     def __init__(self, model: DraftModel, prompt: Iterable[int], seq_id: int) -> None:
         self._model = model

@@ -51,11 +51,8 @@ QWEN05B_COST: dict[int, float] = {1: 1.00, 2: 0.93, 3: 1.10, 4: 1.23, 5: 1.54, 6
                                   10: 2.33, 12: 2.58, 14: 3.09, 16: 3.25}
 DEFAULT_COST = SMOLLM2_COST
 
-# Prior acceptance of a draft's first token after a miss (each drafter has its own: a draft model is
-# chosen because it agrees with the target, a prompt lookup in open text rarely does) and of a token
-# after a correct guess, and the weight of a prior in observations; measured rates replace them
+# The weight of a drafter's prior acceptance rates, in observations: measured rates replace them
 # within a few drafts.
-PRIOR_NEXT = 0.7
 PRIOR_WEIGHT = 2.0
 # Older observations fade with this factor per observation (a half-life of about 22), so the
 # rates follow the text: an answer that starts copying its prompt is noticed within a sentence.
@@ -101,7 +98,8 @@ class Drafter(Protocol):
 
     free: bool  # guesses cost no time (so unverified ones can be scored)
     cost: float  # time to draft one token, relative to one target step
-    prior: float  # expected acceptance of a draft's first token, before any is measured
+    level: int  # the evidence behind the next guess (an index into priors)
+    priors: Sequence[tuple[float, float]]  # per level: expected acceptance of a draft's first and next tokens
 
     def extend(self, tokens: Iterable[int]) -> None: ...
 
@@ -139,7 +137,9 @@ class NgramDrafter:
 
     free = True
     cost = 0.0
-    prior = 0.3
+    # By how long the copied context matches (1, 2-3, 4-7, 8+ tokens): a long match means the text is
+    # copying (on grounded answers from SmolLM2-135M, 93% of guesses after an 8-token match were right).
+    priors = ((0.3, 0.5), (0.5, 0.7), (0.7, 0.8), (0.85, 0.9))
 
     def __init__(self, tokens: Iterable[int] = ()) -> None:
         self._seq: list[int] = []
@@ -175,6 +175,12 @@ class NgramDrafter:
                 self.match = m
                 return seq[start : start + k]
         return []
+
+    @property
+    def level(self) -> int:
+        """The evidence behind the latest draft: 0 for a 1-token match, 1 for 2-3, 2 for 4-7, 3 for 8 or more."""
+        m = self.match
+        return 0 if m <= 1 else 1 if m < 4 else 2 if m < 8 else 3
 
 
 class Rate:
@@ -218,21 +224,23 @@ def best_length(limit: int, p_first: float, p_next: float, cost: Callable[[int],
 class Speculation:
     """Drafting for one generation call: whether to draft before each step, and how many tokens.
 
-    :attr:`first` is the acceptance of a draft's first token when the previous token was not
-    guessed right, :attr:`next` that of a token right after a correct guess (a copy in
-    progress). Both start at a prior, follow the verdicts, and fade old ones (see the
-    module docstring for the rule). :attr:`drafted` and :attr:`accepted` count the drafted
+    Acceptance is measured per situation: the drafter's ``level`` of evidence (for prompt lookup,
+    how long the copied context matches) and whether the latest emitted token was guessed right
+    (a copy in progress). Each situation has two rates, of a draft's first token and of a token
+    after an accepted one, starting at the drafter's priors and following the verdicts (see
+    the module docstring for the rule). :attr:`drafted` and :attr:`accepted` count the drafted
     tokens the target evaluated and, of them, those its own sample confirmed.
     """
 
     def __init__(self, drafter: Drafter, *, cost: Callable[[int], float] | None = None) -> None:
         self.drafter = drafter
         self.cost = cost or verify_cost
-        self.first = Rate(drafter.prior)
-        self.next = Rate(PRIOR_NEXT)
         self.drafted = 0
         self.accepted = 0
-        self._hot = False  # the latest emitted token was guessed right (by a draft or a shadow guess)
+        self._rates: dict[tuple[int, bool], tuple[Rate, Rate]] = {}
+        self._hot = False  # the latest emitted token was guessed right (by a draft or a free guess)
+        self._key = (0, False)  # the situation of the guess being checked, and the position in it
+        self._pos = 0
         self._shadow: list[int] = []  # a free guess not verified, scored against the tokens that come
         self._quiet = QUIET  # tokens since the last draft; a costly drafter probes at once, starting short
 
@@ -241,8 +249,18 @@ class Speculation:
         """Speculation never switches off for a whole call; kept for callers that ask."""
         return True
 
+    def rates(self, level: int, hot: bool) -> tuple[Rate, Rate]:
+        """(first token, next token) acceptance in a situation; after a correct guess the first is like a next."""
+        key = (level, hot)
+        if key not in self._rates:
+            first, following = self.drafter.priors[min(level, len(self.drafter.priors) - 1)]
+            self._rates[key] = (Rate(following if hot else first), Rate(following))
+        return self._rates[key]
+
     def _observe(self, hit: bool) -> None:
-        (self.next if self._hot else self.first).add(hit)
+        first, following = self.rates(*self._key)
+        (first if self._pos == 0 else following).add(hit)
+        self._pos += 1
         self._hot = hit
 
     def append(self, tok: int) -> None:
@@ -261,24 +279,31 @@ class Speculation:
         limit = min(room, MAX_DRAFT)
         if limit < 1:
             return []
-        p_first = (self.next if self._hot else self.first).value
-        k = best_length(limit, p_first, self.next.value, self.cost, self.drafter.cost)
-        if k == 0:
-            self._quiet += 1
-            if self.drafter.free:
-                if not self._shadow:
-                    self._shadow = self.drafter.draft(limit)
-                    if not self._shadow:
-                        self._hot = False  # nothing to copy: a copy run, if any, has ended
+        guess: list[int] | None = None
+        if self.drafter.free:  # guess first: the guess itself is the evidence
+            guess = self.drafter.draft(limit)
+            if not guess:
+                self._hot = False  # nothing to copy: a copy run, if any, has ended
                 return []
+            limit = len(guess)
+        key = (self.drafter.level, self._hot)
+        first, following = self.rates(*key)
+        k = best_length(limit, first.value, following.value, self.cost, self.drafter.cost)
+        if k == 0:
+            if guess is not None:
+                if not self._shadow:
+                    self._shadow, self._key, self._pos = guess, key, 0
+                return []
+            self._quiet += 1
             if self._quiet < QUIET:
                 return []
             k = 1  # a probe: the rates were measured a while ago
         self._shadow = []
-        draft = self.drafter.draft(k)
+        draft = guess[:k] if guess is not None else self.drafter.draft(k)
         if not draft:
             self._hot = False
             return []
+        self._key, self._pos = key, 0
         self._quiet = 0
         self.drafted += len(draft)
         return draft

@@ -93,6 +93,11 @@ def trace(model: str, draft: str | None, max_tokens: int, threads: int | None, o
         if all(old.get(k) == out[k] for k in ("model", "draft", "max_tokens")):
             out = old
     done = {row["name"] for row in out["prompts"]}
+    grounded = [item for item in items if item["set"] == "grounded"]
+    other = [item for item in items if item["set"] != "grounded"]
+    # Alternate the sets, so a trace cut short still covers both.
+    items = [item for pair in zip(grounded, other, strict=False) for item in pair] + grounded[len(other):] \
+        + other[len(grounded):]
     with edgekit.load(model, n_ctx=4096, threads=threads, speculative="off", seed=1) as m:
         dm = edgekit.load(draft, n_ctx=4096, threads=threads, speculative="off") if draft else None
         try:
@@ -130,7 +135,7 @@ class TraceDrafter:
                  p_min: float) -> None:
         from edgekit.draft import ModelDrafter
 
-        self.prior = ModelDrafter.prior
+        self.level, self.priors = ModelDrafter.level, ModelDrafter.priors
         self._n_prompt = len(prompt)
         self._len = len(prompt)
         self._truth, self._guess, self._p = output, guess, guess_p

@@ -16,13 +16,14 @@ it equals the guess" is the speculative-sampling acceptance rule: sampling stays
 The rule, in short (docs/speculative.md has the numbers): a draft of k tokens costs
 ``verify_cost(k + 1)`` target steps plus k drafting steps of the drafter, and is expected to
 yield ``1 + p_first * (1 + p_next + ... + p_next**(k-1))`` tokens, where ``p_first`` is the
-measured acceptance of a draft's first token after a miss and ``p_next`` that of a token
-following a correct guess. The length with the best tokens per unit of time wins; k = 0
-(plain decoding) wins whenever drafting doesn't pay. A prompt-lookup guess costs nothing,
-so guesses that were not verified are still scored against the tokens that come: the
-rates stay current while speculation rests, and drafting resumes when the text starts
-repeating its prompt. A draft model's guesses cost time, so it probes with one token after
-a quiet stretch instead.
+measured acceptance of a draft's first token and ``p_next`` that of a token after an accepted
+one, both measured per situation (the drafter's evidence, such as how long the copied context
+matches, and whether the last token was guessed right). The length with the best tokens per
+unit of time wins; k = 0 (plain decoding) wins whenever drafting doesn't pay. A prompt-lookup
+guess costs nothing, so guesses that were not verified are still scored against the tokens
+that come: the rates stay current while speculation rests, and drafting resumes when the text
+starts repeating its prompt. A draft model's guesses cost time, so it probes with one token at
+the start of a call and after a quiet stretch instead.
 """
 
 from __future__ import annotations

@@ -28,10 +28,13 @@ PROMPTS = Path(__file__).with_name("speculation_prompts.json")
 SETS = ("grounded", "open")
 
 
-def prompts() -> tuple[str, list[dict[str, str]]]:
-    """(system prompt, [{"set", "name", "prompt"}]) from the prompt file."""
+def prompts(limit: int | None = None) -> tuple[str, list[dict[str, str]]]:
+    """(system prompt, [{"set", "name", "prompt"}]) from the prompt file; at most ``limit`` per set."""
     data = json.loads(PROMPTS.read_text(encoding="utf-8"))
-    return data["system"], data["prompts"]
+    items = data["prompts"]
+    if limit is not None:
+        items = [p for s in SETS for p in [q for q in items if q["set"] == s][:limit]]
+    return data["system"], items
 
 
 def _messages(system: str, user: str) -> list[dict]:
@@ -77,7 +80,8 @@ def draft_guesses(draft: Any, tokens: list[int], first: int) -> tuple[list[int],
     return guesses, probs
 
 
-def trace(model: str, draft: str | None, max_tokens: int, threads: int | None, out_path: Path | None) -> dict[str, Any]:
+def trace(model: str, draft: str | None, max_tokens: int, threads: int | None, out_path: Path | None,
+          limit: int | None = None) -> dict[str, Any]:
     """Plain greedy answers (tokens) for every prompt, plus the draft model's guesses if ``draft``.
 
     With ``out_path``, the trace is written after every prompt and a run resumes where a
@@ -85,7 +89,7 @@ def trace(model: str, draft: str | None, max_tokens: int, threads: int | None, o
     """
     import edgekit
 
-    system, items = prompts()
+    system, items = prompts(limit)
     out: dict[str, Any] = {"model": Path(model).name, "draft": Path(draft).name if draft else None,
                            "max_tokens": max_tokens, "prompts": []}
     if out_path is not None and out_path.exists():
@@ -196,14 +200,14 @@ def simulate(data: dict[str, Any], cost_name: str, draft_cost: float, p_min: flo
 # -- run (wall clock) --------------------------------------------------------------------------------------
 
 def run(model: str, draft: str | None, mode: str, rounds: int, max_tokens: int, threads: int | None,
-        draft_cost: float | None = None) -> dict[str, Any]:
+        draft_cost: float | None = None, limit: int | None = None) -> dict[str, Any]:
     """Plain vs ``mode`` greedy decoding, interleaved per prompt and round; decode tokens/s from Stats.
 
     ``draft_cost`` replaces the draft model's cost estimate (per drafted token, relative to a target step).
     """
     import edgekit
 
-    system, items = prompts()
+    system, items = prompts(limit)
     times: dict[str, dict[str, list[float]]] = {s: {"off": [], "spec": []} for s in SETS}
     drafted = {s: 0 for s in SETS}
     accepted = {s: 0 for s in SETS}
@@ -251,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--draft", default=None, help="draft model GGUF (same vocabulary)")
         p.add_argument("-n", "--max-tokens", type=int, default=96, help="answer tokens (default: 96)")
         p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+        p.add_argument("--limit", type=int, default=None, help="only the first N prompts of each set")
     sub.choices["trace"].add_argument("--out", default=None, help="write the trace here (default: stdout)")
     sub.choices["run"].add_argument("--mode", default="auto", help="speculative mode to compare with off")
     sub.choices["run"].add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
@@ -271,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(json.dumps({t: str(p) for t, p in cached_smollm2_ggufs().items()}))
     elif a.cmd == "trace":
-        data = trace(a.model or _default_model(), a.draft, a.max_tokens, a.threads, Path(a.out) if a.out else None)
+        data = trace(a.model or _default_model(), a.draft, a.max_tokens, a.threads, Path(a.out) if a.out else None,
+                     a.limit)
         if not a.out:
             print(json.dumps(data))
     elif a.cmd == "simulate":
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(simulate(data, a.cost, draft_cost, a.p_min if a.p_min is not None else P_MIN)))
     else:
         print(json.dumps(run(a.model or _default_model(), a.draft, a.mode, a.rounds, a.max_tokens, a.threads,
-                             a.draft_cost)))
+                             a.draft_cost, a.limit)))
 
 
 if __name__ == "__main__":

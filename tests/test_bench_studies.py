@@ -14,8 +14,8 @@ import edgekit.bench.studies
 STUDIES = sorted(m.name for m in pkgutil.iter_modules(edgekit.bench.studies.__path__))
 
 
-def test_the_four_studies_are_found():
-    assert STUDIES == ["convert_bench", "quality", "quality_speed_05b", "runtime_perf"]
+def test_the_studies_are_found():
+    assert STUDIES == ["convert_bench", "quality", "quality_speed_05b", "runtime_perf", "speculation"]
 
 
 @pytest.mark.parametrize("name", STUDIES)

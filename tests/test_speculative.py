@@ -215,12 +215,13 @@ def test_the_kv_cache_after_a_cut_draft_serves_the_next_call(m):
 
 @pytest.mark.slow
 def test_sampling_distribution_is_unchanged(m):
-    # First three tokens at temperature 1 (no truncation) over many seeds, with and without speculation.
+    # First four tokens at temperature 1 (no truncation) over many seeds, with and without speculation
+    # (the rule drafts once a guess came true, so the fourth token is the first it may draft).
     # Every emitted token takes exactly one draw from the chain's generator in both modes, so the same
     # seed couples the two runs: their empirical distributions agree up to rare last-bit differences of
     # batched logits. A rule that kept drafted tokens more readily than the model picks them (say, any
     # draft in the top few) changes the outcome on many seeds and breaks the bound.
-    kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=3)
+    kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=4)
     messages = _messages(GROUNDED["repeat"])
     m.reset()
     n = 300
@@ -233,7 +234,7 @@ def test_sampling_distribution_is_unchanged(m):
         on[tuple(c.tokens)] += 1
         drafted += c.stats.drafted_tokens
         accepted += c.stats.accepted_tokens
-    assert drafted > n // 2 and accepted > 0  # speculation really ran inside these three tokens
+    assert drafted > n // 4 and accepted > 0  # speculation really ran inside these four tokens
     assert accepted < drafted  # some drafts were rejected: the rule was put to the test
     tv = 0.5 * sum(abs(off[k] - on[k]) for k in off.keys() | on.keys()) / n
     (top, count), = off.most_common(1)

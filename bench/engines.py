@@ -35,9 +35,8 @@ class Loaded:
 
             m = self.model = edgekit.load(model, n_ctx=n_ctx, kv_cache=f"{type_k}/{type_v}", threads=threads,
                                           flash_attn=flash_attn, n_batch=n_batch, n_ubatch=n_ubatch,
-                                          gpu_layers=gpu_layers, seed=1234,
-                                          # plain decoding until bench records report drafted/accepted tokens
-                                          speculative="off")
+                                          gpu_layers=gpu_layers, seed=1234)
+            self.speculative = m.speculative  # the runtime's default: records say which
             ctx_ptr, model_ptr = m.llama_context, m.llama_model
             self.info: ModelInfo = m.info
             self.metadata = dict(m.metadata)
@@ -56,6 +55,7 @@ class Loaded:
             self.metadata = dict(llama.metadata or {})
             self.load_s = time.perf_counter() - t0
             self.type_k, self.type_v, self.flash_attn = type_k, type_v, flash_attn
+            self.speculative = "off"
             on_clear = llama.reset
         self.rss = measure.rss_bytes()
         L = _llama.lib()

@@ -172,13 +172,15 @@ def time_chat(model: Any, *, n_gen: int, reps: int, warmup: bool = True,
     """Time a chat turn through ``model.stream_chat`` ``reps`` times (greedy, cache cleared before each).
 
     Returns raw samples: ``ttft_ns``, ``e2e_ns`` (wall time from the call to the last chunk),
-    ``prompt_tokens`` and ``gen_tokens`` (from the final Stats).
+    ``prompt_tokens``, ``gen_tokens``, and ``drafted_tokens`` / ``accepted_tokens`` summed over the
+    timed turns (from the final Stats).
     """
     messages = [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": CHAT_USER}]
     ttft: list[int] = []
     e2e: list[int] = []
     prompt_tokens = 0
     gen_tokens: list[int] = []
+    drafted = accepted = 0
     for i in range(reps + (1 if warmup else 0)):
         _reset_model(model)
         t0 = time.perf_counter_ns()
@@ -199,9 +201,12 @@ def time_chat(model: Any, *, n_gen: int, reps: int, warmup: bool = True,
         if stats is not None:
             prompt_tokens = int(getattr(stats, "prompt_tokens", 0) or 0)
             gen_tokens.append(int(getattr(stats, "gen_tokens", 0) or 0))
+            drafted += int(getattr(stats, "drafted_tokens", 0) or 0)
+            accepted += int(getattr(stats, "accepted_tokens", 0) or 0)
         if on_rep is not None:
             on_rep()
-    return {"ttft_ns": ttft, "e2e_ns": e2e, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens}
+    return {"ttft_ns": ttft, "e2e_ns": e2e, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+            "drafted_tokens": drafted, "accepted_tokens": accepted}
 
 
 def _reset_model(model: Any) -> None:

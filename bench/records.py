@@ -9,7 +9,9 @@ Record kinds (``test``):
 - ``pp``: prompt processing of ``n_prompt`` tokens after ``n_depth`` tokens of context;
 - ``tg``: generating ``n_gen`` tokens one by one after ``n_depth`` tokens of context;
 - ``chat``: one realistic chat turn (system prompt + user message, ``n_gen`` answer tokens):
-  time to first token and end-to-end latency, p50/p95 over the repetitions.
+  time to first token and end-to-end latency, p50/p95 over the repetitions. ``speculative`` is the
+  model's speculative decoding mode (it changes only the chat turn: pp/tg drive llama.cpp directly);
+  ``drafted_tokens`` / ``accepted_tokens`` sum the chat turn's drafts over the repetitions.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ FIELDS: tuple[str, ...] = (
     # edgekit additions
     "n_ctx", "reps", "warmup", "load_s", "rss_bytes", "peak_rss_bytes",
     "ttft_p50_ms", "ttft_p95_ms", "e2e_p50_ms", "e2e_p95_ms", "samples_ttft_ns", "samples_e2e_ns",
-    "prompt_tokens", "gen_tokens",
+    "prompt_tokens", "gen_tokens", "speculative", "drafted_tokens", "accepted_tokens",
     "mem_bw_gbs", "bytes_per_token", "ceiling_ts", "efficiency",
     "llama_bench_ts", "ratio_vs_llama_bench",
     "tuned", "tuned_settings",  # whether the load settings came from a tuned profile (edgekit tune), and which

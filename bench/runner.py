@@ -327,7 +327,7 @@ def _common(loaded: Loaded, group: Group, grid: Grid, case: Case, device: dict[s
         "model_size": loaded.model_size, "model_n_params": loaded.model_n_params, "n_batch": grid.n_batch,
         "n_ubatch": group.n_ubatch, "n_threads": group.threads, "type_k": loaded.type_k, "type_v": loaded.type_v,
         "n_gpu_layers": loaded.gpu_layers, "flash_attn": int(loaded.flash_attn), "n_ctx": loaded.n_ctx, "reps": grid.reps,
-        "warmup": grid.warmup, "load_s": loaded.load_s, "rss_bytes": loaded.rss,
+        "warmup": grid.warmup, "load_s": loaded.load_s, "rss_bytes": loaded.rss, "speculative": loaded.speculative,
         "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "edgekit_version": device.get("edgekit"), "llama_cpp_python": device.get("llama_cpp_python"),
         "device_id": device["device_id"], "device": device,
@@ -349,7 +349,7 @@ def _run_case(loaded: Loaded, group: Group, grid: Grid, case: Case, device: dict
             ttft_p50_ms=records.percentile(raw["ttft_ns"], 50) / 1e6, ttft_p95_ms=records.percentile(raw["ttft_ns"], 95) / 1e6,
             e2e_p50_ms=records.percentile(raw["e2e_ns"], 50) / 1e6, e2e_p95_ms=records.percentile(raw["e2e_ns"], 95) / 1e6,
             samples_ttft_ns=raw["ttft_ns"], samples_e2e_ns=raw["e2e_ns"], prompt_tokens=raw["prompt_tokens"],
-            gen_tokens=gen,
+            gen_tokens=gen, drafted_tokens=raw["drafted_tokens"], accepted_tokens=raw["accepted_tokens"],
         )
     else:
         samples = measure.time_pp_tg(loaded.ctx, n_prompt=case.n_prompt, n_gen=case.n_gen, n_depth=case.n_depth,

@@ -99,7 +99,8 @@ class Sequence:
     cancels it too. A cancelled sequence ends with ``finish_reason == "cancelled"``.
     """
 
-    def __init__(self, engine: Engine, tokens: list[int], s: Sampling, sampler: Any, spec: Any, index: int) -> None:
+    def __init__(self, engine: Engine, tokens: list[int], s: Sampling, sampler: Any, spec_mode: str,
+                 index: int) -> None:
         self._engine = engine
         self.prompt_tokens = tokens
         self.sampling = s
@@ -111,7 +112,8 @@ class Sequence:
         self._over = False  # the engine is done with it (completion or error queued)
         # Engine-thread state.
         self._sampler = sampler
-        self._spec = spec
+        self._spec_mode = spec_mode  # the drafting starts once the sequence has its slot (new_spec)
+        self._spec: Any = None
         self._group: list[Sequence] = [self]
         self._slot: _Slot | None = None
         self._prefilling = False  # the group's leader, until its prompt is in the KV cache
@@ -204,6 +206,7 @@ class Engine:
         self.prefill_chunk = PREFILL_CHUNK
         self.load_s = 0.0  # the model's, copied into every Stats
         self.rewindable = rewindable
+        self.draft: Any = None  # an edgekit.draft.DraftModel with a sequence per slot (Model.attach_draft)
         self._pieces = pieces
         self.slots = [_Slot(i, []) for i in range(slots)]
         self.recent: _Slot = self.slots[0]  # the slot of the most recent sequence
@@ -345,6 +348,7 @@ class Engine:
         others = sorted((s for s in free if s is not best), key=lambda slot: slot.last_used)
         for seq, slot in zip(group, [best, *others], strict=False):
             slot.seq, seq._slot = seq, slot
+            seq._spec = new_spec(seq._spec_mode, tokens, self, slot.id)
             slot.last_used = next(self._clock)
             seq._t_admit = now
             self._active.append(seq)
@@ -618,8 +622,8 @@ class _ExclusiveHold:
             self._request.released.set()
 
 
-def new_spec(mode: str, tokens: list[int], engine: Engine) -> Any:
-    """The drafting for one sequence, or None (off, a recurrent model, or a batch of one token)."""
+def new_spec(mode: str, tokens: list[int], engine: Engine, slot: int) -> Any:
+    """The drafting for one sequence in ``slot``, or None (off, a recurrent model, or a batch of one token)."""
     if not engine.rewindable or engine.n_batch <= 1:
         return None
-    return speculative.start(mode, tokens)
+    return speculative.start(mode, tokens, draft=engine.draft, seq_id=slot)

@@ -141,7 +141,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = 512, n_ubatch: int | None = None, rope_scaling: str | None = None,
          quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
-         speculative: str = "off", slots: int = 1) -> Model:
+         speculative: str = "auto", slots: int = 1, draft: str | Path | None = None) -> Model:
     """Load a model for generation, planned to fit memory.
 
     Args:
@@ -167,12 +167,14 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
         progress: ``progress(stage, done, total)`` for conversion and loading.
         chat_template: a chat template (Jinja text) to use instead of the one in the GGUF,
             e.g. for a model converted without one.
-        speculative: "off" (the default, until the adaptive rule is tuned per device: measured
-            on SmolLM2 it made grounded answers 1.14x faster but open-ended ones 0.92x),
-            "auto" (prompt lookup, as long as no draft model exists) or "ngram" (the same, by name).
-            Prompt lookup drafts tokens from the prompt and the answer so far and verifies
-            them in one batch; the output stays what one-token-at-a-time decoding gives.
-            ``Sampling(speculative=...)`` overrides it for one call.
+        speculative: "auto" (the default: the draft model if one is given, else prompt lookup),
+            "ngram" (prompt lookup) or "off" (one token at a time). Drafted tokens are verified
+            in one batch; the output stays what one-token-at-a-time decoding gives. How many
+            tokens to draft, if any, follows the measured acceptance and the cost of verifying
+            a batch, so text that doesn't repeat its prompt decodes at plain speed
+            (docs/speculative.md). ``Sampling(speculative=...)`` overrides it for one call.
+        draft: a draft model (resolved like ``model``; same vocabulary as the target) that
+            proposes tokens for ``speculative="auto"``. It gets its own f16 KV cache of n_ctx tokens.
         slots: sequences decoded at once (:meth:`Model.start`, or generate/stream from several
             threads): each has its own ``n_ctx`` of KV cache, so the cache is ``slots`` x ``n_ctx``.
 
@@ -203,11 +205,24 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
     require_fit(p)
     from edgekit.model import Model
 
-    m = Model(info, p, threads=n_threads, gpu_layers=resolve_gpu_layers(gpu_layers, info.n_layer), mmap=mmap,
-              mlock=mlock, seed=seed, n_batch=n_batch, n_ubatch=n_ubatch, rope_scaling=rope_scaling,
-              progress=progress, chat_template=chat_template, speculative=speculative)
+    draft_path = resolve_model(draft, quant=quant or DEFAULT_QUANT, progress=progress) if draft is not None else None
+    n_gpu = resolve_gpu_layers(gpu_layers, info.n_layer)
+    m = Model(info, p, threads=n_threads, gpu_layers=n_gpu, mmap=mmap, mlock=mlock, seed=seed, n_batch=n_batch,
+              n_ubatch=n_ubatch, rope_scaling=rope_scaling, progress=progress, chat_template=chat_template,
+              speculative=speculative)
     if threads_batch != n_threads:  # the Model sets one count for both phases; the profile picked each
         _llama.lib().llama_set_n_threads(m.llama_context, n_threads, threads_batch)
+    if draft_path is not None:
+        from edgekit.draft import DraftModel
+
+        try:
+            m.attach_draft(DraftModel(draft_path, target_vocab=_llama.lib().llama_model_get_vocab(m.llama_model),
+                                      target_size=_llama.lib().llama_model_size(m.llama_model),
+                                      target_name=path.name, n_ctx=m.n_ctx, threads=n_threads, n_seq_max=m.slots,
+                                      gpu_layers=n_gpu, n_batch=n_batch))
+        except BaseException:
+            m.close()
+            raise
     return m
 
 

@@ -20,10 +20,10 @@ import threading
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit import _llama, loading, state
-from edgekit.engine import Engine, Sequence, Step, new_spec
+from edgekit.engine import Engine, Sequence, Step
 from edgekit.errors import ContextOverflow, CorruptFile, EdgekitError
 from edgekit.gguf_check import ModelInfo
 from edgekit.loading import load
@@ -32,6 +32,9 @@ from edgekit.progress import ProgressFn
 from edgekit.sampling import Sampling, build_sampler, resolve
 from edgekit.speculative import check_mode
 from edgekit.stats import Completion, Stats, peak_rss
+
+if TYPE_CHECKING:
+    from edgekit.draft import DraftModel
 
 
 class Model:
@@ -60,6 +63,7 @@ class Model:
         self._live_lock = threading.Lock()
         self._model = self._ctx = None
         self._engine: Engine | None = None
+        self.draft: DraftModel | None = None  # see attach_draft
         t0 = time.perf_counter()
 
         self.extra_buffers = _llama.extra_buffers_ok(info.path, info.tensor_types)
@@ -84,6 +88,15 @@ class Model:
                               n_vocab=self.n_vocab, pieces=self._pieces, rewindable=self._rewindable)
         self.load_s = self._engine.load_s = time.perf_counter() - t0
 
+    def attach_draft(self, draft: DraftModel) -> None:
+        """Draft with ``draft`` (one sequence per slot) for ``speculative="auto"``; the model closes it."""
+        engine = self._check_open()
+        if draft.n_seq_max < self.slots:
+            raise EdgekitError(f"the draft model holds {draft.n_seq_max} sequences but the model has {self.slots} slots")
+        if self.draft is not None:
+            self.draft.close()
+        self.draft = engine.draft = draft
+
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -93,6 +106,9 @@ class Model:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        if getattr(self, "draft", None) is not None:  # also a Model whose __init__ failed early
+            self.draft.close()
+            self.draft = None
         if self._ctx:
             L.llama_free(self._ctx)
             self._ctx = None
@@ -247,8 +263,7 @@ class Model:
             for i in range(n):
                 si = s if seed is None or n == 1 else s.replace(seed=seed + i)
                 sampler = build_sampler(si, self._vocab, self.n_vocab, default_seed=self.seed, history=tokens)
-                spec = new_spec(s.speculative or self.speculative, tokens, engine)
-                group.append(Sequence(engine, tokens, si, sampler, spec, i))
+                group.append(Sequence(engine, tokens, si, sampler, s.speculative or self.speculative, i))
         except BaseException:
             for seq in group:
                 self._L.llama_sampler_free(seq._sampler)

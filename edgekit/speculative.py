@@ -1,20 +1,35 @@
-"""Prompt-lookup speculative decoding: drafts from the text itself, and how many to draft.
+"""Speculative decoding: who drafts (the text itself, or a small draft model), and how much.
 
 Grounded answers (rewrites, extractions, quotes, code edits) repeat long runs of their
 prompt. :class:`NgramDrafter` proposes the tokens that followed the latest earlier
-occurrence of the text's last few tokens; :class:`Speculation` sizes each draft by the
-acceptance measured so far and switches itself off when drafts keep failing.
+occurrence of the text's last few tokens; :class:`edgekit.draft.DraftModel` proposes a
+small model's greedy continuation. :class:`Speculation` decides, before every step,
+whether to draft and how many tokens, by weighing the acceptance it has measured
+against what verifying a batch costs (:func:`verify_cost`).
 
 The model verifies a draft in one batch and samples the target at every position with
 its usual sampler chain; a drafted token is kept only while the target's own sample
 equals it, so the output is what plain decoding would give (see :meth:`Model.generation`).
 Because a draft is a fixed guess (a one-hot proposal), "sample from the target, keep it if
 it equals the guess" is the speculative-sampling acceptance rule: sampling stays exact.
+
+The rule, in short (docs/speculative.md has the numbers): a draft of k tokens costs
+``verify_cost(k + 1)`` target steps plus k drafting steps of the drafter, and is expected to
+yield ``1 + p_first * (1 + p_next + ... + p_next**(k-1))`` tokens, where ``p_first`` is the
+measured acceptance of a draft's first token and ``p_next`` that of a token after an accepted
+one, both measured per situation (the drafter's evidence, such as how long the copied context
+matches, and whether the last token was guessed right). The length with the best tokens per
+unit of time wins; k = 0 (plain decoding) wins whenever drafting doesn't pay. A prompt-lookup
+guess costs nothing, so guesses that were not verified are still scored against the tokens
+that come: the rates stay current while speculation rests, and drafting resumes when the text
+starts repeating its prompt. A draft model's guesses cost time, so it probes with one token at
+the start of a call and after a quiet stretch instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from edgekit.errors import EdgekitError
 
@@ -23,33 +38,91 @@ MODES = ("auto", "ngram", "off")
 # Longest and shortest suffix n-gram looked up; a longer match predicts better, so it is tried first.
 MAX_NGRAM = 3
 MIN_NGRAM = 1
-# Draft length: the first draft, and the cap. On 2 CPU cores, verifying 16 tokens costs about 7x
-# one token (llama-bench, SmolLM2 Q4_1 at depth 256), so longer drafts rarely pay.
-FIRST_DRAFT = 4
+# How far back a match is followed to measure its length (the evidence that the text is copying).
+MATCH_SPAN = 16
+# The longest draft: verifying 16 tokens costs about 7 single steps on 2 cores (SmolLM2 below).
 MAX_DRAFT = 16
-# Switch speculation off for the rest of a call once this many drafted tokens were verified and
-# fewer than this share of them were accepted. By the same measurement a batch of k+1 tokens costs
-# about 1 + 0.4 k single-token steps, so drafts accepted less than ~40% of the time lose time.
-JUDGE_AFTER = 24
-MIN_ACCEPTANCE = 0.35
+
+# Time to evaluate a batch of n tokens, relative to one token: llama-bench on SmolLM2-135M Q4_1,
+# depth 256, 2 threads, on our 2-core machine (11.7 ms for 1 token, 29 for 4, 46 for 8, 82 for 16),
+# the steepest curve we measured (the full-size Qwen2.5-0.5B architecture at Q4_0 gives 1.23 for 4,
+# 1.88 for 8, 3.25 for 16). Points in between are interpolated linearly.
+SMOLLM2_COST: dict[int, float] = {1: 1.0, 4: 29 / 11.7, 8: 46 / 11.7, 16: 82 / 11.7}
+QWEN05B_COST: dict[int, float] = {1: 1.00, 2: 0.93, 3: 1.10, 4: 1.23, 5: 1.54, 6: 1.68, 7: 1.85, 8: 1.88,
+                                  10: 2.33, 12: 2.58, 14: 3.09, 16: 3.25}
+DEFAULT_COST = SMOLLM2_COST
+
+# The weight of a drafter's prior acceptance rates, in observations: measured rates replace them
+# within a few drafts.
+PRIOR_WEIGHT = 2.0
+# Older observations fade with this factor per observation (a half-life of about 22), so the
+# rates follow the text: an answer that starts copying its prompt is noticed within a sentence.
+DECAY = 0.97
+# Draft only when the expected tokens per unit of time beat plain decoding by this margin:
+# the per-token Python work and the timing noise the cost curve leaves out.
+MARGIN = 1.05
+# A drafter whose guesses cost time (a draft model) probes with one token at the start of a call
+# and after this many tokens without drafting, so its rates get measured, and a rate measured on
+# a bad stretch doesn't stop drafting for good.
+QUIET = 24
 
 
 def check_mode(value: str) -> str:
     """``value`` if it is a speculative mode ("auto", "ngram", "off"), else a clear EdgekitError."""
     if value not in MODES:
         raise EdgekitError(f"speculative must be one of {', '.join(MODES)}; got {value!r}",
-                           "'auto' drafts from the prompt (prompt lookup), 'off' decodes one token at a time.")
+                           "'auto' drafts with the draft model if one was loaded, else from the prompt "
+                           "(prompt lookup); 'ngram' always from the prompt; 'off' decodes one token at a time.")
     return value
 
 
-def uses_ngram(mode: str) -> bool:
-    """Whether ``mode`` drafts by prompt lookup ("auto" does, as long as there is no draft model)."""
-    return check_mode(mode) in ("auto", "ngram")
+def interpolate(points: dict[int, float]) -> Callable[[int], float]:
+    """A cost function n -> relative time from measured ``points`` (linear in between, flat past the ends)."""
+    xs = sorted(points)
+
+    def cost(n: int) -> float:
+        if n <= xs[0]:
+            return points[xs[0]]
+        for lo, hi in zip(xs, xs[1:], strict=False):
+            if n <= hi:
+                return points[lo] + (points[hi] - points[lo]) * (n - lo) / (hi - lo)
+        return points[xs[-1]] * n / xs[-1]
+
+    return cost
 
 
-def start(mode: str, prompt: Iterable[int]) -> Speculation | None:
-    """The drafting for one generation call in ``mode`` (after ``prompt``), or None to decode one token at a time."""
-    return Speculation(prompt) if uses_ngram(mode) else None
+verify_cost = interpolate(DEFAULT_COST)
+
+
+class Drafter(Protocol):
+    """What :class:`Speculation` needs from a drafter: the text so far, and guesses at what follows."""
+
+    free: bool  # guesses cost no time (so unverified ones can be scored)
+    cost: float  # time to draft one token, relative to one target step
+    level: int  # the evidence behind the next guess (an index into priors)
+    priors: Sequence[tuple[float, float]]  # per level: expected acceptance of a draft's first and next tokens
+
+    def extend(self, tokens: Iterable[int]) -> None: ...
+
+    def append(self, tok: int) -> None: ...
+
+    def draft(self, k: int) -> list[int]: ...
+
+
+def start(mode: str, prompt: Iterable[int], *, draft: Any = None, seq_id: int = 0,
+          cost: Callable[[int], float] | None = None) -> Speculation | None:
+    """The drafting for one generation call in ``mode`` after ``prompt``, or None to decode one token at a time.
+
+    "auto" drafts with ``draft`` (a :class:`edgekit.draft.DraftModel`, on its sequence ``seq_id``) when
+    given, else by prompt lookup; "ngram" always by prompt lookup; "off" returns None.
+    ``cost`` (n -> time to verify n tokens relative to one) defaults to :func:`verify_cost`.
+    """
+    mode = check_mode(mode)
+    if mode == "off":
+        return None
+    drafter: Drafter = draft.drafter(prompt, seq_id=seq_id) if mode == "auto" and draft is not None \
+        else NgramDrafter(prompt)
+    return Speculation(drafter, cost=cost)
 
 
 class NgramDrafter:
@@ -59,11 +132,20 @@ class NgramDrafter:
     after its latest occurrence, so appending a token and drafting cost O(``MAX_NGRAM``),
     not a scan of the context. The n-grams ending at the last token are indexed only
     when the next token arrives: a lookup of the suffix then finds an earlier occurrence.
+    After a draft, :attr:`match` is how many tokens before it agree with the copied text
+    (up to ``MATCH_SPAN``; 0 when nothing matched).
     """
+
+    free = True
+    cost = 0.0
+    # By how long the copied context matches (1, 2-3, 4-7, 8+ tokens): a long match means the text is
+    # copying (on grounded answers from SmolLM2-135M, 93% of guesses after an 8-token match were right).
+    priors = ((0.3, 0.5), (0.5, 0.7), (0.7, 0.8), (0.85, 0.9))
 
     def __init__(self, tokens: Iterable[int] = ()) -> None:
         self._seq: list[int] = []
         self._after: dict[tuple[int, ...], int] = {}
+        self.match = 0
         self.extend(tokens)
 
     def __len__(self) -> int:
@@ -82,58 +164,177 @@ class NgramDrafter:
     def draft(self, k: int) -> list[int]:
         """Up to ``k`` tokens that followed the longest suffix n-gram's latest earlier occurrence."""
         seq = self._seq
+        self.match = 0
         if k < 1:
             return []
         for n in range(min(MAX_NGRAM, len(seq)), MIN_NGRAM - 1, -1):
             start = self._after.get(tuple(seq[-n:]))
             if start is not None:
+                m, end = n, len(seq)
+                while m < min(MATCH_SPAN, start) and seq[start - 1 - m] == seq[end - 1 - m]:
+                    m += 1
+                self.match = m
                 return seq[start : start + k]
         return []
 
+    @property
+    def level(self) -> int:
+        """The evidence behind the latest draft: 0 for a 1-token match, 1 for 2-3, 2 for 4-7, 3 for 8 or more."""
+        m = self.match
+        return 0 if m <= 1 else 1 if m < 4 else 2 if m < 8 else 3
+
+
+class Rate:
+    """An acceptance rate that starts at a prior and follows recent observations (exponential decay)."""
+
+    def __init__(self, prior: float) -> None:
+        self.hits = prior * PRIOR_WEIGHT
+        self.total = PRIOR_WEIGHT
+
+    def add(self, hit: bool) -> None:
+        self.hits = DECAY * self.hits + hit
+        self.total = DECAY * self.total + 1.0
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.total
+
+
+def expected_tokens(k: int, p_first: float, p_next: float) -> float:
+    """Tokens a step yields with a draft of ``k``: the target's own one, plus the accepted run."""
+    if k <= 0:
+        return 1.0
+    run = float(k) if p_next >= 1.0 else (1.0 - p_next**k) / (1.0 - p_next)
+    return 1.0 + p_first * run
+
+
+def best_length(limit: int, p_first: float, p_next: float, cost: Callable[[int], float],
+                draft_cost: float = 0.0) -> int:
+    """The draft length up to ``limit`` with the most expected tokens per unit of time (0 = don't draft).
+
+    Drafting must beat plain decoding (1 token per step) by ``MARGIN``.
+    """
+    best, best_rate = 0, MARGIN
+    for k in range(1, limit + 1):
+        rate = expected_tokens(k, p_first, p_next) / (cost(k + 1) + draft_cost * k)
+        if rate > best_rate:
+            best, best_rate = k, rate
+    return best
+
 
 class Speculation:
-    """Drafting for one generation call, with the draft length following the acceptance.
+    """Drafting for one generation call: whether to draft before each step, and how many tokens.
 
-    A fully accepted draft doubles the next one (up to ``MAX_DRAFT``); a rejection sizes
-    the next one at the accepted run plus one. After ``JUDGE_AFTER`` verified tokens, an
-    acceptance below ``MIN_ACCEPTANCE`` turns drafting off for the rest of the call, so
-    open-ended text pays for a few failed drafts at most.
+    Acceptance is measured per situation: the drafter's ``level`` of evidence (for prompt lookup,
+    how long the copied context matches) and whether the latest emitted token was guessed right
+    (a copy in progress). Each situation has two rates, of a draft's first token and of a token
+    after an accepted one, starting at the drafter's priors and following the verdicts (see
+    the module docstring for the rule). :attr:`drafted` and :attr:`accepted` count the drafted
+    tokens the target evaluated and, of them, those its own sample confirmed.
     """
 
-    def __init__(self, prompt: Iterable[int]) -> None:
-        self.drafter = NgramDrafter(prompt)
-        self.length = FIRST_DRAFT
-        self.active = True
-        self.drafted = 0  # drafted tokens the target evaluated
-        self.accepted = 0  # of them, those the target's own sample confirmed
-        self._verified = 0
-        self._run = 0  # tokens in the draft being verified
-        self._hits = 0  # of them, accepted so far
+    def __init__(self, drafter: Drafter, *, cost: Callable[[int], float] | None = None) -> None:
+        self.drafter = drafter
+        self.cost = cost or verify_cost
+        self.drafted = 0
+        self.accepted = 0
+        self._rates: dict[tuple[int, bool], tuple[Rate, Rate]] = {}
+        self._hot = False  # the latest emitted token was guessed right (by a draft or a free guess)
+        self._key = (0, False)  # the situation of the guess being checked, and the position in it
+        self._pos = 0
+        self._shadow: list[int] = []  # a free guess not verified, scored against the tokens that come
+        self._quiet = QUIET  # tokens since the last draft; a costly drafter probes at once, starting short
+
+    @property
+    def active(self) -> bool:
+        """Speculation never switches off for a whole call; kept for callers that ask."""
+        return True
+
+    def rates(self, level: int, hot: bool) -> tuple[Rate, Rate]:
+        """(first token, next token) acceptance in a situation; after a correct guess the first is like a next."""
+        key = (level, hot)
+        if key not in self._rates:
+            first, following = self.drafter.priors[min(level, len(self.drafter.priors) - 1)]
+            self._rates[key] = (Rate(following if hot else first), Rate(following))
+        return self._rates[key]
+
+    def _observe(self, hit: bool) -> None:
+        first, following = self.rates(*self._key)
+        (first if self._pos == 0 else following).add(hit)
+        self._pos += 1
+        self._hot = hit
 
     def append(self, tok: int) -> None:
-        """An emitted token: index it for later drafts (no work once drafting is off for this call)."""
-        if self.active:
-            self.drafter.append(tok)
+        """An emitted token: score a pending free guess against it, and pass it to the drafter."""
+        if self._shadow:
+            hit = self._shadow[0] == tok
+            self._observe(hit)
+            if hit:
+                del self._shadow[0]
+            else:
+                self._shadow.clear()
+        self.drafter.append(tok)
 
     def propose(self, room: int) -> list[int]:
         """A draft of at most ``room`` tokens to follow the drafter's text ([] = decode one token)."""
-        if not self.active:
+        limit = min(room, MAX_DRAFT)
+        if limit < 1:
             return []
-        draft = self.drafter.draft(min(self.length, room))
-        self._run, self._hits = len(draft), 0
+        guess: list[int] | None = None
+        if self.drafter.free:  # guess first: the guess itself is the evidence
+            guess = self.drafter.draft(limit)
+            if not guess:
+                self._hot = False  # nothing to copy: a copy run, if any, has ended
+                return []
+            limit = len(guess)
+        key = (self.drafter.level, self._hot)
+        first, following = self.rates(*key)
+        k = best_length(limit, first.value, following.value, self.cost, self.drafter.cost)
+        if k == 0:
+            if guess is not None:
+                if not self._shadow:
+                    self._shadow, self._key, self._pos = guess, key, 0
+                return []
+            self._quiet += 1
+            if self._quiet < QUIET:
+                return []
+            k = 1  # a probe: the rates were measured a while ago
+        self._shadow = []
+        draft = guess[:k] if guess is not None else self.drafter.draft(k)
+        if not draft:
+            self._hot = False
+            return []
+        self._key, self._pos = key, 0
+        self._quiet = 0
         self.drafted += len(draft)
         return draft
 
     def verdict(self, accepted: bool) -> None:
         """The target's sample at the next drafted position equalled the drafted token, or not."""
-        self._verified += 1
+        self._observe(accepted)
         if accepted:
             self.accepted += 1
-            self._hits += 1
-            if self._hits < self._run:
-                return
-            self.length = min(MAX_DRAFT, 2 * self.length)
-        else:
-            self.length = max(1, self._hits + 1)
-        if self._verified >= JUDGE_AFTER and self.accepted < MIN_ACCEPTANCE * self._verified:
-            self.active = False
+
+
+def simulate(spec: Speculation, output: Sequence[int], room: int = MAX_DRAFT) -> tuple[float, int]:
+    """Replay greedy decoding of ``output`` with ``spec`` as :meth:`Model.generation` drives it.
+
+    Returns (time in single-token target steps, steps taken); plain decoding takes
+    ``len(output) - 1`` steps (the last token is never evaluated). For offline studies.
+    """
+    pending: list[int] = []
+    time = 0.0
+    steps = 0
+    for i, tok in enumerate(output):
+        if pending:
+            spec.verdict(tok == pending[0])
+        if i == len(output) - 1:
+            break
+        spec.append(tok)
+        if pending and tok == pending[0]:
+            pending.pop(0)
+            continue
+        pending = spec.propose(min(room, len(output) - i - 2))
+        time += spec.cost(1 + len(pending)) + spec.drafter.cost * len(pending)
+        steps += 1
+    return time, steps

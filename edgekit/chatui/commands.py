@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.chatui import render
-from edgekit.chatui.settings import PARAMS, ChatSettings, parse_assignment
+from edgekit.chatui.settings import NONE_SHOWN, PARAMS, ChatSettings, parse_assignment
 from edgekit.chatui.state import ChatState
 from edgekit.errors import EdgekitError
 
@@ -102,14 +102,14 @@ def _set(state: ChatState, arg: str) -> Action:
     parts = arg.split()
     if not parts:
         for name, value in state.settings.as_dict().items():
-            state.note(f"{name} = {'random' if value is None and name == 'seed' else value}")
+            state.note(f"{name} = {NONE_SHOWN.get(name) if value is None else value}")
         return Action.CONTINUE
     if len(parts) != 2:
         raise EdgekitError("Usage: /set PARAM VALUE", f"Parameters: {', '.join(PARAMS)}.")
     name, value = parse_assignment(parts[0], parts[1])
     setattr(state.settings, name, value)
     _sync_settings(state)
-    state.note(f"{name} = {'random' if value is None else value}")
+    state.note(f"{name} = {NONE_SHOWN.get(name) if value is None else value}")
     return Action.CONTINUE
 
 

@@ -27,7 +27,8 @@ class ChatOptions:
     system: str | None = None
     n_ctx: int | None = None
     kv_cache: str = "auto"
-    speculative: str = "off"
+    speculative: str = "auto"
+    draft: str | None = None  # a draft model for speculative decoding
     threads: int | None = None
     chat_template: str | None = None  # template text overriding the model's own
     sampling: dict[str, Any] = field(default_factory=dict)  # None values: keep the default
@@ -50,6 +51,8 @@ def load_model(opts: ChatOptions) -> Any:
 
     source, quant = (opts.model, None) if opts.model else default_model()
     kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "kv_cache": opts.kv_cache, "speculative": opts.speculative}
+    if opts.draft is not None:
+        kwargs["draft"] = opts.draft
     if opts.threads is not None:
         kwargs["threads"] = opts.threads
     if opts.chat_template is not None:

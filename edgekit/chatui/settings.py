@@ -14,6 +14,7 @@ from typing import Any
 
 from edgekit.errors import EdgekitError
 from edgekit.sampling import Sampling
+from edgekit.speculative import MODES
 
 # A chat answer rarely needs more; the bound keeps a rambling model (or a script) from
 # running on for minutes on a Pi. `--max-tokens 0` / `/set max_tokens none` lift it.
@@ -34,6 +35,7 @@ class ChatSettings:
     repeat_penalty: float = _RUNTIME.repeat_penalty
     seed: int | None = _RUNTIME.seed
     max_tokens: int | None = CLI_MAX_TOKENS
+    speculative: str | None = _RUNTIME.speculative  # None: the model's own (edgekit chat --speculative)
 
     @classmethod
     def defaults(cls) -> ChatSettings:
@@ -74,6 +76,10 @@ def _seed(text: str) -> int | None:
     return int(text)
 
 
+def _speculative(text: str) -> str:
+    return text.lower()
+
+
 @dataclass(frozen=True)
 class Param:
     """How one parameter is typed, parsed and bounded."""
@@ -93,7 +99,11 @@ PARAMS: dict[str, Param] = {
     "seed": Param(_seed, lambda v: v is None or v >= 0, "an integer >= 0, or 'random'", ()),
     "max_tokens": Param(_max_tokens, lambda v: v is None or v > 0, "an integer > 0, or 'none' (until the model stops)",
                         ("max-tokens", "max", "n")),
+    "speculative": Param(_speculative, lambda v: v in MODES, "one of " + ", ".join(MODES) + " (same output, "
+                         "different speed)", ("spec",)),
 }
+# What a None value means, for display.
+NONE_SHOWN = {"seed": "random", "max_tokens": "none", "speculative": "the model's default"}
 
 _ALIASES = {alias: name for name, p in PARAMS.items() for alias in (name, *p.aliases)}
 
@@ -111,7 +121,7 @@ def names() -> list[str]:
 def check(name: str, value: Any) -> Any:
     """Validate ``value`` (already typed) for parameter ``name``."""
     param = PARAMS[name]
-    if value is None and name in ("seed", "max_tokens"):
+    if value is None and name in NONE_SHOWN:
         return None
     try:
         if isinstance(value, bool) or value is None:

@@ -25,9 +25,13 @@ def chat(
                                             show_default=False)] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="KV cache type: auto, f16, q8_0, q4_0, or K/V "
                                           "like q8_0/f16.")] = "auto",
-    speculative: Annotated[str, typer.Option("--speculative", help="Speculative decoding: off (default), or auto / "
-                                             "ngram (draft from the prompt; same output, faster on grounded "
-                                             "answers, a little slower on open-ended ones).")] = "off",
+    speculative: Annotated[str, typer.Option("--speculative", help="Speculative decoding (same output, faster on "
+                                             "answers that quote their prompt): auto (default: the draft model "
+                                             "if given, else draft from the prompt), ngram (from the prompt) or "
+                                             "off.")] = "auto",
+    draft: Annotated[str | None, typer.Option("--draft", help="A draft model (GGUF, checkpoint, store name) with "
+                                              "the same vocabulary, to propose tokens the model verifies.",
+                                              show_default=False)] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).",
                                                 show_default=False)] = None,
     chat_template: Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "
@@ -67,7 +71,7 @@ def chat(
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens}
     opts = ChatOptions(model=model, system=system, n_ctx=ctx, kv_cache=kv_cache, speculative=speculative,
-                       threads=threads, chat_template=template, sampling=sampling, prompt=prompt, json=json_out,
+                       draft=draft, threads=threads, chat_template=template, sampling=sampling, prompt=prompt, json=json_out,
                        quiet=quiet)
     code = run(opts)
     if code:

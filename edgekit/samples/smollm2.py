@@ -149,3 +149,19 @@ def cached_smollm2_checkpoint() -> Path:
     from edgekit.samples.assets import smollm2_gguf
 
     return cached_checkpoint("smollm2-hf", lambda d: smollm2_checkpoint(d, smollm2_gguf()))
+
+
+# Target/draft pairs for speculative decoding: the same real weights at three precisions.
+SPECULATION_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def cached_smollm2_ggufs() -> dict[str, Path]:
+    """SmolLM2-135M-Instruct converted by edgekit to F16, Q8_0 and Q4_0 (``SPECULATION_TYPES``), once per machine."""
+    from edgekit.convert import convert
+    from edgekit.samples.checkpoints import cached_checkpoint
+
+    src = cached_smollm2_checkpoint()
+    out = cached_checkpoint("smollm2-speculation-ggufs",
+                            lambda d: convert(src, out=d, quant=SPECULATION_TYPES) and d)
+    files = {t: sorted(out.glob(f"*{t.upper()}*.gguf")) for t in SPECULATION_TYPES}
+    return {t: found[0] for t, found in files.items() if found}

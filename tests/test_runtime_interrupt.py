@@ -8,14 +8,11 @@ inside llama.cpp's load, in the middle of a ctypes callback, where it used to be
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from interrupting import interrupt_when_ready
 
 # Wraps edgekit.load so its progress callback reports readiness, then waits for the parent.
 _READY_SHIM = """
@@ -61,23 +58,7 @@ main(["chat", sys.argv[3], "--prompt", "Hi", "--max-tokens", "4", "--ctx", "256"
 
 
 def _interrupt_during_load(script: str, model: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    ready, sent = tmp_path / "ready", tmp_path / "sent"
-    child = subprocess.Popen([sys.executable, "-c", script, str(ready), str(sent), str(model)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "NO_COLOR": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline, "the load never reported progress"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGINT)
-        sent.write_text("sent")
-        out, err = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+    return interrupt_when_ready(script, model, tmp_path, waiting_for="the load never reported progress")
 
 
 def test_ctrl_c_during_load_cancels_it_and_raises_keyboard_interrupt(smollm2_gguf, tmp_path):

@@ -213,6 +213,20 @@ def test_the_kv_cache_after_a_cut_draft_serves_the_next_call(m):
     assert warm.tokens == cold.tokens
 
 
+def _outcomes(model, messages: list[dict], mode: str, n: int, kw: dict) -> tuple[Counter, Counter, int, int]:
+    """Answers over seeds 0..n-1 without speculation and with ``mode``; drafted and accepted tokens."""
+    off: Counter = Counter()
+    on: Counter = Counter()
+    drafted = accepted = 0
+    for seed in range(n):
+        off[tuple(model.chat(messages, seed=seed, speculative="off", **kw).tokens)] += 1
+        c = model.chat(messages, seed=seed, speculative=mode, **kw)
+        on[tuple(c.tokens)] += 1
+        drafted += c.stats.drafted_tokens
+        accepted += c.stats.accepted_tokens
+    return off, on, drafted, accepted
+
+
 @pytest.mark.slow
 def test_sampling_distribution_is_unchanged(m):
     # First four tokens at temperature 1 (no truncation) over many seeds, with and without speculation
@@ -225,15 +239,7 @@ def test_sampling_distribution_is_unchanged(m):
     messages = _messages(GROUNDED["repeat"])
     m.reset()
     n = 300
-    off: Counter = Counter()
-    on: Counter = Counter()
-    drafted = accepted = 0
-    for seed in range(n):
-        off[tuple(m.chat(messages, seed=seed, speculative="off", **kw).tokens)] += 1
-        c = m.chat(messages, seed=seed, speculative="ngram", **kw)
-        on[tuple(c.tokens)] += 1
-        drafted += c.stats.drafted_tokens
-        accepted += c.stats.accepted_tokens
+    off, on, drafted, accepted = _outcomes(m, messages, "ngram", n, kw)
     assert drafted > n // 4 and accepted > 0  # speculation really ran inside these four tokens
     assert accepted < drafted  # some drafts were rejected: the rule was put to the test
     tv = 0.5 * sum(abs(off[k] - on[k]) for k in off.keys() | on.keys()) / n
@@ -332,15 +338,7 @@ def test_draft_model_sampling_distribution_is_unchanged(pair):
     kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=3)
     messages = _messages(OPEN_ENDED)
     n = 200
-    off: Counter = Counter()
-    on: Counter = Counter()
-    drafted = accepted = 0
-    for seed in range(n):
-        off[tuple(pair.chat(messages, seed=seed, speculative="off", **kw).tokens)] += 1
-        c = pair.chat(messages, seed=seed, speculative="auto", **kw)
-        on[tuple(c.tokens)] += 1
-        drafted += c.stats.drafted_tokens
-        accepted += c.stats.accepted_tokens
+    off, on, drafted, accepted = _outcomes(pair, messages, "auto", n, kw)
     assert drafted > n // 2 and 0 < accepted < drafted
     tv = 0.5 * sum(abs(off[k] - on[k]) for k in off.keys() | on.keys()) / n
     (top, count), = off.most_common(1)

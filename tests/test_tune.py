@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from interrupting import interrupt_when_ready
 
 from edgekit.profile import Profile, Settings, current_key, lookup, profile_path, read, write
 from edgekit.tune import Fit, fit_line, job_seconds, job_shape, performance_cores
@@ -240,22 +240,9 @@ main(["tune", sys.argv[3], "--ctx", "1024", "--budget", "600", "--threads", "1"]
 def test_ctrl_c_keeps_a_partial_profile_and_a_rerun_continues_it(tiny_gguf, tmp_path):
     from edgekit.tune import tune
 
-    ready, sent = tmp_path / "ready", tmp_path / "sent"
-    child = subprocess.Popen([sys.executable, "-c", _INTERRUPT, str(ready), str(sent), str(tiny_gguf)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "NO_COLOR": "1"})
-    try:
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline, "the tuner never finished a configuration"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGINT)
-        sent.write_text("sent")
-        _, err = child.communicate(timeout=300)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    child = interrupt_when_ready(_INTERRUPT, tiny_gguf, tmp_path, timeout=300,
+                                 waiting_for="the tuner never finished a configuration")
+    err = child.stderr
     assert child.returncode == 130, err
     assert "Traceback" not in err and "Interrupted: kept a partial profile" in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1

@@ -47,7 +47,8 @@ def _worker(a: argparse.Namespace) -> dict[str, Any]:
         gguf = str(smollm2_gguf())
     clients = [int(c) for c in a.clients.split(",") if c]
     has_slots = "slots" in inspect.signature(edgekit.load).parameters
-    kw: dict[str, Any] = {"n_ctx": 2048, "threads": a.threads, "seed": 1}
+    # Speculation off by default: both trees then decode one token per step, so the ratio is the engine's.
+    kw: dict[str, Any] = {"n_ctx": 2048, "threads": a.threads, "seed": 1, "speculative": a.speculative}
     if has_slots:
         kw["slots"] = max(clients)
     out: dict[str, Any] = {"edgekit": str(Path(edgekit.__file__).parent), "slots": has_slots, "model": Path(gguf).name}
@@ -98,12 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     ap.add_argument("--clients", default="1,2,4,8", help="concurrent threads to measure (default: 1,2,4,8)")
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens per stream (default: 128)")
+    ap.add_argument("--speculative", default="off", help="speculative mode for both trees (default: off)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(_worker(a)))
         return
-    flags = [f"--clients={a.clients}", f"--max-tokens={a.max_tokens}"]
+    flags = [f"--clients={a.clients}", f"--max-tokens={a.max_tokens}", f"--speculative={a.speculative}"]
     flags += [f"--threads={a.threads}"] if a.threads else []
     flags += [a.gguf] if a.gguf else []
     trees = ([("baseline", a.baseline)] if a.baseline else []) + [("current", None)]

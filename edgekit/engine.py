@@ -3,11 +3,12 @@
 A context has ``slots`` sequences (llama.cpp ``n_seq_max``, each its own KV stream). Every
 step builds ONE ``llama_batch``: the next token of every generating sequence (plus its
 prompt-lookup draft, with logits at each position), and a chunk of prompt tokens from one
-sequence that is still prefilling: at most :data:`PREFILL_CHUNK` while others generate, so a
-long new prompt doesn't freeze running streams, the whole ``n_batch`` when nothing else
-runs. Then each sequence is sampled at its own output rows by its own sampler chain, checked
-for EOG, stop strings, ``max_tokens`` and its context, and its :class:`Step` events go to
-its own queue. :class:`Sequence` is the consumer's end of that queue.
+sequence that is still prefilling: a chunk sized so the step takes at most :data:`STALL` times
+as long as a step without it while others generate (so a long new prompt doesn't freeze running
+streams), the whole ``n_batch`` when nothing else runs. Then each sequence is sampled at its own
+output rows by its own sampler chain, checked for EOG, stop strings, ``max_tokens`` and its
+context, and its :class:`Step` events go to its own queue. :class:`Sequence` is the consumer's
+end of that queue.
 
 Why a thread: a served client that reads slowly must not stall the others, and
 ``Model.generate`` from several threads must batch instead of queueing on a lock. The
@@ -19,8 +20,11 @@ the sequence's own sample at the previous position equals it (see :mod:`edgekit.
 
 llama.cpp detail that shapes the batch: with one KV stream per sequence (``kv_unified``
 off) llama.cpp splits a batch into ubatches of *consecutive* sequence ids with equal token
-counts, so tokens go in slot order; a prefill chunk or a draft rides in the first
-ubatch with one token and the rest of it runs in a second pass.
+counts, so tokens go in slot order; a prefill chunk or a draft rides in the first ubatch
+with one token and the rest of it runs in a pass of its own. One stream per sequence keeps
+each sequence's attention over its own cells only, so a sequence decodes the same tokens
+alone or beside others (a unified cache changed greedy output: its attention kernels depend
+on how many cells all sequences hold).
 """
 
 from __future__ import annotations
@@ -43,10 +47,14 @@ from edgekit.speculative import MAX_DRAFT
 from edgekit.stats import Completion, FinishReason, Stats, peak_rss
 from edgekit.textstream import TextStream
 
-# Prompt tokens one prefilling sequence may add to a step while other sequences generate.
-# A step's time grows with it: on 2 cores a 64-token chunk costs about as much as 3-4 decode
-# steps of a 0.5B model, which keeps the token gaps of running streams within a few x.
-PREFILL_CHUNK = 64
+# While other sequences generate, a prefill chunk may make a step at most STALL times as long
+# as a step without one. The chunk size follows from measured times (Engine._chunk_cap): on a
+# CPU, where batch cost grows with its tokens, that is a few dozen tokens; where a batch costs
+# little more than one token (a GPU), it grows to the whole batch.
+STALL = 2.5
+FIRST_CHUNK = 32  # the chunk before any step has been timed
+MIN_CHUNK = 8  # a prompt makes progress however slow the prefill tokens are
+_EMA = 0.3  # weight of the newest step in the running step-time averages
 # The token of the last Step of a sequence that only carries held-back text (see Step).
 TAIL = -1
 
@@ -128,6 +136,7 @@ class Sequence:
         self._n_cached = 0
         self._n_new = 0
         self._n_sampled = 0
+        self.prefill_steps = 0  # steps its prompt's prefill took (chunks)
 
     @property
     def slot(self) -> int | None:
@@ -203,7 +212,8 @@ class Engine:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.n_vocab = n_vocab
-        self.prefill_chunk = PREFILL_CHUNK
+        self._decode_s: float | None = None  # average step time without a prefill chunk
+        self._prompt_token_s: float | None = None  # average added time of one chunk token in a mixed step
         self.load_s = 0.0  # the model's, copied into every Stats
         self.rewindable = rewindable
         self.draft: Any = None  # an edgekit.draft.DraftModel with a sequence per slot (Model.attach_draft)
@@ -383,7 +393,7 @@ class Engine:
         if prefill is not None:
             slot = prefill._slot
             assert slot is not None
-            cap = room if not generating else min(room, self.prefill_chunk)
+            cap = room if not generating else self._chunk_cap(room)
             done = len(slot.tokens)
             chunk = prefill.prompt_tokens[done : done + cap]
             room -= len(chunk)
@@ -423,10 +433,12 @@ class Engine:
             return
         batch_seqs = generating + ([prefill] if prefill is not None else [])
         try:
+            t0 = time.perf_counter()
             rc = self._L.llama_decode(self._ctx, b)
             if rc != 0:
                 raise EdgekitError(f"llama.cpp failed to evaluate a batch (llama_decode returned {rc})",
                                    "The context may be full; use a larger n_ctx.")
+            self._time_step(time.perf_counter() - t0, generating, len(chunk))
         except BaseException as exc:  # also a KeyboardInterrupt raised around the call: fail this batch only
             for seq in batch_seqs:
                 slot = seq._slot
@@ -445,6 +457,7 @@ class Engine:
             slot = prefill._slot
             assert slot is not None
             slot.tokens.extend(chunk)
+            prefill.prefill_steps += 1
             if len(slot.tokens) == len(prefill.prompt_tokens):
                 self._prefilled(prefill)
         for seq, row in rows:
@@ -455,6 +468,23 @@ class Engine:
                     self._sample(member, row)
                 except BaseException as exc:
                     self._fail(member, exc)
+
+    def _chunk_cap(self, room: int) -> int:
+        """Prompt tokens a prefill may add to a step of generating sequences (see STALL)."""
+        if self._decode_s is None or self._prompt_token_s is None:
+            return min(room, FIRST_CHUNK)
+        fits = int((STALL - 1) * self._decode_s / max(self._prompt_token_s, 1e-9))
+        return max(1, min(room, max(MIN_CHUNK, fits)))
+
+    def _time_step(self, seconds: float, generating: list[Sequence], chunk: int) -> None:
+        """Fold one decode's time into the averages _chunk_cap uses."""
+        def ema(old: float | None, new: float) -> float:
+            return new if old is None else (1 - _EMA) * old + _EMA * new
+
+        if generating and not chunk:
+            self._decode_s = ema(self._decode_s, seconds)
+        elif generating and self._decode_s is not None:
+            self._prompt_token_s = ema(self._prompt_token_s, max(seconds - self._decode_s, 0.0) / chunk)
 
     def _prefilled(self, leader: Sequence) -> None:
         """The leader's prompt is in its slot: copy it to the waiting siblings' slots."""

@@ -20,7 +20,6 @@ from test_runtime_support import tiny_qwen2_gguf
 
 import edgekit
 from edgekit import _llama
-from edgekit.engine import PREFILL_CHUNK
 from edgekit.errors import ContextOverflow, EdgekitError
 
 NEAR_TIE = 0.1
@@ -130,15 +129,37 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_running_tokens(m4):
     it = iter(running)
     next(it)  # it is generating
     long_prompt = "The river ran past the mill and the old stone bridge. " * 60
-    n_chunks = math.ceil(m4.count_tokens(long_prompt) / PREFILL_CHUNK)
-    assert n_chunks >= 8
     late = m4.start(long_prompt, temperature=0, max_tokens=2)[0]
     next(iter(late))  # its prefill is done and its first token sampled
     running.cancel()
     list(it)
-    # Every step of the late prefill also decoded a token of the running stream.
-    assert n_chunks - 1 <= running.completion.stats.gen_tokens < 300
+    # The prompt went in several chunks, each smaller than a whole batch, and every step of
+    # the late prefill also decoded a token of the running stream.
+    alone = math.ceil(m4.count_tokens(long_prompt) / m4._engine.n_batch)  # steps with nothing else running
+    assert late.prefill_steps > alone
+    assert late.prefill_steps - 1 <= running.completion.stats.gen_tokens < 300
     list(late)
+
+
+def test_the_prefill_chunk_keeps_a_step_within_stall_of_a_decode_step(m4):
+    from edgekit.engine import FIRST_CHUNK, MIN_CHUNK, STALL
+
+    engine = m4._engine  # idle: its step-time averages are set by hand here
+    saved = engine._decode_s, engine._prompt_token_s
+    try:
+        engine._decode_s = engine._prompt_token_s = None
+        assert engine._chunk_cap(512) == FIRST_CHUNK
+        generating = [object()]
+        engine._time_step(0.040, generating, 0)  # a decode step of 40 ms
+        engine._time_step(0.040 + 32 * 0.005, generating, 32)  # 5 ms more per prompt token
+        assert engine._chunk_cap(512) == int((STALL - 1) * 0.040 / 0.005)
+        assert engine._chunk_cap(5) == 5  # never more than the batch has room for
+        engine._prompt_token_s = 1.0
+        assert engine._chunk_cap(512) == MIN_CHUNK  # slow prompt tokens still make progress
+        engine._prompt_token_s = 1e-7
+        assert engine._chunk_cap(512) == 512  # where a prompt token costs nothing: the whole batch
+    finally:
+        engine._decode_s, engine._prompt_token_s = saved
 
 
 def test_logprobs_match_the_models_log_softmax(m4):

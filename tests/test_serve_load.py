@@ -133,3 +133,30 @@ def test_ctrl_c_cancels_and_exits_130_without_traceback(smollm2_gguf, tmp_path):
         assert "Traceback" not in srv.output() and "Interrupted" in srv.output()
     finally:
         srv.kill()
+
+
+def test_a_draft_model_serves_the_same_greedy_text(smollm2_gguf, tmp_path):
+    import edgekit
+
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Repeat exactly: the quick brown fox jumps over the lazy dog."}]
+    with edgekit.load(smollm2_gguf, n_ctx=1024, threads=2, speculative="off") as m:
+        plain = m.chat(messages, temperature=0, max_tokens=24).text
+    srv = ServerProcess(smollm2_gguf, "--ctx", "1024", "--threads", "2", "--draft", str(smollm2_gguf),
+                        home=tmp_path).wait_ready()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as http:
+            model_id = http.get("/v1/models").json()["data"][0]["id"]
+            body = {"model": model_id, "messages": messages, "max_tokens": 24, "temperature": 0}
+            served = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+            assert served == plain
+            assert _metric(http, "edgekit_drafted_tokens_total") > 0  # the draft model proposed tokens
+            assert _metric(http, "edgekit_accepted_tokens_total") > 0
+    finally:
+        srv.kill()
+
+
+def test_a_draft_that_cannot_load_stops_the_server_with_one_line(smollm2_gguf, tmp_path):
+    srv = ServerProcess(smollm2_gguf, "--ctx", "1024", "--draft", str(tmp_path / "missing.gguf"), home=tmp_path)
+    assert srv.stop(None) == 1
+    assert "missing.gguf" in srv.output() and "Traceback" not in srv.output()

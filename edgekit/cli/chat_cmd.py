@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from edgekit.cli.options import Draft, KvCache, Speculative, Threads
+
 _SAMPLING = "Sampling"
 _OUTPUT = "Output"
 
@@ -23,17 +25,10 @@ def chat(
     ctx: Annotated[int | None, typer.Option("--ctx", "-c", min=64, help="Context size in tokens "
                                             "(default: the model's trained context, planned to fit memory).",
                                             show_default=False)] = None,
-    kv_cache: Annotated[str, typer.Option("--kv-cache", help="KV cache type: auto, f16, q8_0, q4_0, or K/V "
-                                          "like q8_0/f16.")] = "auto",
-    speculative: Annotated[str, typer.Option("--speculative", help="Speculative decoding (same output, faster on "
-                                             "answers that quote their prompt): auto (default: the draft model "
-                                             "if given, else draft from the prompt), ngram (from the prompt) or "
-                                             "off.")] = "auto",
-    draft: Annotated[str | None, typer.Option("--draft", help="A draft model (GGUF, checkpoint, store name) with "
-                                              "the same vocabulary, to propose tokens the model verifies.",
-                                              show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).",
-                                                show_default=False)] = None,
+    kv_cache: KvCache = "auto",
+    speculative: Speculative = "auto",
+    draft: Draft = None,
+    threads: Threads = None,
     chat_template: Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "
                                                        "instead of the model's own.", show_default=False)] = None,
     temp: Annotated[float | None, typer.Option("--temp", "-t", min=0.0, help="Temperature (0 = greedy).",

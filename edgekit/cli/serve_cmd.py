@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgekit.cli.options import Draft, KvCache, Speculative, Threads
 from edgekit.errors import EdgekitError
 
 INSTALL_HINT = "pip install 'edgekit[serve]'"
@@ -32,15 +33,15 @@ def serve(
     ctx: Annotated[int | None, typer.Option("--ctx", "-c", min=64, help="Context per slot in tokens (default: the "
                                             "model's trained context, planned to fit memory).",
                                             show_default=False)] = None,
-    kv_cache: Annotated[str, typer.Option("--kv-cache", help="KV cache type: auto, f16, q8_0, q4_0, or K/V like "
-                                          "q8_0/f16.")] = "auto",
+    kv_cache: KvCache = "auto",
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' on every "
                                                 "endpoint but /health.", show_default=False)] = None,
     api_key_file: Annotated[Path | None, typer.Option("--api-key-file", help="Read the API key from this file "
                                                       "(keeps it out of the process list).",
                                                       show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).",
-                                                show_default=False)] = None,
+    threads: Threads = None,
+    speculative: Speculative = "auto",
+    draft: Draft = None,
 ) -> None:
     """Serve MODEL over the OpenAI HTTP API (/v1/chat/completions, /v1/completions, /v1/models).
 
@@ -62,7 +63,8 @@ def serve(
     def load(progress: Any) -> Any:
         import edgekit
 
-        kwargs: dict[str, Any] = {"n_ctx": ctx, "kv_cache": kv_cache, "progress": progress, "slots": slots}
+        kwargs: dict[str, Any] = {"n_ctx": ctx, "kv_cache": kv_cache, "progress": progress, "slots": slots,
+                                  "speculative": speculative, "draft": draft}
         if threads is not None:
             kwargs["threads"] = threads
         m = edgekit.load(model, **kwargs)

@@ -28,6 +28,8 @@ class Metrics:
         self.decode_seconds = 0.0
         self.decode_tokens = 0
         self.last_decode_tps = 0.0
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
 
     # -- admission: sequences in flight never exceed slots + queue ------------------------------------------
 
@@ -69,6 +71,8 @@ class Metrics:
                 self.cancelled += 1
             stats = completion.stats  # type: ignore[attr-defined]
             self.generated_tokens += stats.gen_tokens  # type: ignore[attr-defined]
+            self.drafted_tokens += stats.drafted_tokens  # type: ignore[attr-defined]
+            self.accepted_tokens += stats.accepted_tokens  # type: ignore[attr-defined]
             ttft = stats.ttft_s  # type: ignore[attr-defined]
             self.ttft_sum += ttft
             self.ttft_count += 1
@@ -102,6 +106,10 @@ class Metrics:
             metric("edgekit_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.",
                    self.prompt_tokens)
             metric("edgekit_generated_tokens_total", "counter", "Tokens generated.", self.generated_tokens)
+            metric("edgekit_drafted_tokens_total", "counter", "Speculative decoding: drafted tokens the model "
+                   "evaluated.", self.drafted_tokens)
+            metric("edgekit_accepted_tokens_total", "counter", "Speculative decoding: drafted tokens the model's "
+                   "own samples confirmed.", self.accepted_tokens)
             metric("edgekit_slots", "gauge", "Sequences the model decodes at once (--slots).", self.slots)
             metric("edgekit_slots_busy", "gauge", "Slots running a sequence.", self.slots_busy)
             metric("edgekit_queue_depth", "gauge", "Sequences waiting for a slot.", self.queue_depth)

@@ -13,7 +13,8 @@ Sections (``--only`` picks some):
   complete, and the server's RSS at the end is compared with its RSS after warm-up.
 - ``footprint``: the server's RSS minus a bare ``edgekit.load`` + generate in its own process.
 
-Run it alone on the machine (speed collapses under contention). Example (the lead's command):
+Run it alone on the machine (speed collapses under contention). ``EDGEKIT_REPACK=0`` in the
+environment gives edgekit the same weight buffers as ``llama-server --no-repack``. Example:
 
     python -m edgekit.bench.serve_bench --model /work/models/qwen2.5-0.5B-Q4_0.gguf --threads 2 --out serve.json
 """
@@ -77,9 +78,9 @@ def _drain(pipe: Any, log: list[str], ready: threading.Event, found: list[str]) 
     ready.set()
 
 
-def start_edgekit(model: str, *, slots: int, ctx: int, threads: int, queue: int = 64) -> Server:
+def start_edgekit(model: str, *, slots: int, ctx: int, threads: int, speculative: str, queue: int = 64) -> Server:
     cmd = [sys.executable, "-m", "edgekit", "serve", model, "--port", "0", "--slots", str(slots), "--queue",
-           str(queue), "--ctx", str(ctx), "--threads", str(threads)]
+           str(queue), "--ctx", str(ctx), "--threads", str(threads), "--speculative", speculative]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log: list[str] = []
     ready, found = threading.Event(), []
@@ -206,7 +207,11 @@ def p95(values: list[float]) -> float:
 
 
 def long_prompt_gaps(server: Server, max_tokens: int, bias: dict[str, int], prompt_tokens: int) -> dict[str, float]:
-    """p95 token gap of 4 running streams before and while a long prompt is prefilled."""
+    """p95 token gap of 4 running streams before and while a long prompt is prefilled.
+
+    A gap counts as "during" when it overlaps the long request (from sending it to its answer),
+    so a server that freezes the streams for the whole prefill shows that one long gap.
+    """
     import openai
 
     runs = [Run() for _ in range(4)]
@@ -228,8 +233,8 @@ def long_prompt_gaps(server: Server, max_tokens: int, bias: dict[str, int], prom
     for r in runs:
         gaps = list(zip(r.stamps[1:], [b - a for a, b in zip(r.stamps, r.stamps[1:], strict=False)], strict=False))
         before += [g for t, g in gaps if t < t_arrive]
-        during += [g for t, g in gaps if t_arrive <= t <= t_done]
-    return {"p95_gap_before_s": p95(before), "p95_gap_during_s": p95(during),
+        during += [g for t, g in gaps if t > t_arrive and t - g < t_done]
+    return {"p95_gap_before_s": p95(before), "p95_gap_during_s": p95(during), "max_gap_during_s": max(during, default=0),
             "ratio": p95(during) / p95(before) if p95(before) else 0.0, "long_prompt_s": t_done - t_arrive}
 
 
@@ -271,10 +276,11 @@ def soak(server: Server, requests: int, concurrency: int, bias: dict[str, int], 
             "rss_warm_mb": warm[0], "rss_end_mb": end, "rss_growth": end / warm[0] - 1 if warm[0] else 0.0}
 
 
-def in_process_rate(model: str, ctx: int, threads: int, max_tokens: int, bias: dict[str, int]) -> float:
+def in_process_rate(model: str, ctx: int, threads: int, max_tokens: int, bias: dict[str, int],
+                    speculative: str) -> float:
     import edgekit
 
-    with edgekit.load(model, n_ctx=ctx, threads=threads) as m:
+    with edgekit.load(model, n_ctx=ctx, threads=threads, speculative=speculative) as m:
         messages = [{"role": "user", "content": "Client 0: tell a long story about the number 0."}]
         t0 = time.perf_counter()
         stats = None
@@ -301,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="GGUF file both servers load")
     ap.add_argument("--llama-server", default=str(LLAMA_SERVER), help="llama-server binary ('none' to skip it)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speculative", default="auto", choices=("auto", "ngram", "off"),
+                    help="edgekit's speculative decoding (llama-server drafts nothing by default)")
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
     ap.add_argument("--clients", default="1,2,4,8", help="concurrent clients to measure (servers get max slots)")
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -315,13 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     slots = max(clients)
     bias = eog_bias(args.model)
     results: dict[str, Any] = {"model": args.model, "threads": args.threads, "ctx_per_slot": args.ctx,
-                               "max_tokens": args.max_tokens, "slots": slots}
+                               "max_tokens": args.max_tokens, "slots": slots, "speculative": args.speculative,
+                               "repack": os.environ.get("EDGEKIT_REPACK", "auto")}
     kinds = ["edgekit"] + (["llama-server"] if args.llama_server != "none" else [])
 
     def start(kind: str) -> Server:
         """One server at a time, so an idle one never competes for the cores."""
         if kind == "edgekit":
-            server = start_edgekit(args.model, slots=slots, ctx=args.ctx, threads=args.threads)
+            server = start_edgekit(args.model, slots=slots, ctx=args.ctx, threads=args.threads,
+                                   speculative=args.speculative)
         else:
             server = start_llama_server(Path(args.llama_server), args.model, slots=slots, ctx=args.ctx,
                                         threads=args.threads)
@@ -355,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if "single" in sections:
                 served = max(concurrent(server, 1, args.max_tokens, bias)["aggregate_tps"] for _ in range(2))
-                local = max(in_process_rate(args.model, args.ctx, args.threads, args.max_tokens, bias)
-                            for _ in range(2))
+                local = max(in_process_rate(args.model, args.ctx, args.threads, args.max_tokens, bias,
+                                            args.speculative) for _ in range(2))
                 results["single"] = {"served_tps": served, "in_process_tps": local, "ratio": served / local}
                 print(json.dumps(results["single"]), flush=True)
             if "footprint" in sections:  # before the soak: the server as a client sees it after warm-up

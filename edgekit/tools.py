@@ -149,12 +149,17 @@ class ToolRequest:
         return {"grammar": gbnf} if gbnf else {}
 
     def parse(self, text: str) -> ToolReply:
-        """Split the model's ``text`` into content and tool calls (no calls unless :attr:`active`)."""
-        return parse_tool_calls(text, _function_names(self.tools) if self.active else [])
+        """Split the model's ``text`` into content and tool calls (no calls unless :attr:`active`;
+        at most one without :attr:`parallel`)."""
+        return parse_tool_calls(text, _function_names(self.tools) if self.active else [], self._max_calls)
 
     def stream(self) -> ToolCallStream:
         """A :class:`ToolCallStream` for this request's streamed output."""
-        return ToolCallStream(_function_names(self.tools) if self.active else [])
+        return ToolCallStream(_function_names(self.tools) if self.active else [], self._max_calls)
+
+    @property
+    def _max_calls(self) -> int | None:
+        return None if self.parallel else 1
 
 
 def tool_request(tools: Any = None, tool_choice: Any = None, parallel_tool_calls: Any = None) -> ToolRequest:
@@ -376,12 +381,13 @@ def _parse_call(body: str, names: list[str]) -> ToolCall | None:
     return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
 
 
-def parse_tool_calls(text: str, names: list[str]) -> ToolReply:
+def parse_tool_calls(text: str, names: list[str], max_calls: int | None = None) -> ToolReply:
     """Split ``text`` into content and calls of the functions ``names``.
 
     Without calls the content is ``text`` unchanged. With calls it is the text around them, the first
     piece right-stripped and the others stripped, joined by newlines (None if empty); that way
-    :class:`ToolCallStream` can send it before the calls are known.
+    :class:`ToolCallStream` can send it before the calls are known. Calls beyond ``max_calls``
+    (``parallel_tool_calls: false`` allows one) are dropped, blocks and all.
     """
     calls: list[ToolCall] = []
     pieces: list[str] = []
@@ -390,7 +396,8 @@ def parse_tool_calls(text: str, names: list[str]) -> ToolReply:
         call = _parse_call(m.group(1), names)
         if call is not None:
             pieces.append(text[pos:m.start()])
-            calls.append(call)
+            if max_calls is None or len(calls) < max_calls:
+                calls.append(call)
             pos = m.end()
     if not calls:
         return ToolReply(text)
@@ -417,8 +424,9 @@ class ToolCallStream:
     equals :func:`parse_tool_calls`'s content, so streamed and whole replies agree.
     """
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], max_calls: int | None = None) -> None:
         self._names = list(names)
+        self._max_calls = max_calls
         self._sent = ""
         self._held = ""
         self._in_call = False
@@ -443,7 +451,7 @@ class ToolCallStream:
 
     def finish(self) -> tuple[str, ToolReply]:
         """The content not sent yet, and the whole :class:`ToolReply`."""
-        reply = parse_tool_calls(self._sent + self._held, self._names)
+        reply = parse_tool_calls(self._sent + self._held, self._names, self._max_calls)
         rest = (reply.content or "")[len(self._sent):]
         return rest, reply
 

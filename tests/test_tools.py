@@ -233,6 +233,19 @@ def test_parsing_several_calls_with_content():
     assert len({c.id for c in reply.tool_calls}) == 2
 
 
+def test_without_parallel_calls_only_the_first_call_is_kept():
+    text = f"Let me check.\n{CALL_W}\n{CALL_T}\nDone."
+    request = tools.tool_request(TOOLS, "auto", parallel_tool_calls=False)
+    reply = request.parse(text)
+    assert [c.name for c in reply.tool_calls] == ["get_weather"]
+    assert reply.content == "Let me check.\nDone."  # the dropped call's block is gone too
+    stream = request.stream()
+    sent = stream.feed(text)
+    rest, streamed = stream.finish()
+    assert sent + rest == reply.content and [c.name for c in streamed.tool_calls] == ["get_weather"]
+    assert len(tools.tool_request(TOOLS, "auto").parse(text).tool_calls) == 2
+
+
 @pytest.mark.parametrize("text", [
     "no calls at all",
     "",

@@ -3,7 +3,7 @@
 total = weights (tensor bytes, mmapped and all touched while decoding)
       + KV cache (slots x n_ctx x layers x KV heads x (K dim x K type bytes + V dim x V type bytes))
       + compute buffers (activations of one ubatch; without flash attention also the
-        n_ubatch x n_ctx x heads f32 attention scores)
+        n_ubatch x n_ctx x heads f32 attention scores, twice: the scores and their softmax)
       + runtime overhead (interpreter, llama.cpp, vocabulary tables)
 
 ``slots`` sequences decoded at once each get their own n_ctx of KV cache (a stream of their
@@ -150,7 +150,7 @@ def kv_bytes(info: ModelInfo, n_ctx: int, type_k: str, type_v: str) -> int:
 def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool, slots: int = 1) -> int:
     """Compute-buffer bytes touched at full depth: one ubatch of activations, the attention
     mask (ubatch x n_ctx; f16 with flash attention, else f32), the output row of logits,
-    and without flash attention the f32 attention scores of one layer.
+    and without flash attention the f32 attention scores of one layer and their softmax.
 
     llama.cpp reserves the buffer for the deepest graph up front, but pages become resident
     only as the cache fills: a 32k prompt on the 0.5B grows by the mask's 32 MiB (measured).
@@ -160,7 +160,8 @@ def compute_bytes(info: ModelInfo, n_ctx: int, n_ubatch: int, flash_attn: bool, 
     n_tok = min(n_ubatch, n_ctx)
     act = 4 * n_tok * (ACT_FLOATS_PER_TOKEN_EMBD * info.n_embd + ACT_FLOATS_PER_TOKEN_FF * info.n_ff)
     mask = (2 if flash_attn else 4) * n_tok * n_ctx
-    scores = 0 if flash_attn else 4 * n_tok * n_ctx * info.n_head
+    # Without flash attention one layer's f32 scores and their softmax (a new tensor) are alive at once.
+    scores = 0 if flash_attn else 2 * 4 * n_tok * n_ctx * info.n_head
     return int(act + mask + scores + 4 * info.n_vocab * max(1, slots))
 
 

@@ -67,7 +67,8 @@ def test_flash_attention_off_scores_and_quantized_v():
     on = plan_info(QWEN05, 32768, "f16", flash_attn=True, available=BIG)
     off = plan_info(QWEN05, 32768, "f16", flash_attn=False, available=BIG)
     # without flash attention a 512-token ubatch at 32k holds 512 x 32768 x 14 f32 scores (~900 MiB)
-    assert off.compute_bytes - on.compute_bytes == 512 * 32768 * (14 * 4 + 4 - 2)  # scores, f32 mask vs f16
+    # and their softmax; the mask is f32 instead of f16
+    assert off.compute_bytes - on.compute_bytes == 512 * 32768 * (2 * 14 * 4 + 4 - 2)
     auto_off = plan_info(QWEN05, 32768, "auto", flash_attn=False, available=BIG)
     assert auto_off.type_v == "f16" and not auto_off.flash_attn
     with pytest.raises(EdgekitError, match="flash attention"):

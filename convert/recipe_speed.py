@@ -117,8 +117,7 @@ def tune_recipes(src: str | Path, recipes: list[str] | None = None, *, threads: 
             out = Path(tmp) / f"{name}.gguf"
             quantize_with_recipe(base, out, name, threads=threads)
             info = check(out)
-            repacked = (_llama.extra_buffers_ok(out, info.tensor_types)
-                        or _llama.repack_overrides(out, info.matrices) is not None)
+            repacked = _llama.weight_buffers(out, info.tensor_types, info.matrices).repacked
             rows[name] = _time_file(out, n_threads)
             out.unlink()
         report(progress, "recipe speed", len(names), len(names))

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 _LOG: collections.deque[str] = collections.deque(maxlen=200)
 _init_lock = threading.Lock()
@@ -241,16 +241,35 @@ def llama_cpp_python_model_params(**fields: Any) -> Iterator[None]:
         L.llama_model_default_params = original
 
 
+class WeightBuffers(NamedTuple):
+    """Where a model's weights go on this CPU: llama.cpp's extra buffers, else (AMX builds where they
+    crash) the repack buffer through overrides, if any. Keep it alive until the model has loaded."""
+
+    extra: bool
+    repack: RepackOverrides | None
+
+    @property
+    def repacked(self) -> bool:
+        """Whether llama.cpp repacks the matmul weights (through its extra buffers or the overrides)."""
+        return self.extra or self.repack is not None
+
+
+def weight_buffers(path: Path, tensor_types: frozenset[str],
+                   matrices: tuple[tuple[str, str, int], ...]) -> WeightBuffers:
+    """The weight buffers every loader uses for ``path`` (:func:`extra_buffers_ok`, :func:`repack_overrides`)."""
+    extra = extra_buffers_ok(path, tensor_types)
+    return WeightBuffers(extra, None if extra else repack_overrides(path, matrices))
+
+
 @contextlib.contextmanager
 def same_weight_buffers(path: Path, tensor_types: frozenset[str],
                         matrices: tuple[tuple[str, str, int], ...]) -> Iterator[None]:
     """Build llama-cpp-python's ``Llama`` inside this block to give it the weight buffers edgekit's own
-    loader uses on this CPU (:func:`extra_buffers_ok`, :func:`repack_overrides`)."""
-    extra = extra_buffers_ok(path, tensor_types)
-    repack = None if extra else repack_overrides(path, matrices)
-    fields: dict[str, Any] = {"use_extra_bufts": extra}
-    if repack is not None:
-        fields["tensor_buft_overrides"] = repack.pointer
+    loader uses on this CPU (:func:`weight_buffers`)."""
+    buffers = weight_buffers(path, tensor_types, matrices)
+    fields: dict[str, Any] = {"use_extra_bufts": buffers.extra}
+    if buffers.repack is not None:
+        fields["tensor_buft_overrides"] = buffers.repack.pointer
     with llama_cpp_python_model_params(**fields):
         yield
 

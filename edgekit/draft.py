@@ -84,7 +84,7 @@ class DraftModel:
         self.p_min = p_min
         self.n_batch = n_batch
         self._model = loading.load_weights(info, gpu_layers=gpu_layers, mmap=True, mlock=False,
-                                           extra_buffers=_llama.extra_buffers_ok(info.path, info.tensor_types),
+                                           buffers=_llama.weight_buffers(info.path, info.tensor_types, info.matrices),
                                            progress=None)
         try:
             vocab = L.llama_model_get_vocab(self._model)

@@ -55,9 +55,9 @@ def sigint_sets(flag: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, extra_buffers: bool,
+def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, buffers: _llama.WeightBuffers,
                  progress: ProgressFn | None) -> Any:
-    """``llama_model_load_from_file`` for ``info.path``: the ``llama_model*``.
+    """``llama_model_load_from_file`` for ``info.path``, with the weights in ``buffers``: the ``llama_model*``.
 
     Raises KeyboardInterrupt if Ctrl-C came during the load (nothing stays allocated),
     and ModelLoadError if llama.cpp refused the file.
@@ -65,10 +65,9 @@ def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, e
     L = _llama.lib()
     mp = L.llama_model_default_params()
     mp.n_gpu_layers = gpu_layers
-    mp.use_extra_bufts = extra_buffers
-    repack = None if extra_buffers else _llama.repack_overrides(info.path, info.matrices)
-    if repack is not None:
-        mp.tensor_buft_overrides = repack.pointer  # ``repack`` stays referenced until the load returns
+    mp.use_extra_bufts = buffers.extra
+    if buffers.repack is not None:
+        mp.tensor_buft_overrides = buffers.repack.pointer  # ``buffers`` stays referenced until the load returns
     mp.load_mode = (L.LLAMA_LOAD_MODE_MMAP_MLOCK if mmap and mlock else L.LLAMA_LOAD_MODE_MLOCK if mlock
                     else L.LLAMA_LOAD_MODE_MMAP if mmap else L.LLAMA_LOAD_MODE_NONE)
     cancel = threading.Event()

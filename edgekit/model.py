@@ -66,9 +66,10 @@ class Model:
         self.draft: DraftModel | None = None  # see attach_draft
         t0 = time.perf_counter()
 
-        self.extra_buffers = _llama.extra_buffers_ok(info.path, info.tensor_types)
-        self._model = loading.load_weights(info, gpu_layers=gpu_layers, mmap=mmap, mlock=mlock,
-                                           extra_buffers=self.extra_buffers, progress=progress)
+        buffers = _llama.weight_buffers(info.path, info.tensor_types, info.matrices)
+        self.extra_buffers = buffers.extra
+        self._model = loading.load_weights(info, gpu_layers=gpu_layers, mmap=mmap, mlock=mlock, buffers=buffers,
+                                           progress=progress)
         self._vocab = L.llama_model_get_vocab(self._model)
         # Speculation drops rejected draft tokens from the cache; a recurrent state can't be rewound.
         self._rewindable = not (L.llama_model_is_recurrent(self._model) or L.llama_model_is_hybrid(self._model))

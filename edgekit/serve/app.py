@@ -135,10 +135,7 @@ def _state(request: HTTPRequest) -> State:
 
 
 async def health(request: HTTPRequest) -> Response:
-    state = _state(request)
-    if state.model is None:
-        return APIError(503, "The model is still loading.", code="model_loading",
-                        headers={"Retry-After": str(RETRY_AFTER_S)}).response()
+    _state(request).ready_model()  # 503 with Retry-After while it loads
     return JSONResponse({"status": "ok"})
 
 
@@ -338,7 +335,6 @@ class _Choices:
         self._splitters = [treq.stream() for _ in range(count)] if treq is not None else None
         self.sent = [""] * count
         self.aligners = [responses.LogprobAligner(lambda t: model.detokenize([t])) for _ in range(count)]
-        self.raw = [""] * count  # the model's text so far (before tool calls are split out)
         self.finish: list[str | None] = [None] * count
         self.completion_tokens = 0
 
@@ -349,21 +345,21 @@ class _Choices:
             self.aligners[i].step(step)
         if self.req.logprobs is not None and step.text:
             entries = self.aligners[i].text(step.text)
-        self.raw[i] += step.text
         text = self._splitters[i].feed(step.text) if self._splitters else step.text
         self.sent[i] += text
         return text, entries
 
     def on_completion(self, i: int, completion: Any) -> tuple[str, list[dict]]:
-        """The content not sent yet (held back until the end) and the remaining logprob entries."""
-        raw = self.raw[i]
-        tail = completion.text[len(raw):] if completion.text.startswith(raw) else ""
-        entries = self.aligners[i].text(tail, final=True) if self.req.logprobs is not None else []
+        """The content not sent yet (held back until the end) and the remaining logprob entries.
+
+        The steps' texts joined are ``completion.text`` (the engine sends held-back text as a last
+        step), so only the tool-call splitter can still hold content back here.
+        """
+        entries = self.aligners[i].text("", final=True) if self.req.logprobs is not None else []
         self.finish[i] = responses.FINISH.get(completion.finish_reason, "stop")
+        tail = ""
         if self._splitters:
-            tail = self._splitters[i].feed(tail)
-            rest, reply = self._splitters[i].finish()
-            tail += rest
+            tail, reply = self._splitters[i].finish()
             self.calls[i] = [c.as_dict() for c in reply.tool_calls]
             if self.calls[i]:
                 self.finish[i] = "tool_calls"

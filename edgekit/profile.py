@@ -10,6 +10,7 @@ key matches, and otherwise a note that says why the profile was ignored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -113,9 +114,16 @@ def build_identity() -> dict[str, Any]:
 
 def current_key(path: Path) -> dict[str, Any]:
     """The key a profile of ``path`` must carry to be used here and now."""
-    from edgekit.device import device_id, fingerprint
+    device, build = _device_and_build()
+    return {"device_id": device, "model": model_identity(path), "build": dict(build)}
 
-    return {"device_id": device_id(fingerprint()), "model": model_identity(path), "build": build_identity()}
+
+@functools.cache
+def _device_and_build() -> tuple[str, dict[str, Any]]:
+    """This device's id and the llama.cpp build, once per process (every load looks a profile up)."""
+    from edgekit.device import fingerprint
+
+    return fingerprint()["device_id"], build_identity()
 
 
 def read(path: Path) -> Profile | None:

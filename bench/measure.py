@@ -75,8 +75,13 @@ class Context:
         self.n_vocab = int(L.llama_vocab_n_tokens(vocab))
         self.bos = int(L.llama_vocab_bos(vocab)) if L.llama_vocab_get_add_bos(vocab) else None
         self._rng = random.Random(self.seed)
-        # Once, as llama-bench does per test (it logs each call, so not inside the timed loops).
-        L.llama_set_n_threads(self.ctx, self.threads, self.threads)
+        self.set_threads(self.threads)
+
+    def set_threads(self, threads: int, threads_batch: int = 0) -> None:
+        """Threads for decoding and for prompts (0: the same). Set once per test, as llama-bench does:
+        llama.cpp logs each call, so never inside the timed loops."""
+        self.threads = threads
+        self._lib.llama_set_n_threads(self.ctx, threads, threads_batch or threads)
 
     def _token(self) -> int:
         return self._rng.randrange(self.n_vocab)

@@ -270,9 +270,7 @@ def run(grid: Grid, *, progress: ProgressFn | None = None, device: dict[str, Any
         loaded = Loaded(group.model, group.type_k, group.type_v, group.flash_attn, group.threads, group.n_ctx,
                         grid.engine, grid.n_batch, group.n_ubatch, grid.gpu_layers)
         if group.threads_batch and group.threads_batch != group.threads:
-            from edgekit import _llama
-
-            _llama.lib().llama_set_n_threads(loaded.ctx.ctx, group.threads, group.threads_batch)
+            loaded.ctx.set_threads(group.threads, group.threads_batch)
         try:
             for case in group.cases:
                 if case.test == "chat":

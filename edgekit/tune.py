@@ -208,7 +208,6 @@ class _Tuner:
 
     def measure(self, cfg: Config, threads_list: list[int] | None = None) -> list[dict[str, Any]]:
         """Time ``cfg`` (for each of ``threads_list`` if given, all on one load); one entry per thread count."""
-        from edgekit import _llama
         from edgekit.bench import measure
 
         variants = [replace(cfg, threads=t, threads_batch=t) for t in threads_list] if threads_list else [cfg]
@@ -230,7 +229,7 @@ class _Tuner:
             share = (loaded.type_k, loaded.type_v, loaded.flash_attn)
             loaded.ctx.depth_state = self.states.get(share)
             for v in todo:
-                _llama.lib().llama_set_n_threads(loaded.ctx.ctx, v.threads, v.threads_batch)
+                loaded.ctx.set_threads(v.threads, v.threads_batch)
                 v = replace(v, type_k=loaded.type_k, type_v=loaded.type_v, flash_attn=loaded.flash_attn)
                 pp_pts: list[tuple[float, float]] = []
                 tg_pts: list[tuple[float, float]] = []

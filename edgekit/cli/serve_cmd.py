@@ -63,11 +63,8 @@ def serve(
     def load(progress: Any) -> Any:
         import edgekit
 
-        kwargs: dict[str, Any] = {"n_ctx": ctx, "kv_cache": kv_cache, "progress": progress, "slots": slots,
-                                  "speculative": speculative, "draft": draft}
-        if threads is not None:
-            kwargs["threads"] = threads
-        m = edgekit.load(model, **kwargs)
+        m = edgekit.load(model, n_ctx=ctx, kv_cache=kv_cache, progress=progress, slots=slots, threads=threads,
+                         speculative=speculative, draft=draft)
         print(f"plan: {m.plan.summary()}", file=sys.stderr, flush=True)
         return m
 

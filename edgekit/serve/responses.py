@@ -69,8 +69,8 @@ class LogprobAligner:
         return out
 
     def _entry(self, step: Any, text: str) -> dict:
-        tops = [{"token": self._token_text(t), "logprob": lp, "bytes": list(self._token_text(t).encode())}
-                for t, lp in (step.top_logprobs or [])]
+        tops = [{"token": s, "logprob": lp, "bytes": list(s.encode())}
+                for s, lp in ((self._token_text(t), lp) for t, lp in (step.top_logprobs or []))]
         return {"token": text, "logprob": step.logprob, "bytes": list(step.piece), "top_logprobs": tops}
 
 

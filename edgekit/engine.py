@@ -44,7 +44,7 @@ from edgekit import _llama, speculative
 from edgekit.errors import EdgekitError
 from edgekit.sampling import Sampling
 from edgekit.speculative import MAX_DRAFT
-from edgekit.stats import Completion, FinishReason, Stats, peak_rss
+from edgekit.stats import Completion, FinishReason, Stats, peak_rss, running_average
 from edgekit.textstream import TextStream
 
 # While other sequences generate, a prefill chunk may make a step at most STALL times as long
@@ -214,6 +214,8 @@ class Engine:
         self.n_vocab = n_vocab
         self._decode_s: float | None = None  # average step time without a prefill chunk
         self._prompt_token_s: float | None = None  # average added time of one chunk token in a mixed step
+        self.cost_curve = speculative.CostCurve()  # what a batch of n tokens costs here, for the drafting rule
+        self._base = 1  # tokens in the step being planned before a sequence's draft (draft_cost)
         self.load_s = 0.0  # the model's, copied into every Stats
         self.rewindable = rewindable
         self.draft: Any = None  # an edgekit.draft.DraftModel with a sequence per slot (Model.attach_draft)
@@ -397,6 +399,7 @@ class Engine:
             done = len(slot.tokens)
             chunk = prefill.prompt_tokens[done : done + cap]
             room -= len(chunk)
+        self._base = max(1, len(generating))
         for seq in generating:  # drafts take what is left of the batch
             seq._draft = []
             if seq._spec is not None and room > 0:
@@ -438,7 +441,7 @@ class Engine:
             if rc != 0:
                 raise EdgekitError(f"llama.cpp failed to evaluate a batch (llama_decode returned {rc})",
                                    "The context may be full; use a larger n_ctx.")
-            self._time_step(time.perf_counter() - t0, generating, len(chunk))
+            self._time_step(time.perf_counter() - t0, generating, len(chunk), n)
         except BaseException as exc:  # also a KeyboardInterrupt raised around the call: fail this batch only
             for seq in batch_seqs:
                 slot = seq._slot
@@ -476,15 +479,19 @@ class Engine:
         fits = int((STALL - 1) * self._decode_s / max(self._prompt_token_s, 1e-9))
         return max(1, min(room, max(MIN_CHUNK, fits)))
 
-    def _time_step(self, seconds: float, generating: list[Sequence], chunk: int) -> None:
-        """Fold one decode's time into the averages _chunk_cap uses."""
-        def ema(old: float | None, new: float) -> float:
-            return new if old is None else (1 - _EMA) * old + _EMA * new
-
+    def _time_step(self, seconds: float, generating: list[Sequence], chunk: int, n: int) -> None:
+        """Fold one decode of ``n`` tokens into the averages _chunk_cap and the drafting rule use."""
         if generating and not chunk:
-            self._decode_s = ema(self._decode_s, seconds)
+            self._decode_s = running_average(self._decode_s, seconds, _EMA)
+            self.cost_curve.observe(n, seconds)
         elif generating and self._decode_s is not None:
-            self._prompt_token_s = ema(self._prompt_token_s, max(seconds - self._decode_s, 0.0) / chunk)
+            added = max(seconds - self._decode_s, 0.0) / chunk
+            self._prompt_token_s = running_average(self._prompt_token_s, added, _EMA)
+
+    def draft_cost(self, n: int) -> float:
+        """What ``n`` tokens of one sequence cost in the step being planned, relative to the step
+        without them (:meth:`speculative.CostCurve.relative`)."""
+        return self.cost_curve.relative(n, self._base)
 
     def _prefilled(self, leader: Sequence) -> None:
         """The leader's prompt is in its slot: copy it to the waiting siblings' slots."""
@@ -656,4 +663,4 @@ def new_spec(mode: str, tokens: list[int], engine: Engine, slot: int) -> Any:
     """The drafting for one sequence in ``slot``, or None (off, a recurrent model, or a batch of one token)."""
     if not engine.rewindable or engine.n_batch <= 1:
         return None
-    return speculative.start(mode, tokens, draft=engine.draft, seq_id=slot)
+    return speculative.start(mode, tokens, draft=engine.draft, seq_id=slot, cost=engine.draft_cost)

@@ -5,7 +5,8 @@ prompt. :class:`NgramDrafter` proposes the tokens that followed the latest earli
 occurrence of the text's last few tokens; :class:`edgekit.draft.DraftModel` proposes a
 small model's greedy continuation. :class:`Speculation` decides, before every step,
 whether to draft and how many tokens, by weighing the acceptance it has measured
-against what verifying a batch costs (:func:`verify_cost`).
+against what verifying a batch costs on this device (:class:`CostCurve`, timed as the model
+runs; :func:`verify_cost` is the prior it starts from).
 
 The model verifies a draft in one batch and samples the target at every position with
 its usual sampler chain; a drafted token is kept only while the target's own sample
@@ -14,7 +15,7 @@ Because a draft is a fixed guess (a one-hot proposal), "sample from the target, 
 it equals the guess" is the speculative-sampling acceptance rule: sampling stays exact.
 
 The rule, in short (docs/speculative.md has the numbers): a draft of k tokens costs
-``verify_cost(k + 1)`` target steps plus k drafting steps of the drafter, and is expected to
+``cost(k + 1)`` target steps plus k drafting steps of the drafter, and is expected to
 yield ``1 + p_first * (1 + p_next + ... + p_next**(k-1))`` tokens, where ``p_first`` is the
 measured acceptance of a draft's first token and ``p_next`` that of a token after an accepted
 one, both measured per situation (the drafter's evidence, such as how long the copied context
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from edgekit.errors import EdgekitError
+from edgekit.stats import running_average
 
 MODES = ("auto", "ngram", "off")
 
@@ -92,6 +94,57 @@ def interpolate(points: dict[int, float]) -> Callable[[int], float]:
 
 
 verify_cost = interpolate(DEFAULT_COST)
+
+# Weight of the newest timing in a batch size's running average (CostCurve).
+_COST_EMA = 0.2
+
+
+class CostCurve:
+    """What evaluating a batch of n tokens costs on this device, relative to one token, measured
+    as the model runs.
+
+    The prior (:data:`DEFAULT_COST`) is one machine's curve; how steep the curve really is depends
+    on the CPU, the model, its quantization and flash attention (on our 2-core machine verifying 8
+    tokens cost from 2.1 to 3.3 single steps across SmolLM2's files and settings). So the engine
+    times every step without a prefill chunk (:meth:`observe`). A batch of n > 1 tokens is priced
+    against the running average of single-token steps at that moment (steps slow down as the
+    context grows, so ratios taken at the time stay comparable where raw times would not), and
+    each size keeps a running average of its ratio. :meth:`relative` answers from those ratios:
+    measured sizes as measured, sizes between two measured ones interpolated, sizes past them by
+    the prior's shape scaled to the nearest measurement. So a size the rule has not tried yet is
+    priced from the ones it has: a flatter curve than the prior's leads it to try longer drafts,
+    whose times then count.
+    """
+
+    def __init__(self, prior: dict[int, float] | None = None) -> None:
+        self._prior = interpolate(prior or DEFAULT_COST)
+        self._one: float | None = None  # running average of a single-token step, in seconds
+        self._ratio: dict[int, float] = {1: 1.0}  # per batch size: running average of time / one token's
+
+    def observe(self, n: int, seconds: float) -> None:
+        """One evaluation of a batch of ``n`` tokens took ``seconds``."""
+        if n == 1:
+            self._one = running_average(self._one, seconds, _COST_EMA)
+        elif self._one is not None:
+            self._ratio[n] = running_average(self._ratio.get(n), seconds / self._one, _COST_EMA)
+
+    def ratio(self, n: int) -> float:
+        """The estimated time of a batch of ``n`` tokens relative to one token."""
+        ratios = self._ratio
+        if n in ratios:
+            return ratios[n]
+        lower = max(m for m in ratios if m < n) if n > 1 else None
+        upper = min((m for m in ratios if m > n), default=None)
+        if lower is not None and upper is not None:
+            return ratios[lower] + (ratios[upper] - ratios[lower]) * (n - lower) / (upper - lower)
+        near = lower if lower is not None else upper
+        assert near is not None  # ratios always holds 1
+        return self._prior(n) * ratios[near] / self._prior(near)
+
+    def relative(self, n: int, base: int = 1) -> float:
+        """The time of a batch of ``base - 1 + n`` tokens relative to one of ``base`` tokens: what
+        ``n`` tokens of one sequence cost in a step that evaluates ``base`` tokens without them."""
+        return self.ratio(base - 1 + n) / self.ratio(base)
 
 
 class Drafter(Protocol):

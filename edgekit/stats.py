@@ -8,6 +8,11 @@ from typing import Literal
 FinishReason = Literal["stop", "length", "eog", "cancelled"]  # cancelled: Sequence.cancel() or its consumer left
 
 
+def running_average(old: float | None, new: float, weight: float) -> float:
+    """An exponential running average: ``new`` alone at first, then moving ``weight`` of the way to it."""
+    return new if old is None else (1 - weight) * old + weight * new
+
+
 def peak_rss() -> int:
     """Peak resident set size of this process, in bytes.
 

@@ -150,8 +150,8 @@ def test_the_prefill_chunk_keeps_a_step_within_stall_of_a_decode_step(m4):
         engine._decode_s = engine._prompt_token_s = None
         assert engine._chunk_cap(512) == FIRST_CHUNK
         generating = [object()]
-        engine._time_step(0.040, generating, 0)  # a decode step of 40 ms
-        engine._time_step(0.040 + 32 * 0.005, generating, 32)  # 5 ms more per prompt token
+        engine._time_step(0.040, generating, 0, 1)  # a decode step of 40 ms
+        engine._time_step(0.040 + 32 * 0.005, generating, 32, 33)  # 5 ms more per prompt token
         assert engine._chunk_cap(512) == int((STALL - 1) * 0.040 / 0.005)
         assert engine._chunk_cap(5) == 5  # never more than the batch has room for
         engine._prompt_token_s = 1.0

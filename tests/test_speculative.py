@@ -69,6 +69,25 @@ def test_cost_curve_interpolates_the_measured_points():
     assert cost(16) == pytest.approx(8.0)  # past the last point: grows in proportion
 
 
+def test_cost_curve_follows_measured_times_and_prices_untried_sizes_by_the_priors_shape():
+    curve = speculative.CostCurve({1: 1.0, 4: 2.0, 16: 8.0})
+    assert curve.relative(4) == 2.0  # nothing measured: the prior
+    curve.observe(4, 0.012)
+    assert curve.relative(4) == 2.0  # no single-token time yet to price it against
+    curve.observe(1, 0.010)
+    curve.observe(4, 0.012)  # a flatter device than the prior says
+    assert curve.relative(4) == pytest.approx(1.2)
+    assert curve.relative(2) == pytest.approx(1 + 0.2 / 3)  # between two measurements
+    assert curve.relative(16) == pytest.approx(8.0 * 1.2 / 2.0)  # past them: the prior's shape, scaled
+    curve.observe(1, 0.020)  # a deeper context: slower steps, the ratios already taken stand
+    assert curve.relative(4) == pytest.approx(1.2)
+    curve.observe(4, 0.040)  # a running average: the newest ratio moves it part of the way
+    assert 1.2 < curve.relative(4) < 3.0
+    assert curve.relative(3, base=2) == pytest.approx(curve.ratio(4) / curve.ratio(2))  # beside a second stream
+    long = speculative.best_length(16, 0.97, 0.97, speculative.CostCurve({1: 1.0, 16: 2.0}).relative)
+    assert long > speculative.best_length(16, 0.97, 0.97, speculative.verify_cost)  # flatter: longer drafts
+
+
 def test_best_length_weighs_acceptance_against_the_batch_cost():
     cost = speculative.verify_cost
     assert speculative.best_length(16, 0.0, 0.0, cost) == 0  # nothing accepted: never draft
@@ -214,7 +233,21 @@ def test_the_kv_cache_after_a_cut_draft_serves_the_next_call(m):
 
 
 def _outcomes(model, messages: list[dict], mode: str, n: int, kw: dict) -> tuple[Counter, Counter, int, int]:
-    """Answers over seeds 0..n-1 without speculation and with ``mode``; drafted and accepted tokens."""
+    """Answers over seeds 0..n-1 without speculation and with ``mode``; drafted and accepted tokens.
+
+    The drafting rule prices drafts by the prior cost curve here, not by this CPU's timings, so that
+    it drafts about as much on every machine (these tests are about exactness, not about the rule).
+    """
+    engine = model._engine
+    saved, engine.cost_curve = engine.cost_curve, speculative.CostCurve()
+    engine.cost_curve.observe = lambda n, seconds: None
+    try:
+        return _count_outcomes(model, messages, mode, n, kw)
+    finally:
+        engine.cost_curve = saved
+
+
+def _count_outcomes(model, messages: list[dict], mode: str, n: int, kw: dict) -> tuple[Counter, Counter, int, int]:
     off: Counter = Counter()
     on: Counter = Counter()
     drafted = accepted = 0

@@ -186,9 +186,9 @@ def plan(grid: Grid) -> tuple[list[Group], list[str]]:
         n_ctx = -(-need // CTX_ALIGN) * CTX_ALIGN
         if limit:
             n_ctx = min(n_ctx, max(limit, need))
-        used = None if tuned is None else {**tuned.as_dict(), "type_k": type_k, "type_v": type_v, "flash_attn": fa,
-                                            "threads": t, "n_ubatch": ub}
         tb = tuned.threads_batch if tuned is not None and "threads" not in grid.explicit else 0
+        used = None if tuned is None else {**tuned.as_dict(), "type_k": type_k, "type_v": type_v, "flash_attn": fa,
+                                            "threads": t, "threads_batch": tb or t, "n_ubatch": ub}
         groups.append(Group(model, type_k, type_v, fa, t, n_ctx, fitting, n_ubatch=ub, threads_batch=tb, tuned=used))
     return groups, skipped
 

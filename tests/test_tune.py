@@ -270,6 +270,11 @@ def test_bench_uses_the_profile_and_says_so(tiny_gguf):
     explicit = suite_grid([str(tiny_gguf)], "llama-bench", n_prompt=(64,), n_gen=(4,), flash_attn=(True,))
     (group,), _ = plan(explicit)
     assert group.flash_attn is True and group.n_ubatch == 256 and group.tuned["flash_attn"] is True
+    _store(tiny_gguf, Settings(threads=1, threads_batch=2, flash_attn=False, type_k="f16", type_v="f16", n_ubatch=256))
+    (group,), _ = plan(replace(grid, use_profile=True))
+    assert (group.threads, group.threads_batch, group.tuned["threads_batch"]) == (1, 2, 2)
+    (group,), _ = plan(suite_grid([str(tiny_gguf)], "llama-bench", n_prompt=(64,), n_gen=(4,), threads=(1,)))
+    assert group.tuned["threads"] == group.tuned["threads_batch"] == 1  # explicit threads set both phases
     untuned = replace(grid, use_profile=False)
     (group,), _ = plan(untuned)
     assert group.tuned is None and group.flash_attn is True and group.n_ubatch == 512

@@ -114,12 +114,7 @@ class DraftModel:
         if getattr(self, "_batch", None) is not None:
             L.llama_batch_free(self._batch)
             self._batch = None
-        if self._ctx:
-            L.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            L.llama_model_free(self._model)
-            self._model = None
+        loading.free(self)
 
     def __del__(self) -> None:
         try:

@@ -136,6 +136,17 @@ def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batc
     return ctx
 
 
+def free(owner: Any) -> None:
+    """Free ``owner._ctx`` (a llama_context) and then ``owner._model`` (its weights), each once."""
+    L = _llama.lib()
+    if owner._ctx:
+        L.llama_free(owner._ctx)
+        owner._ctx = None
+    if owner._model:
+        L.llama_model_free(owner._model)
+        owner._model = None
+
+
 def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = 512, n_ubatch: int | None = None, rope_scaling: str | None = None,

@@ -103,19 +103,13 @@ class Model:
     def close(self) -> None:
         """Stop the engine thread (running streams end with an error), free the context and the weights.
         The model can't be used afterwards."""
-        L = self._L
         if self._engine is not None:
             self._engine.close()
             self._engine = None
         if getattr(self, "draft", None) is not None:  # also a Model whose __init__ failed early
             self.draft.close()
             self.draft = None
-        if self._ctx:
-            L.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            L.llama_model_free(self._model)
-            self._model = None
+        loading.free(self)
 
     def __enter__(self) -> Model:
         return self

@@ -36,6 +36,17 @@ def test_fit_recovers_a_line_and_keeps_the_slope_non_negative():
     assert noisy.b == 0 and noisy.a == pytest.approx(0.00295)
 
 
+def test_decode_slope_is_at_least_reading_one_more_cells_kv_at_the_weights_rate():
+    from edgekit.tune import decode_fit
+
+    flat = [(16, 0.040), (1040, 0.040)]  # 400 MB of weights in 40 ms: 10 GB/s
+    fit = decode_fit(flat, kv_cell_bytes=10_000, weights_bytes=400e6)
+    assert fit.b == pytest.approx(10_000 / 10e9, rel=0.01)  # 1 us per cell of context
+    assert fit.at(528) == pytest.approx(0.040, rel=1e-6)  # still through the measured points
+    steep = [(16, 0.040), (1040, 0.040 + 1024 * 15e-6)]  # a measured slope above the floor stands
+    assert decode_fit(steep, 10_000, 400e6) == fit_line(steep)
+
+
 def test_job_time_is_the_integral_of_the_per_token_cost():
     pp, tg = Fit(1e-3, 2e-7), Fit(2e-2, 5e-7)
     prompt, gen = job_shape(4096)

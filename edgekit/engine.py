@@ -214,8 +214,7 @@ class Engine:
         self.n_vocab = n_vocab
         self._decode_s: float | None = None  # average step time without a prefill chunk
         self._prompt_token_s: float | None = None  # average added time of one chunk token in a mixed step
-        self.cost_curve = speculative.CostCurve()  # what a batch of n tokens costs here, for the drafting rule
-        self._base = 1  # tokens in the step being planned before a sequence's draft (draft_cost)
+        self.cost_curve = speculative.CostCurve()  # what one sequence's batch of n tokens costs here
         self.load_s = 0.0  # the model's, copied into every Stats
         self.rewindable = rewindable
         self.draft: Any = None  # an edgekit.draft.DraftModel with a sequence per slot (Model.attach_draft)
@@ -399,7 +398,6 @@ class Engine:
             done = len(slot.tokens)
             chunk = prefill.prompt_tokens[done : done + cap]
             room -= len(chunk)
-        self._base = max(1, len(generating))
         for seq in generating:  # drafts take what is left of the batch
             seq._draft = []
             if seq._spec is not None and room > 0:
@@ -483,15 +481,17 @@ class Engine:
         """Fold one decode of ``n`` tokens into the averages _chunk_cap and the drafting rule use."""
         if generating and not chunk:
             self._decode_s = running_average(self._decode_s, seconds, _EMA)
-            self.cost_curve.observe(n, seconds)
+            if len(generating) == 1:  # one sequence's tokens, one ubatch: what the drafting rule prices
+                self.cost_curve.observe(n, seconds)
         elif generating and self._decode_s is not None:
             added = max(seconds - self._decode_s, 0.0) / chunk
             self._prompt_token_s = running_average(self._prompt_token_s, added, _EMA)
 
     def draft_cost(self, n: int) -> float:
-        """What ``n`` tokens of one sequence cost in the step being planned, relative to the step
-        without them (:meth:`speculative.CostCurve.relative`)."""
-        return self.cost_curve.relative(n, self._base)
+        """What a batch of ``n`` tokens of one sequence costs relative to one token, as measured here
+        (:meth:`speculative.CostCurve.ratio`). Beside other streams the same curve prices a draft: with
+        a KV stream per slot, llama.cpp evaluates a sequence's extra tokens in a ubatch of their own."""
+        return self.cost_curve.ratio(n)
 
     def _prefilled(self, leader: Sequence) -> None:
         """The leader's prompt is in its slot: copy it to the waiting siblings' slots."""

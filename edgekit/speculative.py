@@ -95,38 +95,57 @@ def interpolate(points: dict[int, float]) -> Callable[[int], float]:
 
 verify_cost = interpolate(DEFAULT_COST)
 
-# Weight of the newest timing in a batch size's running average (CostCurve).
+# Weight of the newest timing in a batch size's running average (CostCurve). Each size's average
+# starts at the prior's value, so one slow step (a page fault, another process) moves it only part
+# of the way and can't switch drafting off on its own.
 _COST_EMA = 0.2
+# A single-token time older than this many steps is too stale to price batches against: the
+# context has grown since (a long copy drafts on every step).
+_STALE_STEPS = 64
 
 
 class CostCurve:
-    """What evaluating a batch of n tokens costs on this device, relative to one token, measured
-    as the model runs.
+    """What evaluating one sequence's batch of n tokens costs on this device, relative to one token,
+    measured as the model runs.
 
     The prior (:data:`DEFAULT_COST`) is one machine's curve; how steep the curve really is depends
     on the CPU, the model, its quantization and flash attention (on our 2-core machine verifying 8
-    tokens cost from 2.1 to 3.3 single steps across SmolLM2's files and settings). So the engine
-    times every step without a prefill chunk (:meth:`observe`). A batch of n > 1 tokens is priced
-    against the running average of single-token steps at that moment (steps slow down as the
-    context grows, so ratios taken at the time stay comparable where raw times would not), and
-    each size keeps a running average of its ratio. :meth:`relative` answers from those ratios:
-    measured sizes as measured, sizes between two measured ones interpolated, sizes past them by
-    the prior's shape scaled to the nearest measurement. So a size the rule has not tried yet is
-    priced from the ones it has: a flatter curve than the prior's leads it to try longer drafts,
-    whose times then count.
+    tokens cost from 3.0 to 4.8 single steps across SmolLM2's files and settings, docs/speculative.md).
+    So the engine times the steps in which one sequence decodes alone (:meth:`observe`). A batch of
+    n > 1 tokens is priced against the running average of single-token steps at that moment (steps
+    slow down as the context grows, so ratios taken at the time stay comparable where raw times
+    would not), and each size keeps a running average of its ratio. :meth:`ratio` answers from
+    those: measured sizes as measured, sizes between two measured ones interpolated, sizes past
+    them by the prior's shape scaled to the nearest measurement. So a size the rule has not tried
+    yet is priced from the ones it has: a flatter curve than the prior's leads it to try longer
+    drafts, whose times then count.
     """
 
     def __init__(self, prior: dict[int, float] | None = None) -> None:
         self._prior = interpolate(prior or DEFAULT_COST)
         self._one: float | None = None  # running average of a single-token step, in seconds
+        self._since_one = 0  # steps since the last single-token step
         self._ratio: dict[int, float] = {1: 1.0}  # per batch size: running average of time / one token's
 
+    @property
+    def one_token_s(self) -> float | None:
+        """The running average of a single-token step, in seconds (None before one was timed)."""
+        return self._one
+
+    @property
+    def measured_sizes(self) -> list[int]:
+        """The batch sizes with a timing of their own (1 always: the unit)."""
+        return sorted(self._ratio)
+
     def observe(self, n: int, seconds: float) -> None:
-        """One evaluation of a batch of ``n`` tokens took ``seconds``."""
+        """One sequence's batch of ``n`` tokens took ``seconds`` to evaluate."""
         if n == 1:
-            self._one = running_average(self._one, seconds, _COST_EMA)
-        elif self._one is not None:
-            self._ratio[n] = running_average(self._ratio.get(n), seconds / self._one, _COST_EMA)
+            self._one, self._since_one = running_average(self._one, seconds, _COST_EMA), 0
+            return
+        self._since_one += 1
+        if self._one is not None and self._since_one <= _STALE_STEPS:
+            old = self._ratio.get(n, self._prior(n))
+            self._ratio[n] = running_average(old, seconds / self._one, _COST_EMA)
 
     def ratio(self, n: int) -> float:
         """The estimated time of a batch of ``n`` tokens relative to one token."""
@@ -140,11 +159,6 @@ class CostCurve:
         near = lower if lower is not None else upper
         assert near is not None  # ratios always holds 1
         return self._prior(n) * ratios[near] / self._prior(near)
-
-    def relative(self, n: int, base: int = 1) -> float:
-        """The time of a batch of ``base - 1 + n`` tokens relative to one of ``base`` tokens: what
-        ``n`` tokens of one sequence cost in a step that evaluates ``base`` tokens without them."""
-        return self.ratio(base - 1 + n) / self.ratio(base)
 
 
 class Drafter(Protocol):

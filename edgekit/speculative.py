@@ -150,15 +150,10 @@ class CostCurve:
     def ratio(self, n: int) -> float:
         """The estimated time of a batch of ``n`` tokens relative to one token."""
         ratios = self._ratio
-        if n in ratios:
-            return ratios[n]
-        lower = max(m for m in ratios if m < n) if n > 1 else None
-        upper = min((m for m in ratios if m > n), default=None)
-        if lower is not None and upper is not None:
-            return ratios[lower] + (ratios[upper] - ratios[lower]) * (n - lower) / (upper - lower)
-        near = lower if lower is not None else upper
-        assert near is not None  # ratios always holds 1
-        return self._prior(n) * ratios[near] / self._prior(near)
+        top = max(ratios)  # ratios always holds 1, so only sizes past the largest lack a measured neighbour
+        if n <= top:
+            return interpolate(ratios)(n)
+        return self._prior(n) * ratios[top] / self._prior(top)
 
 
 class Drafter(Protocol):

@@ -29,21 +29,15 @@ PP_TOKENS = 128
 TG_TOKENS = 32
 
 
-def _device_id() -> str:
-    from edgekit.device import device_id, fingerprint
-
-    return device_id(fingerprint())
-
-
 def table_path(device: str | None = None) -> Path:
-    from edgekit.profile import profiles_dir
+    from edgekit.profile import device_and_build, profiles_dir
 
-    return profiles_dir() / f"recipe-speed-{device or _device_id()}.json"
+    return profiles_dir() / f"recipe-speed-{device or device_and_build()[0]}.json"
 
 
 def read_speeds() -> dict[str, float] | None:
     """{recipe: decode tokens/s} measured on this device with this llama.cpp build, or None."""
-    from edgekit.profile import build_identity, profiles_dir
+    from edgekit.profile import device_and_build, profiles_dir
 
     if not any(profiles_dir().glob("recipe-speed-*.json")):  # nothing stored: don't start llama.cpp to find out
         return None
@@ -52,7 +46,7 @@ def read_speeds() -> dict[str, float] | None:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if table.get("schema") != SCHEMA or table.get("build") != build_identity():
+    if table.get("schema") != SCHEMA or table.get("build") != device_and_build()[1]:
         return None
     recipes = table.get("recipes") or {}
     speeds = {name: float(row["tg_ts"]) for name, row in recipes.items() if isinstance(row, dict) and row.get("tg_ts")}
@@ -62,10 +56,10 @@ def read_speeds() -> dict[str, float] | None:
 def write_table(recipes: dict[str, dict[str, Any]], model: str, repacked: bool | None = None) -> Path:
     """Store ``{recipe: {"tg_ts", "pp_ts"}}`` for this device and build (atomically); return the path."""
     from edgekit.convert.atomic import atomic_output
-    from edgekit.profile import build_identity
+    from edgekit.profile import device_and_build
 
-    device = _device_id()
-    table = {"schema": SCHEMA, "device_id": device, "build": build_identity(), "model": model,
+    device, build = device_and_build()
+    table = {"schema": SCHEMA, "device_id": device, "build": dict(build), "model": model,
              "repacked_weights": repacked, "recipes": recipes,
              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = table_path(device)

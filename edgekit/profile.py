@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "Profile", "profile_path", "model_identity", "build_identity", "current_key", "lookup",
+__all__ = ["Settings", "Profile", "profile_path", "model_identity", "build_identity", "device_and_build",
+           "current_key", "lookup",
            "read", "write", "SCHEMA_VERSION"]
 
 SCHEMA = "edgekit.profile"
@@ -114,13 +115,14 @@ def build_identity() -> dict[str, Any]:
 
 def current_key(path: Path) -> dict[str, Any]:
     """The key a profile of ``path`` must carry to be used here and now."""
-    device, build = _device_and_build()
+    device, build = device_and_build()
     return {"device_id": device, "model": model_identity(path), "build": dict(build)}
 
 
 @functools.cache
-def _device_and_build() -> tuple[str, dict[str, Any]]:
-    """This device's id and the llama.cpp build, once per process (every load looks a profile up)."""
+def device_and_build() -> tuple[str, dict[str, Any]]:
+    """This device's id and the llama.cpp build (:func:`build_identity`), worked out once per process
+    (every load looks a profile up). Don't change the returned dict: copy it."""
     from edgekit.device import fingerprint
 
     return fingerprint()["device_id"], build_identity()

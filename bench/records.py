@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -169,12 +170,25 @@ def _fmt_params(n: Any) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
+# llama.cpp's model description ("qwen2 1B Q4_K - Medium") names a size bucket, not the parameter count
+# (a 494M-parameter Qwen2.5-0.5B is "1B"); the table shows the count in its own column instead.
+_SIZE_BUCKET = re.compile(r"^\d+(\.\d+)?[KMBT]$")
+
+
+def _model_label(model_type: Any) -> str:
+    """``model_type`` without llama.cpp's size bucket: ``qwen2 1B Q4_0`` -> ``qwen2 Q4_0``."""
+    if not model_type:
+        return "-"
+    words = str(model_type).split()
+    return " ".join(w for i, w in enumerate(words) if not (i == 1 and _SIZE_BUCKET.match(w)))
+
+
 def _row(r: dict[str, Any]) -> list[str]:
     def num(key: str, fmt: str) -> str:
         value = r.get(key)
         return format(value, fmt) if isinstance(value, (int, float)) and not math.isnan(value) else "-"
 
-    model = r.get("model_type") or "-"
+    model = _model_label(r.get("model_type"))
     ttft = f"{num('ttft_p50_ms', '.0f')}/{num('ttft_p95_ms', '.0f')}" if r.get("test") == "chat" else "-"
     e2e = f"{num('e2e_p50_ms', '.0f')}/{num('e2e_p95_ms', '.0f')}" if r.get("test") == "chat" else "-"
     eff = f"{100 * r['efficiency']:.0f}%" if isinstance(r.get("efficiency"), (int, float)) else "-"

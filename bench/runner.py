@@ -27,9 +27,10 @@ from edgekit.llama_facts import (
 )
 from edgekit.planner import AUTO_ORDER
 from edgekit.progress import ProgressFn, report
+from edgekit.runtime.load import DEFAULT_N_BATCH, DEFAULT_N_UBATCH
 
 from . import measure, records, roofline
-from .engines import Loaded
+from .backends import Loaded
 
 __all__ = ["Grid", "SUITES", "Case", "Group", "plan", "run", "suite_grid", "parse_kv", "ENGINES"]
 
@@ -52,8 +53,8 @@ class Grid:
     flash_attn: tuple[bool, ...] = (True,)  # as edgekit.load(flash_attn="auto")
     reps: int = 5
     warmup: bool = True
-    n_batch: int = 512
-    n_ubatch: int = 512
+    n_batch: int = DEFAULT_N_BATCH
+    n_ubatch: int = DEFAULT_N_UBATCH
     chat: bool = True
     chat_gen: int = 128
     engine: str = "edgekit"
@@ -84,7 +85,7 @@ def default_suite(*test_options: object) -> str:
     return "llama-bench" if any(o is not None for o in test_options) else DEFAULT_SUITE
 
 
-def suite_grid(models: Sequence[str], suite: str = "standard", **overrides: Any) -> Grid:
+def suite_grid(models: Sequence[str], suite: str = DEFAULT_SUITE, **overrides: Any) -> Grid:
     """A Grid from a suite's defaults with ``overrides`` (None values ignored)."""
     if suite not in SUITES:
         raise BenchError(f"unknown suite {suite!r}", f"Use one of: {', '.join(SUITES)}.")
@@ -125,7 +126,7 @@ class Group:
     threads: int
     n_ctx: int
     cases: list[Case] = field(default_factory=list)
-    n_ubatch: int = 512
+    n_ubatch: int = DEFAULT_N_UBATCH
     threads_batch: int = 0  # prefill threads when a tuned profile picked them apart from ``threads``
     tuned: dict[str, Any] | None = None  # the tuned profile's settings this group used, if any
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import gguf
 
+from edgekit.atomic import atomic_output, check_free_space, check_writable, scratch_file
 from edgekit.convert.archs import Arch, arch_for
-from edgekit.convert.atomic import atomic_output, check_free_space, check_writable, scratch_file
 from edgekit.convert.hparams import HParams, check_shapes, count_blocks, read_hparams
 from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
 from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize

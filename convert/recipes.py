@@ -16,7 +16,7 @@ and decode speed.
 ``measured`` holds the numbers of the quality table that ``bench/studies/quality.py``
 measures (SmolLM2-135M, weights perturbed off the Q4_1 grid, F16 reference, 1785
 tokens of edgekit's eval text at ctx 512); :func:`pick_auto` uses them, with this device's own
-speed table (``edgekit convert --tune``, :mod:`edgekit.convert.recipe_speed`) when there is one.
+speed table (``edgekit convert --tune``, :func:`edgekit.profile.read_recipe_speeds`) when there is one.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def get_recipe(name: str, max_kld: float | None = None) -> Recipe:
     """The recipe called ``name``; ``auto`` resolves through :func:`pick_auto` (with this device's speed table)."""
     key = name.lower()
     if key == "auto":
-        from edgekit.convert.recipe_speed import read_speeds
+        from edgekit.profile import read_recipe_speeds
 
-        key = pick_auto(DEFAULT_MAX_KLD if max_kld is None else max_kld, read_speeds())
+        key = pick_auto(DEFAULT_MAX_KLD if max_kld is None else max_kld, read_recipe_speeds())
     if key not in RECIPES:
         raise QuantizeError(f"Unknown recipe {name!r}.", f"Use one of: auto, {', '.join(RECIPES)}.")
     return RECIPES[key]

@@ -45,7 +45,7 @@ def _tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, st
 def _run_llama_quantize(src: Path, dst: Path, ftype_name: str, overrides: dict[str, str] | None,
                         threads: int | None, progress: ProgressFn | None = None) -> None:
     """llama.cpp's quantizer into a temp file beside ``dst``, renamed into place when complete."""
-    from edgekit.convert.atomic import atomic_output
+    from edgekit.atomic import atomic_output
     from edgekit.convert.quantize import quantize
 
     kwargs: dict = {}

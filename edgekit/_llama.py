@@ -278,7 +278,7 @@ def _cached_probe(key: str, path: Path, probe_args: list[str]) -> bool:
     import json
     import subprocess
 
-    from edgekit.convert.atomic import atomic_output
+    from edgekit.atomic import atomic_output
     from edgekit.paths import cache_dir
 
     store = cache_dir() / "extra-buffers.json"

@@ -91,7 +91,7 @@ class _Runner:
 
     def __init__(self, path: Path, n_ctx: int, threads: int | None) -> None:
         from edgekit import _llama
-        from edgekit.model import load
+        from edgekit.runtime.load import load
 
         if not path.is_file():
             raise EvalError(f"Model file {path} does not exist.", "Check the path.")
@@ -211,7 +211,7 @@ def _score(path: Path, out: Path | None, text: str | None, n_ctx: int, n_chunks:
 
     import numpy as np
 
-    from edgekit.convert.atomic import atomic_output
+    from edgekit.atomic import atomic_output
 
     t0 = time.perf_counter()
     s = s2 = 0.0
@@ -290,7 +290,7 @@ def evaluate(model: str | Path, *, reference: str | Path | None = None, referenc
         base = save_reference_logits(ref, save_logits, text=text, n_ctx=n_ctx, n_chunks=n_chunks,
                                      threads=threads, progress=progress)
         return _compare(path, Path(save_logits), base, None, threads, progress, text=text)
-    from edgekit.convert.atomic import scratch_file
+    from edgekit.atomic import scratch_file
     from edgekit.paths import cache_dir
 
     with scratch_file(cache_dir(), suffix=".logits") as tmp:

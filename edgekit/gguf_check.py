@@ -8,6 +8,7 @@ llama.cpp build runs, and does the file carry the hyperparameters we plan with.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,4 +153,24 @@ def check(path: str | Path) -> ModelInfo:
         tensor_types=frozenset(ggml_type_name(t.type) for t in header.tensors),  # read_header knows each type
         matrices=tuple((t.name, ggml_type_name(t.type), t.shape[1]) for t in header.tensors if len(t.shape) == 2),
     )
+
+
+# The start of a GGUF holds its metadata and tensor infos (a few MiB with a 150k-token vocabulary): hashed
+# up to this cap, with the last MiB of tensor data, so an identity costs milliseconds, not a read of the file.
+_IDENTITY_HEAD_BYTES = 32 << 20
+_IDENTITY_TAIL_BYTES = 1 << 20
+
+
+def model_identity(path: str | Path) -> dict[str, Any]:
+    """What says whether a GGUF is still the file something was made for: its size and hashes of its
+    header with the tensor infos and of its last MiB. Re-quantizing, re-converting or editing the file
+    changes it; copying or touching the file doesn't. Saved KV states and tuned profiles both use it."""
+    path = Path(path)
+    size = path.stat().st_size
+    head = min(read_header(path).data_offset, _IDENTITY_HEAD_BYTES)
+    with open(path, "rb") as f:
+        head_sha = hashlib.sha256(f.read(head)).hexdigest()[:16]
+        f.seek(max(head, size - _IDENTITY_TAIL_BYTES))
+        tail_sha = hashlib.sha256(f.read(_IDENTITY_TAIL_BYTES)).hexdigest()[:16]
+    return {"size": size, "head_sha256": head_sha, "tail_sha256": tail_sha}
 

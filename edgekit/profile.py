@@ -2,8 +2,8 @@
 
 A profile is a JSON file in ``data_dir()/profiles``, one per model file path. It is valid
 only for the key it was measured under: the device (:func:`edgekit.device.device_id`), the
-model file's identity (size, mtime and a hash of its GGUF header and tensor-info region,
-which names every tensor's type and offset) and the llama.cpp build (llama-cpp-python's
+model file's identity (:func:`edgekit.gguf_check.model_identity`, the rule saved KV states use too)
+and the llama.cpp build (llama-cpp-python's
 version and llama.cpp's system info). :func:`lookup` returns the profile's settings when the
 key matches, and otherwise a note that says why the profile was ignored.
 """
@@ -13,19 +13,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "Profile", "profile_path", "model_identity", "build_identity", "device_and_build",
+__all__ = ["Settings", "Profile", "profile_path", "build_identity", "device_and_build",
            "current_key", "lookup",
-           "read", "write", "SCHEMA_VERSION"]
+           "read", "write", "SCHEMA_VERSION", "read_recipe_speeds", "write_recipe_speeds", "recipe_speed_path"]
 
 SCHEMA = "edgekit.profile"
 SCHEMA_VERSION = 1
 # The header region hashed for a file's identity: the metadata and tensor infos are at the
-# start of a GGUF (a few MiB with a 150k-token vocabulary); capped so the hash stays cheap.
-_HEAD_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -93,18 +92,6 @@ def profile_path(model: Path) -> Path:
     return profiles_dir() / f"{Path(model).stem}-{digest}.json"
 
 
-def model_identity(path: Path) -> dict[str, Any]:
-    """Size, mtime and a hash of the GGUF header and tensor infos: changes when the file is rewritten."""
-    from edgekit.gguf_meta import read_header
-
-    st = path.stat()
-    head = min(read_header(path).data_offset, _HEAD_BYTES)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(head))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()[:16]}
-
-
 def build_identity() -> dict[str, Any]:
     """llama-cpp-python's version and a hash of llama.cpp's system info (its CPU features and backends)."""
     from edgekit import _llama
@@ -116,6 +103,8 @@ def build_identity() -> dict[str, Any]:
 def current_key(path: Path) -> dict[str, Any]:
     """The key a profile of ``path`` must carry to be used here and now."""
     device, build = device_and_build()
+    from edgekit.gguf_check import model_identity
+
     return {"device_id": device, "model": model_identity(path), "build": dict(build)}
 
 
@@ -141,7 +130,7 @@ def read(path: Path) -> Profile | None:
 
 def write(profile: Profile, path: Path | None = None) -> Path:
     """Write ``profile`` atomically (a reader never sees half a file); return its path."""
-    from edgekit.convert.atomic import atomic_output
+    from edgekit.atomic import atomic_output
 
     path = path or profile_path(Path(profile.model))
     with atomic_output(path) as tmp:
@@ -179,3 +168,43 @@ def lookup(path: Path) -> tuple[Profile | None, str]:
         return None, (f"ignored the tuned profile of {path.name}: tuning was interrupted; run `edgekit tune` "
                       "again to finish it")
     return profile, ""
+
+
+# -- the recipe speed table (written by edgekit.bench.recipe_speed, read by the converter's auto recipe) --
+
+RECIPE_SPEED_SCHEMA = "edgekit.recipe_speed"
+
+
+def recipe_speed_path(device: str | None = None) -> Path:
+    """Where this device's (or ``device``'s) recipe speed table lives."""
+    return profiles_dir() / f"recipe-speed-{device or device_and_build()[0]}.json"
+
+
+def read_recipe_speeds() -> dict[str, float] | None:
+    """{recipe: decode tokens/s} measured on this device with this llama.cpp build, or None."""
+    if not any(profiles_dir().glob("recipe-speed-*.json")):  # nothing stored: don't start llama.cpp to find out
+        return None
+    path = recipe_speed_path()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if table.get("schema") != RECIPE_SPEED_SCHEMA or table.get("build") != device_and_build()[1]:
+        return None
+    recipes = table.get("recipes") or {}
+    speeds = {name: float(row["tg_ts"]) for name, row in recipes.items() if isinstance(row, dict) and row.get("tg_ts")}
+    return speeds or None
+
+
+def write_recipe_speeds(recipes: dict[str, dict[str, Any]], model: str, repacked: bool | None = None) -> Path:
+    """Store ``{recipe: {"tg_ts", "pp_ts"}}`` for this device and build (atomically); return the path."""
+    from edgekit.atomic import atomic_output
+
+    device, build = device_and_build()
+    table = {"schema": RECIPE_SPEED_SCHEMA, "device_id": device, "build": dict(build), "model": model,
+             "repacked_weights": repacked, "recipes": recipes,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = recipe_speed_path(device)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(table, indent=2) + "\n")
+    return path

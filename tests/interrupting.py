@@ -11,10 +11,11 @@ from pathlib import Path
 
 
 def interrupt_when_ready(script: str, model: Path, tmp_path: Path, *, timeout: float = 120,
-                         waiting_for: str = "the child never got ready") -> subprocess.CompletedProcess:
-    """Run ``python -c script READY SENT MODEL``; when READY exists, SIGINT it and write SENT."""
+                         waiting_for: str = "the child never got ready",
+                         extra_args: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -c script READY SENT MODEL [EXTRA_ARGS...]``; when READY exists, SIGINT it and write SENT."""
     ready, sent = tmp_path / "ready", tmp_path / "sent"
-    child = subprocess.Popen([sys.executable, "-c", script, str(ready), str(sent), str(model)],
+    child = subprocess.Popen([sys.executable, "-c", script, str(ready), str(sent), str(model), *(extra_args or [])],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "NO_COLOR": "1"})
     try:

@@ -16,7 +16,8 @@ from edgekit.bench.store import Filters, Store, compare, format_compare
 from edgekit.device import device_id, fingerprint, isa_features, parse_cpuinfo
 from edgekit.errors import BenchError
 
-# Qwen2.5-0.5B's KV values per token (FACTS.md): 24 layers x 2 KV heads x 64, for K and for V.
+# Qwen2.5-0.5B's KV values per token, from its config.json (num_hidden_layers 24, num_key_value_heads 2,
+# hidden_size 896 / num_attention_heads 14 = head dim 64): 24 layers x 2 KV heads x 64, for K and for V.
 QWEN05_KV_VALUES = (24 * 2 * 64, 24 * 2 * 64)
 
 
@@ -118,7 +119,7 @@ def test_parse_arm_cpuinfo_pi5():
 # -- roofline ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kv, per_token", [("f16", 12288), ("q8_0", 6528), ("q4_0", 3456)])
-def test_kv_bytes_match_facts(kv, per_token):
+def test_kv_bytes_per_token_of_qwen05(kv, per_token):
     from edgekit.llama_facts import kv_bytes_per_token
 
     assert kv_bytes_per_token(QWEN05_KV_VALUES, kv, kv) == per_token
@@ -126,7 +127,7 @@ def test_kv_bytes_match_facts(kv, per_token):
 
 def test_decode_ceiling_and_bandwidth_cache(tmp_path, monkeypatch):
     per_token, ceiling = roofline.decode_ceiling(34e9, 350_000_000, 12288, 0)
-    assert per_token == 350_000_000 and ceiling == pytest.approx(97.1, abs=0.1)  # the FACTS.md ceiling
+    assert per_token == 350_000_000 and ceiling == pytest.approx(97.1, abs=0.1)  # 34 GB/s / 350 MB per token
     _, deep = roofline.decode_ceiling(34e9, 350_000_000, 12288, 8192)
     assert deep < ceiling
     bw = roofline.measure_bandwidth(seconds=0.05, size_bytes=64 * 2**20)

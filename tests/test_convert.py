@@ -255,7 +255,7 @@ def test_existing_output_needs_force(ckpt, tmp_path):
 
 
 def test_full_disk_is_refused_before_writing(ckpt, tmp_path, monkeypatch):
-    import edgekit.convert.atomic as atomic
+    import edgekit.atomic as atomic
 
     monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(DiskFull, match="free"):

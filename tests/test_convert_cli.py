@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from interrupting import interrupt_when_ready
 
 from edgekit.samples.checkpoints import random_qwen2_checkpoint
 
@@ -81,28 +80,45 @@ def test_existing_output_is_refused_then_forced(ckpt, tmp_path):
     assert run_cli("convert", str(ckpt), "-q", "q8_0", "-o", str(tmp_path), "--quiet", "--force").returncode == 0
 
 
+# The real CLI in a child process. Before the second quantization starts (the first output is then complete and
+# renamed into place), it says it is ready and waits for the test's SIGINT: no race with a fast machine
+# finishing every type first, and no sleep standing in for "late enough".
+_CONVERT_UNTIL_INTERRUPTED = """
+import pathlib, sys, time
+import edgekit.convert.pipeline as pipeline
+from edgekit.cli import main
+ready, sent, ckpt, out, types = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+real, calls = pipeline.quantize, []
+def quantize(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        ready.write_text("ready")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the SIGINT ends this wait with KeyboardInterrupt
+            time.sleep(0.01)
+        sys.exit("no SIGINT came")
+    return real(*args, **kwargs)
+pipeline.quantize = quantize
+sys.argv = ["edgekit", "convert", ckpt, "-q", types, "-o", out]
+main()
+"""
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_cleanly_and_leaves_nothing_partial(ckpt, tmp_path):
     out = tmp_path / "out"
     types = ["q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "convert", str(ckpt), "-q", ",".join(types), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def finished() -> list:
         return sorted(p.name for p in out.glob("*.gguf") if not p.name.startswith("."))
 
-    # Ready: the first output is complete (renamed into place); four quantizations are still to come.
-    deadline = time.monotonic() + 120
-    while not finished() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert finished() and proc.poll() is None, "the conversion ended (or never started) before Ctrl-C"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    done = interrupt_when_ready(_CONVERT_UNTIL_INTERRUPTED, ckpt, tmp_path, extra_args=[str(out), ",".join(types)],
+                                waiting_for="the conversion never reached its second quantization")
+    stderr = done.stderr
+    assert done.returncode == 130, stderr
     assert "Interrupted" in stderr and "Traceback" not in stderr
     kept = finished()
-    assert 1 <= len(kept) < len(types)  # the outputs completed before Ctrl-C stay, whole
+    assert len(kept) == 1  # the output completed before Ctrl-C stays, whole
     assert sorted(p.name for p in out.iterdir()) == kept  # no temporary or partial file is left
     from edgekit.gguf_check import check
 

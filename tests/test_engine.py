@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_runtime_support import tiny_qwen2_gguf
+from runtime_models import tiny_qwen2_gguf
 
 import edgekit
 from edgekit import _llama
@@ -142,7 +142,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_running_tokens(m4):
 
 
 def test_the_prefill_chunk_keeps_a_step_within_stall_of_a_decode_step(m4):
-    from edgekit.engine import FIRST_CHUNK, MIN_CHUNK, STALL
+    from edgekit.runtime.engine import FIRST_CHUNK, MIN_CHUNK, STALL
 
     engine = m4._engine  # idle: its step-time averages are set by hand here
     saved = engine._decode_s, engine._prompt_token_s

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent("""
     from edgekit.convert import open_checkpoint
     from edgekit.convert.safetensors import read_header as read_safetensors
     from edgekit.gguf_check import check
-    from edgekit.template import render
+    from edgekit.runtime.template import render
 
     readers = {"safetensors": read_safetensors, "gguf": check, "checkpoint": open_checkpoint,
                "template": lambda source: render(source, [{"role": "user", "content": "x"}])}

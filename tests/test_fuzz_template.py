@@ -1,4 +1,4 @@
-"""Fuzz the chat-template renderer (edgekit.template.render).
+"""Fuzz the chat-template renderer (edgekit.runtime.template.render).
 
 Templates come from model files, so they are untrusted code. Random templates
 are built from Jinja fragments (expressions, filters, tests, loops, macros,
@@ -15,7 +15,7 @@ from fuzzing import fuzz_settings, only_edgekit_errors
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edgekit.template import CHATML, render
+from edgekit.runtime.template import CHATML, render
 
 NAMES = ["messages", "message", "loop.index", "loop.last", "add_generation_prompt", "bos_token", "eos_token",
          "none", "true", "'x'", "'<|im_start|>'", "messages[0]", "messages[-1]", "message['role']",

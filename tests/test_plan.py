@@ -15,7 +15,8 @@ from edgekit.errors import EdgekitError, OutOfMemory
 from edgekit.gguf_check import ModelInfo
 from edgekit.planner import MiB, plan_info, require_fit
 
-# Qwen2.5-0.5B's shape (FACTS.md): 24 layers, 2 KV heads of 64, 32k trained context.
+# Qwen2.5-0.5B's shape, from its config.json: 24 layers, 2 KV heads of 64, 32k trained context
+# (max_position_embeddings 32768).
 QWEN05 = ModelInfo(path=Path("qwen05.gguf"), arch="qwen2", file_size=398_000_000, weights_bytes=390_000_000,
                    n_tensors=290, n_layer=24, n_embd=896, n_head=14, n_head_kv=2, head_dim_k=64, head_dim_v=64,
                    n_ff=4864, n_vocab=151936, n_ctx_train=32768, chat_template=None, eog_token_ids=(151645,),

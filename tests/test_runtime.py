@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from test_runtime_support import QUESTION, SYSTEM, smol
+from runtime_models import QUESTION, SYSTEM, smol
 
 import edgekit
 from edgekit.errors import ContextOverflow, EdgekitError

@@ -18,7 +18,7 @@ from interrupting import interrupt_when_ready
 _READY_SHIM = """
 import pathlib, sys, time
 import edgekit
-from edgekit.model import load as real_load
+from edgekit.runtime.load import load as real_load
 
 ready, sent = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.sampling import Sampling, resolve
-from edgekit.template import TemplateError, render
-from edgekit.textstream import TextStream
+from edgekit.runtime.sampling import Sampling, resolve
+from edgekit.runtime.template import TemplateError, render
+from edgekit.runtime.textstream import TextStream
 
 
 def test_multibyte_characters_split_across_tokens():

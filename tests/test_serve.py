@@ -303,7 +303,7 @@ def test_hostile_requests_get_4xx_in_openai_shape(server, http, model_id):
     assert httpx.get(server.url + "/health", timeout=TIMEOUT).status_code == 200
 
 
-# -- response_format and tools (edgekit.tools) ----------------------------------------------------------------------
+# -- response_format and tools (edgekit.runtime.tools) ----------------------------------------------------------------------
 
 # llama.cpp's schema-to-grammar converter enforces types, keys and string lengths, not numeric bounds.
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24},

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("starlette")
 import httpx  # noqa: E402
 
-from edgekit.sampling import Sampling  # noqa: E402
+from edgekit.runtime.sampling import Sampling  # noqa: E402
 from edgekit.serve.app import State, create_app  # noqa: E402
 from edgekit.serve.errors import APIError  # noqa: E402
 from edgekit.serve.params import parse_chat, parse_completion  # noqa: E402

@@ -10,12 +10,12 @@ import sys
 from collections import Counter
 
 import pytest
-from test_runtime_support import SYSTEM, smol
+from runtime_models import SYSTEM, smol
 
 import edgekit
-from edgekit import speculative
 from edgekit.errors import EdgekitError
-from edgekit.speculative import NgramDrafter, Speculation
+from edgekit.runtime import speculative
+from edgekit.runtime.speculative import NgramDrafter, Speculation
 
 # A text of our own, so the model has something to copy from.
 TEXT = ("The lighthouse on Marrow Point was built in 1874 from granite quarried on the island itself. "
@@ -406,7 +406,7 @@ def test_draft_model_sampling_distribution_is_unchanged(pair):
 
 
 def test_a_draft_model_with_another_vocabulary_is_refused(smollm2_gguf):
-    from test_runtime_support import tiny_qwen2_gguf
+    from runtime_models import tiny_qwen2_gguf
 
     _, qwen = tiny_qwen2_gguf()
     with pytest.raises(EdgekitError, match="does not share") as err:
@@ -459,7 +459,7 @@ def _state(model, chat, settings):
 
     from rich.console import Console
 
-    from edgekit.chatui.state import ChatState
+    from edgekit.chatui.context import ChatContext
 
-    return ChatState(model=model, chat=chat, settings=settings, err=Console(file=io.StringIO()), quiet=True,
+    return ChatContext(model=model, chat=chat, settings=settings, err=Console(file=io.StringIO()), quiet=True,
                      colour=False)

@@ -1,4 +1,4 @@
-"""Tool calls and response_format (edgekit.tools): rendering, forced calls by grammar, parsing, JSON output."""
+"""Tool calls and response_format (edgekit.runtime.tools): rendering, forced calls by grammar, parsing, JSON output."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_runtime_support import smol, tiny_qwen2_gguf
+from runtime_models import smol, tiny_qwen2_gguf
 
 import edgekit
-from edgekit import tools
-from edgekit.template import render
-from edgekit.tools import (
+from edgekit.runtime import tool_prompt, tools
+from edgekit.runtime.template import render
+from edgekit.runtime.tools import (
     InvalidParam,
     ToolCallStream,
     parse_tool_calls,
@@ -114,13 +114,13 @@ def check_calls(reply: tools.ToolReply, only: str | None = None) -> None:
 
 
 def test_the_style_is_read_from_the_template(smollm2_gguf):
-    assert tools.template_style(HERMES) == "hermes"
-    assert tools.template_style(smol().chat_template) == "prompt"
-    assert tools.template_style(None) == "prompt"
+    assert tool_prompt.template_style(HERMES) == "hermes"
+    assert tool_prompt.template_style(smol().chat_template) == "prompt"
+    assert tool_prompt.template_style(None) == "prompt"
 
 
 def test_a_hermes_template_renders_tools_calls_and_results_itself():
-    messages, extra = tools.chat_inputs(HERMES, HISTORY, TOOLS)
+    messages, extra = tool_prompt.chat_inputs(HERMES, HISTORY, tools.check_tools(TOOLS))
     text = render(HERMES, messages, **extra)
     for tool in TOOLS:
         assert json.dumps(tool) in text
@@ -131,7 +131,7 @@ def test_a_hermes_template_renders_tools_calls_and_results_itself():
            "</tool_response>\n<|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")
     # Without tools (tool_choice "none") the history still renders, and no tool list is shown.
-    messages, extra = tools.chat_inputs(HERMES, HISTORY, None)
+    messages, extra = tool_prompt.chat_inputs(HERMES, HISTORY, [])
     assert extra == {} and "<tools>" not in render(HERMES, messages, **extra)
 
 
@@ -158,7 +158,7 @@ def test_a_template_without_tool_support_gets_a_system_block_and_text_turns(smol
     own = m.render_chat([{"role": "system", "content": "Be terse."}, *ASK], tools=TOOLS)
     assert own.startswith("<|im_start|>system\nBe terse.\n\nYou can call functions")
     # Plain messages pass through unchanged.
-    assert tools.chat_inputs(m.chat_template, ASK) == (ASK, {})
+    assert tool_prompt.chat_inputs(m.chat_template, ASK, []) == (ASK, {})
 
 
 # -- forced calls ------------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from interrupting import interrupt_when_ready
 
+from edgekit.bench.tune import Fit, fit_line, job_seconds, job_shape, performance_cores
 from edgekit.profile import Profile, Settings, current_key, lookup, profile_path, read, write
-from edgekit.tune import Fit, fit_line, job_seconds, job_shape, performance_cores
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -37,7 +37,7 @@ def test_fit_recovers_a_line_and_keeps_the_slope_non_negative():
 
 
 def test_decode_slope_is_at_least_reading_one_more_cells_kv_at_the_weights_rate():
-    from edgekit.tune import decode_fit
+    from edgekit.bench.tune import decode_fit
 
     flat = [(16, 0.040), (1040, 0.040)]  # 400 MB of weights in 40 ms: 10 GB/s
     fit = decode_fit(flat, kv_cell_bytes=10_000, weights_bytes=400e6)
@@ -75,7 +75,7 @@ def tiny_gguf(tiny_qwen2_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tuned(tiny_gguf, tmp_path_factory) -> tuple[Profile, str]:
     """One real tuning run (1 thread, a few seconds): the profile and the JSON text it stored."""
-    from edgekit.tune import tune
+    from edgekit.bench.tune import tune
 
     home = tmp_path_factory.mktemp("tune-home")
     old = os.environ.get("EDGEKIT_HOME")
@@ -227,7 +227,7 @@ def test_cli_show_without_a_profile_is_one_line(smollm2_gguf):
 # ready and waits (bounded) for the parent's SIGINT.
 _INTERRUPT = """
 import pathlib, sys, time
-import edgekit.tune as tuning
+import edgekit.bench.tune as tuning
 from edgekit.cli import main
 
 ready, sent = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -249,7 +249,7 @@ main(["tune", sys.argv[3], "--ctx", "1024", "--budget", "600", "--threads", "1"]
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_a_partial_profile_and_a_rerun_continues_it(tiny_gguf, tmp_path):
-    from edgekit.tune import tune
+    from edgekit.bench.tune import tune
 
     child = interrupt_when_ready(_INTERRUPT, tiny_gguf, tmp_path, timeout=300,
                                  waiting_for="the tuner never finished a configuration")
@@ -302,30 +302,30 @@ def test_pick_auto_ranks_the_recipes_within_the_kld_budget_by_this_devices_speed
 
 
 def test_a_stored_speed_table_drives_auto_and_a_stale_one_is_ignored():
-    from edgekit.convert import recipe_speed
+    from edgekit import profile
     from edgekit.convert.recipes import get_recipe
 
-    path = recipe_speed.write_table({"q5-best": {"tg_ts": 90.0, "pp_ts": 400.0},
+    path = profile.write_recipe_speeds({"q5-best": {"tg_ts": 90.0, "pp_ts": 400.0},
                                      "q4-best": {"tg_ts": 60.0, "pp_ts": 300.0}}, "test.gguf")
     assert get_recipe("auto").name == "q5-best"
     table = json.loads(path.read_text())
     table["build"]["llama_cpp_python"] = "0.0.1"
     path.write_text(json.dumps(table))
-    assert recipe_speed.read_speeds() is None and get_recipe("auto").name == "q4-best"
+    assert profile.read_recipe_speeds() is None and get_recipe("auto").name == "q4-best"
 
 
 @pytest.mark.slow
 def test_convert_tune_measures_the_recipes_and_auto_follows_the_table(tiny_qwen2_dir, tmp_path):
-    from edgekit.convert import recipe_speed
+    from edgekit import profile
     from edgekit.convert.recipes import RECIPES, pick_auto
 
     res = _cli("convert", str(tiny_qwen2_dir), "-q", "auto", "--tune", "-t", "1", "--json", "-o", str(tmp_path))
     assert res.returncode == 0, res.stderr
-    table = json.loads(recipe_speed.table_path().read_text())
+    table = json.loads(profile.recipe_speed_path().read_text())
     measured = {name for name, r in RECIPES.items() if r.measured is not None}
     assert set(table["recipes"]) == measured
     assert all(row["tg_ts"] > 0 and row["pp_ts"] > 0 for row in table["recipes"].values())
-    chosen = pick_auto(0.05, recipe_speed.read_speeds())
+    chosen = pick_auto(0.05, profile.read_recipe_speeds())
     out = json.loads(res.stdout)["outputs"]
     assert [o["type"] for o in out] == [chosen.upper()]
 

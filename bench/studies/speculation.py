@@ -9,7 +9,7 @@ Run:
 ``trace`` decodes every prompt of ``speculation_prompts.json`` greedily (plain) and writes the
 prompt and answer tokens; with ``--draft`` it also records, at every answer position, the draft
 model's greedy guess and its probability given the true text (one batched pass). ``simulate``
-replays :class:`edgekit.speculative.Speculation` on a trace and prices each step with a
+replays :class:`edgekit.runtime.speculative.Speculation` on a trace and prices each step with a
 verification cost curve: deterministic, no timing, so rules can be compared offline.
 ``run`` times plain and speculative greedy decoding interleaved over rounds (wall clock,
 decode tokens/s from Stats), checks the texts are identical, and prints per-set ratios and
@@ -137,7 +137,7 @@ class TraceDrafter:
 
     def __init__(self, prompt: list[int], output: list[int], guess: list[int], guess_p: list[float], cost: float,
                  p_min: float) -> None:
-        from edgekit.draft import ModelDrafter
+        from edgekit.runtime.draft import ModelDrafter
 
         self.level, self.priors = ModelDrafter.level, ModelDrafter.priors
         self._n_prompt = len(prompt)
@@ -170,7 +170,7 @@ class TraceDrafter:
 
 def simulate(data: dict[str, Any], cost_name: str, draft_cost: float, p_min: float) -> dict[str, Any]:
     """Per set: cost-model speed ratio vs plain, acceptance, drafted and accepted tokens."""
-    from edgekit import speculative as sp
+    from edgekit.runtime import speculative as sp
 
     cost = sp.interpolate(sp.SMOLLM2_COST if cost_name == "smollm2" else sp.QWEN05B_COST)
     per_set: dict[str, dict[str, Any]] = {s: {"plain": 0.0, "spec": 0.0, "drafted": 0, "accepted": 0, "ratios": []}
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         if not a.out:
             print(json.dumps(data))
     elif a.cmd == "simulate":
-        from edgekit.draft import P_MIN
+        from edgekit.runtime.draft import P_MIN
 
         data = json.loads(Path(a.trace).read_text(encoding="utf-8"))
         draft_cost = a.draft_cost if a.draft_cost is not None else 0.6

@@ -6,34 +6,34 @@ import json
 import sys
 from pathlib import Path
 
+from edgekit.chatui.context import ChatContext
 from edgekit.chatui.repl import finish_turn, report_dropped, stream_turn
-from edgekit.chatui.state import ChatState
 from edgekit.chatui.turn import stream_answer
 
 EXIT_INTERRUPTED = 130
 
 
-def run(state: ChatState, text: str, as_json: bool) -> int:
+def run(ctx: ChatContext, text: str, as_json: bool) -> int:
     """Answer ``text`` once. Exit code 0, or 130 when stopped with Ctrl-C."""
-    state.interactive = False
-    chunks = state.chat.stream(text, **state.settings.kwargs())
+    ctx.interactive = False
+    chunks = ctx.chat.stream(text, **ctx.settings.kwargs())
     if not as_json:
-        result = stream_turn(state, chunks)
+        result = stream_turn(ctx, chunks)
         return EXIT_INTERRUPTED if result.interrupted else 0
-    dropped = report_dropped(state)
+    dropped = report_dropped(ctx)
     result = stream_answer(chunks, lambda _text: None)
     result.dropped = dropped
-    quiet, state.quiet = state.quiet, True  # the stats go into the JSON, not on stderr
-    finish_turn(state, result)
-    state.quiet = quiet
+    quiet, ctx.quiet = ctx.quiet, True  # the stats go into the JSON, not on stderr
+    finish_turn(ctx, result)
+    ctx.quiet = quiet
     stats = result.stats
     payload = {
-        "model": str(state.model.path),
+        "model": str(ctx.model.path),
         "answer": result.text,
         "finish_reason": stats.finish_reason if stats is not None else "interrupted",
         "stats": stats.as_dict() if stats is not None else None,
-        "settings": state.settings.as_dict(),
-        "system": state.chat.system,
+        "settings": ctx.settings.as_dict(),
+        "system": ctx.chat.system,
         "dropped": result.dropped,
     }
     sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2, default=_jsonable) + "\n")

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from edgekit.model import Model
+    from edgekit.runtime.model import Model
     from edgekit.stats import Stats
 
 

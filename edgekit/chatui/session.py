@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.chatui import render
+from edgekit.chatui.context import ChatContext
 from edgekit.chatui.settings import ChatSettings
-from edgekit.chatui.state import ChatState
 from edgekit.errors import EdgekitError, HubUnreachable
 
 SLOW_LOAD_S = 0.7  # show the loading bar only when loading takes longer than this
@@ -115,19 +115,19 @@ def run(opts: ChatOptions) -> int:
     from edgekit import Chat
 
     chat = Chat(model, system=opts.system, **settings.kwargs())
-    state = ChatState(model=model, chat=chat, settings=settings, err=render.stderr_console(),
+    ctx = ChatContext(model=model, chat=chat, settings=settings, err=render.stderr_console(),
                       quiet=opts.quiet, colour=render.use_colour(sys.stderr))
     note = getattr(model.plan, "note", "")
     if note and not opts.quiet:  # e.g. a stale tuned profile was ignored: say so once
-        state.note(f"Note: {note}.")
+        ctx.note(f"Note: {note}.")
     try:
         if one_shot:
             from edgekit.chatui import oneshot
 
-            return oneshot.run(state, message, opts.json)
+            return oneshot.run(ctx, message, opts.json)
         from edgekit.chatui import repl
 
-        return repl.run(state, history_path())
+        return repl.run(ctx, history_path())
     finally:
         model.close()
 

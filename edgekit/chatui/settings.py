@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgekit.errors import EdgekitError
-from edgekit.sampling import Sampling
-from edgekit.speculative import MODES
+from edgekit.runtime.sampling import Sampling
+from edgekit.runtime.speculative import MODES
 
 # A chat answer rarely needs more; the bound keeps a rambling model (or a script) from
 # running on for minutes on a Pi. `--max-tokens 0` / `/set max_tokens none` lift it.

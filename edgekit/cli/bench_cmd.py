@@ -71,7 +71,8 @@ def run_cmd(
     threads: Annotated[str | None, typer.Option("--threads", "-t", help="Thread counts (default: the tuned profile's, else physical cores).")] = None,
     flash_attn: Annotated[str | None, typer.Option("--flash-attn", help="on,off (default: the tuned profile's, else on).")] = None,
     reps: Annotated[int | None, typer.Option("-r", "--repetitions", help="Repetitions per test (after a warm-up).")] = None,
-    n_batch: Annotated[int, typer.Option("-b", "--n-batch", help="Logical batch size.")] = 512,
+    n_batch: Annotated[int | None, typer.Option("-b", "--n-batch", help="Logical batch size (default: load's, 512).",
+                                                show_default=False)] = None,
     n_ubatch: Annotated[int | None, typer.Option("--n-ubatch", help="Physical batch size (default: the tuned "
                                                  "value, else 512).", show_default=False)] = None,
     gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: auto (all where Metal/GPU is built in) or a number.")] = "auto",

@@ -26,7 +26,7 @@ def convert(
     from edgekit.progress import rich_progress
 
     if tune:
-        from edgekit.convert.recipe_speed import tune_recipes
+        from edgekit.bench.recipe_speed import tune_recipes
 
         with rich_progress(enabled=not quiet and not as_json) as progress:
             table = tune_recipes(src, threads=threads, progress=progress)

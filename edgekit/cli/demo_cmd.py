@@ -24,4 +24,5 @@ def demo(
         for step in run_demo(workdir, bench=bench, progress=progress):
             console.rule(f"[bold]{step.title}")
             for line in step.lines:
-                console.print(line, markup=False, highlight=False)
+                # soft_wrap: a table line stays one line, in a narrow terminal or piped to a file
+                console.print(line, markup=False, highlight=False, soft_wrap=True)

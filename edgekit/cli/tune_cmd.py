@@ -1,4 +1,4 @@
-"""``edgekit tune``: measure the fastest runtime settings for a model on this device (edgekit.tune)."""
+"""``edgekit tune``: measure the fastest runtime settings for a model on this device (edgekit.bench.tune)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def tune(
 ) -> None:
     """Measure threads, flash attention, KV cache types and n_ubatch on this device; edgekit.load uses the result."""
     from edgekit import profile as profiles
-    from edgekit import tune as tuning
+    from edgekit.bench import tune as tuning
     from edgekit.errors import EdgekitError
     from edgekit.store import resolve
 

@@ -294,7 +294,7 @@ def cached_checkpoint(name: str, build: Callable[[Path], Path]) -> Path:
     """
     import fcntl
 
-    from edgekit.convert.atomic import atomic_directory
+    from edgekit.atomic import atomic_directory
     from edgekit.samples.assets import CACHE
 
     out = CACHE / f"{name}-v{BUILD_VERSION}"

@@ -43,7 +43,7 @@ def _read_kv(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
 
     reader = GGUFReader(path)
     kv = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
-    from edgekit.convert.atomic import atomic_output
+    from edgekit.atomic import atomic_output
     from edgekit.errors import DiskFull
 
     try:

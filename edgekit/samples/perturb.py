@@ -21,7 +21,7 @@ def perturbed_f16(src_gguf: str | Path, dst: str | Path, noise: float = 0.05, se
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
 
-    from edgekit.convert.atomic import atomic_output
+    from edgekit.atomic import atomic_output
 
     src, dst = Path(src_gguf), Path(dst)
     reader = GGUFReader(str(src))

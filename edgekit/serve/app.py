@@ -215,8 +215,8 @@ def _check_request(state: State, model: Any, req: Request) -> Any:
 def _constraints(req: Request) -> Any:
     """tools / tool_choice / response_format -> a ToolRequest and grammar options on ``req.sampling``."""
     try:
-        from edgekit import tools
-    except ImportError:  # a build without edgekit.tools: refuse rather than ignore
+        from edgekit.runtime import tools
+    except ImportError:  # a build without edgekit.runtime.tools: refuse rather than ignore
         if req.response_format is not None and req.response_format.get("type") != "text":
             raise invalid("response_format", "'response_format' other than text is not supported.") from None
         if req.tools or req.tool_choice not in (None, "none", "auto"):

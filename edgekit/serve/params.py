@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgekit.errors import EdgekitError
-from edgekit.sampling import Sampling
+from edgekit.runtime.sampling import Sampling
 from edgekit.serve.errors import APIError, invalid
 
 MAX_TOKENS_LIMIT = 2**31 - 1

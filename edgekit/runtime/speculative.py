@@ -2,7 +2,7 @@
 
 Grounded answers (rewrites, extractions, quotes, code edits) repeat long runs of their
 prompt. :class:`NgramDrafter` proposes the tokens that followed the latest earlier
-occurrence of the text's last few tokens; :class:`edgekit.draft.DraftModel` proposes a
+occurrence of the text's last few tokens; :class:`edgekit.runtime.draft.DraftModel` proposes a
 small model's greedy continuation. :class:`Speculation` decides, before every step,
 whether to draft and how many tokens, by weighing the acceptance it has measured
 against what verifying a batch costs on this device (:class:`CostCurve`, timed as the model
@@ -175,7 +175,7 @@ def start(mode: str, prompt: Iterable[int], *, draft: Any = None, seq_id: int = 
           cost: Callable[[int], float] | None = None) -> Speculation | None:
     """The drafting for one generation call in ``mode`` after ``prompt``, or None to decode one token at a time.
 
-    "auto" drafts with ``draft`` (a :class:`edgekit.draft.DraftModel`, on its sequence ``seq_id``) when
+    "auto" drafts with ``draft`` (a :class:`edgekit.runtime.draft.DraftModel`, on its sequence ``seq_id``) when
     given, else by prompt lookup; "ngram" always by prompt lookup; "off" returns None.
     ``cost`` (n -> time to verify n tokens relative to one) defaults to :func:`verify_cost`.
     """

@@ -1,7 +1,7 @@
 """A draft model for speculative decoding: a small model with the target's vocabulary guesses
-the next few tokens; the target verifies them in one batch (:mod:`edgekit.speculative`).
+the next few tokens; the target verifies them in one batch (:mod:`edgekit.runtime.speculative`).
 
-The draft is loaded like any model (through :func:`edgekit.loading.load_weights`, so the
+The draft is loaded like any model (through :func:`edgekit.llama_handles.load_weights`, so the
 weight buffers that crash batched decodes on some CPUs are avoided) with its own context: the
 target's n_ctx, an f16 KV cache, and one sequence per target slot. It keeps, per sequence, the
 tokens whose KV it holds, and before each draft reuses the prefix they share with the text
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from edgekit import _llama, loading
+from edgekit import _llama, llama_handles
 from edgekit.errors import EdgekitError
 from edgekit.gguf_check import check
 from edgekit.planner import plan_info, require_fit
@@ -83,7 +83,7 @@ class DraftModel:
         self.path = info.path
         self.p_min = p_min
         self.n_batch = n_batch
-        self._model = loading.load_weights(info, gpu_layers=gpu_layers, mmap=True, mlock=False,
+        self._model = llama_handles.load_weights(info, gpu_layers=gpu_layers, mmap=True, mlock=False,
                                            buffers=_llama.weight_buffers(info.path, info.tensor_types, info.matrices),
                                            progress=None)
         try:
@@ -94,7 +94,7 @@ class DraftModel:
                                    "rejected guesses", "Use a transformer draft model.")
             plan = plan_info(info, n_ctx, "f16", "auto", n_batch, slots=n_seq_max)
             require_fit(plan)
-            self._ctx = loading.new_context(self._model, info, plan, threads=threads, n_batch=n_batch,
+            self._ctx = llama_handles.new_context(self._model, info, plan, threads=threads, n_batch=n_batch,
                                             n_ubatch=n_batch, rope_scaling=None)
         except BaseException:
             self.close()
@@ -114,7 +114,7 @@ class DraftModel:
         if getattr(self, "_batch", None) is not None:
             L.llama_batch_free(self._batch)
             self._batch = None
-        loading.free(self)
+        llama_handles.free(self)
 
     def __del__(self) -> None:
         try:
@@ -126,7 +126,7 @@ class DraftModel:
         return f"DraftModel({self.path.name}, n_ctx={self.n_ctx}, p_min={self.p_min})"
 
     def drafter(self, prompt: Iterable[int], seq_id: int = 0) -> ModelDrafter:
-        """A drafter (the :class:`edgekit.speculative.Drafter` interface) for one call on sequence ``seq_id``."""
+        """A drafter (the :class:`edgekit.runtime.speculative.Drafter` interface) for one call on sequence ``seq_id``."""
         if not 0 <= seq_id < self.n_seq_max:
             raise EdgekitError(f"draft sequence {seq_id} is out of range (the draft holds {self.n_seq_max})")
         return ModelDrafter(self, prompt, seq_id)

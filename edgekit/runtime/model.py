@@ -1,8 +1,8 @@
 """Model: a GGUF loaded into llama.cpp, with generate / stream / chat and a prompt cache.
 
-Generation runs in :mod:`edgekit.engine`: one background thread decodes every running
+Generation runs in :mod:`edgekit.runtime.engine`: one background thread decodes every running
 sequence of the model in one batch per step. :meth:`Model.start` queues a request and
-returns its :class:`~edgekit.engine.Sequence` (n of them for n answers to one prompt);
+returns its :class:`~edgekit.runtime.engine.Sequence` (n of them for n answers to one prompt);
 :meth:`Model.generation`, the generator behind ``generate``, ``stream``, ``chat`` and
 :class:`edgekit.Chat`, is a thin consumer of it. So calls from several threads are batched
 together (with ``load(slots=N)``) or queue for the one slot, and each request reuses the KV
@@ -22,19 +22,19 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit import _llama, loading, state
-from edgekit.engine import Engine, Sequence, Step
+from edgekit import _llama, llama_handles
 from edgekit.errors import ContextOverflow, CorruptFile, EdgekitError
 from edgekit.gguf_check import ModelInfo
-from edgekit.loading import load
 from edgekit.planner import Plan
 from edgekit.progress import ProgressFn
-from edgekit.sampling import Sampling, build_sampler, resolve
-from edgekit.speculative import check_mode
-from edgekit.stats import Completion, Stats, peak_rss
+from edgekit.runtime import kv_file
+from edgekit.runtime.engine import Engine, Sequence, Step
+from edgekit.runtime.sampling import Sampling, build_sampler, resolve
+from edgekit.runtime.speculative import check_mode
+from edgekit.stats import Completion, Stats
 
 if TYPE_CHECKING:
-    from edgekit.draft import DraftModel
+    from edgekit.runtime.draft import DraftModel
 
 
 class Model:
@@ -68,14 +68,14 @@ class Model:
 
         buffers = _llama.weight_buffers(info.path, info.tensor_types, info.matrices)
         self.extra_buffers = buffers.extra
-        self._model = loading.load_weights(info, gpu_layers=gpu_layers, mmap=mmap, mlock=mlock, buffers=buffers,
+        self._model = llama_handles.load_weights(info, gpu_layers=gpu_layers, mmap=mmap, mlock=mlock, buffers=buffers,
                                            progress=progress)
         self._vocab = L.llama_model_get_vocab(self._model)
         # Speculation drops rejected draft tokens from the cache; a recurrent state can't be rewound.
         self._rewindable = not (L.llama_model_is_recurrent(self._model) or L.llama_model_is_hybrid(self._model))
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         try:
-            self._ctx = loading.new_context(self._model, info, plan, threads=threads, n_batch=n_batch,
+            self._ctx = llama_handles.new_context(self._model, info, plan, threads=threads, n_batch=n_batch,
                                             n_ubatch=n_ubatch, rope_scaling=rope_scaling)
         except BaseException:
             self.close()
@@ -109,7 +109,7 @@ class Model:
         if getattr(self, "draft", None) is not None:  # also a Model whose __init__ failed early
             self.draft.close()
             self.draft = None
-        loading.free(self)
+        llama_handles.free(self)
 
     def __enter__(self) -> Model:
         return self
@@ -164,12 +164,13 @@ class Model:
         """The prompt text for ``messages``, by the model's own chat template (Jinja sandbox).
 
         ``tools`` (OpenAI function tools), assistant ``tool_calls`` and ``tool`` results are rendered
-        by the template if it supports them, else as text it can show (:mod:`edgekit.tools`).
+        by the template if it supports them, else as text it can show (:mod:`edgekit.runtime.tools`).
         """
-        from edgekit.template import render
-        from edgekit.tools import chat_inputs
+        from edgekit.runtime.template import render
+        from edgekit.runtime.tool_prompt import chat_inputs
+        from edgekit.runtime.tools import check_tools
 
-        messages, extra = chat_inputs(self.chat_template, messages, tools)
+        messages, extra = chat_inputs(self.chat_template, messages, check_tools(tools))
         return render(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
                       bos_token=self._bos_text, eos_token=self._eos_text, **extra)
 
@@ -228,9 +229,9 @@ class Model:
 
     def start(self, prompt: str | list[int], sampling: Sampling | None = None, *, n: int = 1,
               **kwargs: Any) -> list[Sequence]:
-        """Queue a generation and return its :class:`~edgekit.engine.Sequence` (``n`` of them: ``n``
+        """Queue a generation and return its :class:`~edgekit.runtime.engine.Sequence` (``n`` of them: ``n``
         answers to one prompt, prefilled once and copied). Iterate each for its
-        :class:`~edgekit.engine.Step` events; its ``completion`` is set when the iteration ends.
+        :class:`~edgekit.runtime.engine.Step` events; its ``completion`` is set when the iteration ends.
 
         The sequences run in the engine's thread as soon as ``n`` slots are free (requests start
         in order of arrival), batched with whatever else runs. With a ``seed``, the i-th sequence
@@ -340,13 +341,13 @@ class Model:
             n = L.llama_state_seq_get_data(self._ctx, buf, size, slot.id)
             if n == 0 and slot.tokens:
                 raise EdgekitError("llama.cpp could not copy the KV cache state")
-            return state.write(self, Path(path), list(slot.tokens), memoryview(buf)[:n])
+            return kv_file.write(self, Path(path), list(slot.tokens), memoryview(buf)[:n])
 
     def load_state(self, path: str | Path) -> int:
         """Restore a state written by :meth:`save_state` (same model file, KV types) into the least
         recently used slot, where the next matching prompt finds it; returns its token count."""
         path = Path(path)
-        tokens, data = state.read(self, path)
+        tokens, data = kv_file.read(self, path)
         with self._check_open().exclusive() as engine:
             L = self._L
             slot = min(engine.slots, key=lambda sl: sl.last_used)
@@ -361,4 +362,4 @@ class Model:
             return len(tokens)
 
 
-__all__ = ["Completion", "Model", "Sequence", "Stats", "Step", "load", "peak_rss"]
+__all__ = ["Model", "Sequence", "Step"]

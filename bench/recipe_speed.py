@@ -7,71 +7,30 @@ is gone. So a recipe's speed measured on one machine doesn't carry over to anoth
 
 :func:`tune_recipes` quantizes the candidates from one F16 conversion, times each briefly with
 the benchmark's own code (:func:`edgekit.bench.measure.time_pp_tg`, loaded like
-:class:`edgekit.bench.engines.Loaded`) and stores decode and prefill tokens/s per recipe in
-``data_dir()/profiles/recipe-speed-<device>.json``, keyed by the device and the llama.cpp build.
-:func:`read_speeds` returns the stored decode speeds (None when there's no valid table).
+:class:`edgekit.bench.backends.Loaded`) and stores decode and prefill tokens/s per recipe in
+``data_dir()/profiles/recipe-speed-<device>.json`` (:func:`edgekit.profile.write_recipe_speeds`), keyed by
+the device and the llama.cpp build; the converter reads it back with :func:`edgekit.profile.read_recipe_speeds`.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from edgekit.profile import write_recipe_speeds
 from edgekit.progress import ProgressFn, report
 
-__all__ = ["table_path", "read_speeds", "write_table", "tune_recipes", "SCHEMA"]
+__all__ = ["tune_recipes"]
 
-SCHEMA = "edgekit.recipe_speed"
 PP_TOKENS = 128
 TG_TOKENS = 32
-
-
-def table_path(device: str | None = None) -> Path:
-    from edgekit.profile import device_and_build, profiles_dir
-
-    return profiles_dir() / f"recipe-speed-{device or device_and_build()[0]}.json"
-
-
-def read_speeds() -> dict[str, float] | None:
-    """{recipe: decode tokens/s} measured on this device with this llama.cpp build, or None."""
-    from edgekit.profile import device_and_build, profiles_dir
-
-    if not any(profiles_dir().glob("recipe-speed-*.json")):  # nothing stored: don't start llama.cpp to find out
-        return None
-    path = table_path()
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if table.get("schema") != SCHEMA or table.get("build") != device_and_build()[1]:
-        return None
-    recipes = table.get("recipes") or {}
-    speeds = {name: float(row["tg_ts"]) for name, row in recipes.items() if isinstance(row, dict) and row.get("tg_ts")}
-    return speeds or None
-
-
-def write_table(recipes: dict[str, dict[str, Any]], model: str, repacked: bool | None = None) -> Path:
-    """Store ``{recipe: {"tg_ts", "pp_ts"}}`` for this device and build (atomically); return the path."""
-    from edgekit.convert.atomic import atomic_output
-    from edgekit.profile import device_and_build
-
-    device, build = device_and_build()
-    table = {"schema": SCHEMA, "device_id": device, "build": dict(build), "model": model,
-             "repacked_weights": repacked, "recipes": recipes,
-             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = table_path(device)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(table, indent=2) + "\n")
-    return path
 
 
 def _time_file(path: Path, threads: int) -> dict[str, float]:
     """Brief pp and tg tokens/s of one GGUF (one load, a warm-up, one repetition each)."""
     from edgekit.bench import measure
-    from edgekit.bench.engines import Loaded
+    from edgekit.bench.backends import Loaded
 
     loaded = Loaded(str(path), "f16", "f16", True, threads, 512, "edgekit", 512, 512, "auto")
     try:
@@ -116,4 +75,4 @@ def tune_recipes(src: str | Path, recipes: list[str] | None = None, *, threads: 
             out.unlink()
         report(progress, "recipe speed", len(names), len(names))
         model = base.name
-    return write_table(rows, model, repacked)
+    return write_recipe_speeds(rows, model, repacked)

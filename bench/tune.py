@@ -9,7 +9,7 @@ What is searched, one coordinate at a time within a time budget (docs/tune.md):
 3. the K/V cache types that fit the memory plan at ``n_ctx`` (f16/f16, q8_0/f16, q8_0/q8_0, q4_0/q4_0);
 4. n_ubatch (128, 256, 512).
 
-Each configuration is loaded the way the benchmark loads one (:class:`edgekit.bench.engines.Loaded`)
+Each configuration is loaded the way the benchmark loads one (:class:`edgekit.bench.backends.Loaded`)
 and timed with the benchmark's own code (:func:`edgekit.bench.measure.time_pp_tg`): prefill of
 :data:`PP_TOKENS` tokens and decode of :data:`TG_TOKENS` tokens at a few depths. Per phase, the
 cost of one token at depth d is fitted as ``a + b*d`` (least squares; for decode, b is at least
@@ -29,6 +29,9 @@ from typing import Any
 
 from edgekit.profile import Profile, Settings, current_key, profile_path, read, write
 from edgekit.progress import ProgressFn, report
+from edgekit.runtime.load import DEFAULT_N_BATCH as N_BATCH
+from edgekit.runtime.load import DEFAULT_N_UBATCH as N_UBATCH
+from edgekit.runtime.load import static_settings as static_settings_of
 
 __all__ = ["tune", "TuneInterrupted", "thread_candidates", "performance_cores", "Fit", "decode_fit", "job_seconds",
            "predict_ts", "KV_CANDIDATES", "UBATCH_CANDIDATES", "DEFAULT_BUDGET_S"]
@@ -38,7 +41,6 @@ KV_CANDIDATES = ("f16/f16", "q8_0/f16", "q8_0/q8_0", "q4_0/q4_0")
 UBATCH_CANDIDATES = (512, 256, 128)
 PP_TOKENS = 512  # as llama-bench's pp512; a full ubatch for every candidate
 TG_TOKENS = 32
-N_BATCH = 512  # edgekit.load's n_batch
 MIN_DEPTH = 256
 
 
@@ -149,25 +151,6 @@ def thread_candidates() -> list[int]:
     return sorted(set(found), reverse=True)
 
 
-@dataclass(frozen=True)
-class Config:
-    """One configuration to time."""
-
-    threads: int
-    threads_batch: int
-    flash_attn: bool
-    type_k: str
-    type_v: str
-    n_ubatch: int
-
-    @property
-    def kv(self) -> str:
-        return f"{self.type_k}/{self.type_v}"
-
-    def label(self) -> str:
-        return Settings(**self.__dict__).describe()
-
-
 # -- measuring -----------------------------------------------------------------------------------------------
 
 class _Tuner:
@@ -182,7 +165,7 @@ class _Tuner:
         self.not_measured: list[str] = []
         self.cost_s = 0.0  # seconds the last configuration took, to plan the next
         self.states: dict[tuple[str, str, bool], Any] = {}  # filled depths, shared by configs that can take them
-        self.best: Config | None = None
+        self.best: Settings | None = None
         self.best_entry: dict[str, Any] | None = None
         self.planned = int(budget_s)  # the progress bar's total: planned seconds, refined as timings come in
         self.planned_configs = self.core_configs = self.core_fills = 1
@@ -208,8 +191,8 @@ class _Tuner:
             return None
         return p if p.fits else None
 
-    def _load(self, cfg: Config, n_ctx: int) -> Any:
-        from edgekit.bench.engines import Loaded
+    def _load(self, cfg: Settings, n_ctx: int) -> Any:
+        from edgekit.bench.backends import Loaded
 
         loaded = Loaded(str(self.path), cfg.type_k, cfg.type_v, cfg.flash_attn, cfg.threads, n_ctx, "edgekit",
                         N_BATCH, cfg.n_ubatch, "auto")
@@ -219,13 +202,13 @@ class _Tuner:
         loaded.ctx.gen(1)
         return loaded
 
-    def measure(self, cfg: Config, threads_list: list[int] | None = None) -> list[dict[str, Any]]:
+    def measure(self, cfg: Settings, threads_list: list[int] | None = None) -> list[dict[str, Any]]:
         """Time ``cfg`` (for each of ``threads_list`` if given, all on one load); one entry per thread count."""
         from edgekit.bench import measure
 
         variants = [replace(cfg, threads=t, threads_batch=t) for t in threads_list] if threads_list else [cfg]
         out: list[dict[str, Any]] = []
-        todo: list[Config] = []
+        todo: list[Settings] = []
         for v in variants:
             old = self.reused.get(self._key_of(v.__dict__))
             if old is None:
@@ -266,7 +249,7 @@ class _Tuner:
         self.planned = int(min(self.budget_s, self.elapsed() + self.cost_s * left))
         return out
 
-    def _entry(self, cfg: Config, pp_pts: list[tuple[float, float]], tg_pts: list[tuple[float, float]]
+    def _entry(self, cfg: Settings, pp_pts: list[tuple[float, float]], tg_pts: list[tuple[float, float]]
                ) -> dict[str, Any]:
         from edgekit.planner import kv_bytes
 
@@ -276,7 +259,7 @@ class _Tuner:
         return {**cfg.__dict__, "pp": {**pp.as_dict(), "points": pp_pts}, "tg": {**tg.as_dict(), "points": tg_pts},
                 "job_prefill_s": prefill, "job_decode_s": decode, "job_s": prefill + decode}
 
-    def choose_depths(self, base: Config) -> None:
+    def choose_depths(self, base: Settings) -> None:
         """Pick the depths from a short timing at depth 0, so the configurations of the first three
         stages (threads, flash attention, KV types: each fills its own cache) fit the budget."""
         from edgekit.bench import measure
@@ -308,17 +291,11 @@ class _Tuner:
     def affordable(self) -> bool:
         return self.elapsed() + self.cost_s <= self.budget_s
 
-    def keep_state_of(self, cfg: Config) -> None:
+    def keep_state_of(self, cfg: Settings) -> None:
         """Drop the filled caches no later configuration can take over (they hold the whole KV cache)."""
         self.states = {k: v for k, v in self.states.items() if k == (cfg.type_k, cfg.type_v, cfg.flash_attn)}
 
 
-def _base_config(info: Any, n_ctx: int, threads: int) -> Config:
-    """edgekit's static rule: what load() picks without a profile."""
-    from edgekit.planner import plan_info
-
-    p = plan_info(info, n_ctx, "auto", "auto", 512)
-    return Config(threads, threads, p.flash_attn, p.type_k, p.type_v, 512)
 
 
 def tune(model: str | Path, *, n_ctx: int | None = None, budget_s: float = DEFAULT_BUDGET_S,
@@ -349,7 +326,7 @@ def tune(model: str | Path, *, n_ctx: int | None = None, budget_s: float = DEFAU
     path = resolve(model)
     info = check(path)
     n_ctx = int(n_ctx or info.n_ctx_train)
-    require_fit(plan_info(info, n_ctx, "auto", "auto", 512))
+    require_fit(plan_info(info, n_ctx, "auto", "auto", N_UBATCH))
     key = current_key(path)
     where = profile_path(path)
     old = read(where)
@@ -358,7 +335,7 @@ def tune(model: str | Path, *, n_ctx: int | None = None, budget_s: float = DEFAU
     threads = sorted({int(t) for t in threads}, reverse=True) if threads else thread_candidates()
     if threads[-1] < 1:
         raise EdgekitError("thread counts must be at least 1")
-    base = _base_config(info, n_ctx, physical_cores() if physical_cores() in threads else threads[0])
+    base = static_settings_of(info, n_ctx, physical_cores() if physical_cores() in threads else threads[0])
     tuner.planned_configs, tuner.core_configs, tuner.core_fills = _count_configs(tuner, base, threads)
     try:
         _search(tuner, base, threads)
@@ -372,7 +349,7 @@ def tune(model: str | Path, *, n_ctx: int | None = None, budget_s: float = DEFAU
     return profile
 
 
-def _count_configs(tuner: _Tuner, base: Config, threads: list[int]) -> tuple[int, int, int]:
+def _count_configs(tuner: _Tuner, base: Settings, threads: list[int]) -> tuple[int, int, int]:
     """(all configurations, those of the first three stages, the cache fills those need)."""
     fa = 1 if tuner.fits(base.kv, not base.flash_attn, base.n_ubatch) and not _quantized_v(base.kv) else 0
     kv = sum(1 for c in KV_CANDIDATES if c != base.kv and tuner.fits(c, "auto", base.n_ubatch))
@@ -387,7 +364,7 @@ def _quantized_v(kv: str) -> bool:
     return is_quantized(kv.split("/")[1])
 
 
-def _search(tuner: _Tuner, base: Config, threads: list[int]) -> None:
+def _search(tuner: _Tuner, base: Settings, threads: list[int]) -> None:
     """Coordinate search: threads, then flash attention, then the KV types, then n_ubatch."""
     tuner.choose_depths(base)
     by_job: Callable[[dict[str, Any]], float] = lambda e: e["job_s"]  # noqa: E731
@@ -400,7 +377,7 @@ def _search(tuner: _Tuner, base: Config, threads: list[int]) -> None:
     combined = tuner._entry(best, [tuple(p) for p in pp_best["pp"]["points"]], [tuple(p) for p in tg_best["tg"]["points"]])
     tuner.best, tuner.best_entry, best_entry = best, combined, combined
 
-    def stage(name: str, candidates: list[Config]) -> None:
+    def stage(name: str, candidates: list[Settings]) -> None:
         nonlocal best, best_entry
         for cfg in candidates:
             if not tuner.affordable():
@@ -408,7 +385,7 @@ def _search(tuner: _Tuner, base: Config, threads: list[int]) -> None:
                 continue
             entry = tuner.measure(cfg)[0]
             if by_job(entry) < by_job(best_entry):
-                best, best_entry = Config(**{k: entry[k] for k in Config.__dataclass_fields__}), entry
+                best, best_entry = Settings(**{k: entry[k] for k in Settings.__dataclass_fields__}), entry
                 tuner.best, tuner.best_entry = best, entry
             tuner.keep_state_of(best)
 
@@ -431,7 +408,7 @@ def _profile(tuner: _Tuner, path: Path, partial: bool) -> Profile:
     best_entry = tuner.best_entry
     return Profile(
         key=tuner.key, model=str(path), n_ctx=tuner.n_ctx,
-        settings=Settings(**best.__dict__) if best is not None else None,
+        settings=best,
         partial=partial, job={"prompt_tokens": prompt, "gen_tokens": gen, "best": best_entry},
         depths=list(tuner.depths), measured=measured, not_measured=list(tuner.not_measured),
         budget_s=tuner.budget_s, elapsed_s=round(tuner.elapsed(), 2),
@@ -443,11 +420,9 @@ def _profile(tuner: _Tuner, path: Path, partial: bool) -> Profile:
 def static_settings(model: str | Path, n_ctx: int) -> Settings:
     """What :func:`edgekit.load` uses without a profile (the static rule) at ``n_ctx``."""
     from edgekit.gguf_check import check
-    from edgekit.llama_facts import physical_cores
     from edgekit.store import resolve
 
-    base = _base_config(check(resolve(model)), n_ctx, physical_cores())
-    return Settings(**base.__dict__)
+    return static_settings_of(check(resolve(model)), n_ctx)
 
 
 def _entry_for(profile: Profile, s: Settings) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""The state of one chat session shared by the REPL and the slash commands."""
+"""The context of one chat session shared by the REPL and the slash commands."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from edgekit.chatui.turn import TurnResult
 
 
 @dataclass
-class ChatState:
+class ChatContext:
     """Model, conversation, settings and what the last turn produced."""
 
     model: Any  # edgekit.Model

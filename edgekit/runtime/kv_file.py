@@ -11,7 +11,6 @@ of llama.cpp; this module only writes and reads the file.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import struct
@@ -19,32 +18,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import CorruptFile, EdgekitError
+from edgekit.gguf_check import model_identity
 
 if TYPE_CHECKING:
-    from edgekit.model import Model
+    from edgekit.runtime.model import Model
 
 MAGIC = b"EKSTATE1"
 FORMAT = 1
 
 
-def model_identity(model: Model) -> dict:
-    """What must match between the saving and the loading model."""
-    path = model.path
-    size = path.stat().st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f:  # first and last MiB: cheap and catches re-quantized or edited files
-        h.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return {"file_size": size, "arch": model.info.arch, "n_tensors": model.info.n_tensors, "digest": h.hexdigest()}
-
-
 def write(model: Model, path: Path, tokens: list[int], data: memoryview) -> Path:
     """Write ``tokens`` and llama.cpp's sequence state ``data`` (from :meth:`Model.save_state`) to ``path``."""
-    from edgekit.convert.atomic import atomic_output  # edgekit.convert is heavy; only saving needs it
+    from edgekit.atomic import atomic_output  # edgekit.convert is heavy; only saving needs it
 
     header = json.dumps({
-        "format": FORMAT, "model": model_identity(model), "model_file": model.path.name, "n_ctx": model.n_ctx,
+        "format": FORMAT, "model": model_identity(model.path), "model_file": model.path.name, "n_ctx": model.n_ctx,
         "type_k": model.type_k, "type_v": model.type_v, "tokens": tokens,
     }).encode()
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
@@ -74,7 +62,7 @@ def read_header(path: Path) -> tuple[dict, int]:
 def read(model: Model, path: Path) -> tuple[list[int], Any]:
     """(tokens, state bytes) of a state file, checked against ``model`` before llama.cpp sees them."""
     header, offset = read_header(path)
-    if header.get("model") != model_identity(model):
+    if header.get("model") != model_identity(model.path):
         raise EdgekitError(f"{path.name} was saved with another model ({header.get('model_file')})",
                            "Load the state into the model it was saved from.")
     kv = (header.get("type_k"), header.get("type_v"))

@@ -16,7 +16,7 @@ thread holds no reference to the :class:`~edgekit.Model`, only to the engine, so
 unclosed model is still collected (and its ``__del__`` stops the thread).
 
 Speculation per sequence is exact, as in plain decoding: a drafted token is kept only while
-the sequence's own sample at the previous position equals it (see :mod:`edgekit.speculative`).
+the sequence's own sample at the previous position equals it (see :mod:`edgekit.runtime.speculative`).
 
 llama.cpp detail that shapes the batch: with one KV stream per sequence (``kv_unified``
 off) llama.cpp splits a batch into ubatches of *consecutive* sequence ids with equal token
@@ -40,12 +40,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from edgekit import _llama, speculative
+from edgekit import _llama
 from edgekit.errors import EdgekitError
-from edgekit.sampling import Sampling
-from edgekit.speculative import MAX_DRAFT
+from edgekit.runtime import speculative
+from edgekit.runtime.sampling import Sampling
+from edgekit.runtime.speculative import MAX_DRAFT
+from edgekit.runtime.textstream import TextStream
 from edgekit.stats import Completion, FinishReason, Stats, peak_rss, running_average
-from edgekit.textstream import TextStream
 
 # While other sequences generate, a prefill chunk may make a step at most STALL times as long
 # as a step without one. The chunk size follows from measured times (Engine._chunk_cap): on a
@@ -217,7 +218,7 @@ class Engine:
         self.cost_curve = speculative.CostCurve()  # what one sequence's batch of n tokens costs here
         self.load_s = 0.0  # the model's, copied into every Stats
         self.rewindable = rewindable
-        self.draft: Any = None  # an edgekit.draft.DraftModel with a sequence per slot (Model.attach_draft)
+        self.draft: Any = None  # an edgekit.runtime.draft.DraftModel with a sequence per slot (Model.attach_draft)
         self._pieces = pieces
         self.slots = [_Slot(i, []) for i in range(slots)]
         self.recent: _Slot = self.slots[0]  # the slot of the most recent sequence

@@ -1,4 +1,4 @@
-"""Shared helpers of the runtime tests (no tests here): one SmolLM2 load per test session."""
+"""The models the runtime tests share (no tests here): one SmolLM2 load per test session."""
 
 from __future__ import annotations
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import ContextOverflow, EdgekitError
-from edgekit.sampling import Sampling
+from edgekit.runtime.sampling import Sampling
 
 if TYPE_CHECKING:
-    from edgekit.model import Completion, Model, Stats
+    from edgekit.runtime.model import Model
+    from edgekit.stats import Completion, Stats
 
 FORMAT = 1
 # Room kept for the answer when max_tokens is None: a quarter of the context, at most this.
@@ -90,7 +91,7 @@ class Chat:
         return self._turn(tokens, kept, s)
 
     def _complete(self, items: Iterator[str | Stats]) -> Completion:
-        from edgekit.model import Completion
+        from edgekit.stats import Completion
 
         chunks = []
         stats = None

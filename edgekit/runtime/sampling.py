@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgekit.errors import EdgekitError
-from edgekit.speculative import check_mode
+from edgekit.runtime.speculative import check_mode
 
 # How many recent tokens the repeat penalty looks at (llama.cpp's default).
 PENALTY_LAST_N = 64
@@ -35,7 +35,7 @@ class Sampling:
     added to their logits (-100 bans a token). ``speculative``
     ("auto", "ngram" or "off") overrides the model's ``load(speculative=...)`` for one call;
     it changes the speed only, never the output. ``logprobs=k`` (0..20; None = off) adds to each
-    :class:`~edgekit.engine.Step` the chosen token's log-probability under the model (log-softmax
+    :class:`~edgekit.runtime.engine.Step` the chosen token's log-probability under the model (log-softmax
     of the raw logits, before any penalty, grammar or temperature) and the ``k`` most likely tokens.
     """
 

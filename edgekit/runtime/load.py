@@ -1,155 +1,34 @@
-"""Loading: :func:`load` resolves the options and the memory plan; then the weights (a load
-Ctrl-C can cancel) and the context become llama.cpp objects for :class:`~edgekit.Model`.
-
-Ctrl-C during a load: llama.cpp reads the weights inside one C call and calls back
-into Python only through its progress callback. A KeyboardInterrupt raised inside
-a ctypes callback is swallowed (Python prints "Exception ignored ..." and llama.cpp
-goes on loading), so while the weights load, SIGINT only sets a flag (on the main
-thread, where Python runs signal handlers); the progress callback then returns
-False, llama.cpp cancels and frees what it allocated, and :func:`load_weights`
-raises KeyboardInterrupt once the C call has returned.
-"""
+"""Loading: :func:`load` resolves the model and the options (explicit arguments, the tuned profile,
+the static rule) into a memory plan, then builds a :class:`~edgekit.Model` on llama.cpp's handles
+(:mod:`edgekit.llama_handles`)."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edgekit import _llama
-from edgekit.errors import ContextOverflow, EdgekitError, ModelLoadError
+from edgekit.errors import ContextOverflow, EdgekitError
 from edgekit.gguf_check import ModelInfo, check
-from edgekit.llama_facts import ggml_type_id, physical_cores, resolve_gpu_layers
+from edgekit.llama_facts import physical_cores, resolve_gpu_layers
 from edgekit.planner import Plan, plan_info, require_fit
-from edgekit.progress import ProgressFn, report
-from edgekit.speculative import check_mode
+from edgekit.profile import Settings
+from edgekit.progress import ProgressFn
+from edgekit.runtime.speculative import check_mode
 
 if TYPE_CHECKING:
-    from edgekit.model import Model
+    from edgekit.runtime.model import Model
 
 # llama.cpp's LLAMA_MAX_SEQ: the most sequences one context can hold.
 MAX_SLOTS = 256
-
-
-@contextlib.contextmanager
-def sigint_sets(flag: threading.Event) -> Iterator[None]:
-    """Within the block, SIGINT sets ``flag`` instead of raising KeyboardInterrupt.
-
-    Only on the main thread (the only one where Python can install handlers) and only
-    where SIGINT isn't ignored; the previous handler comes back afterwards.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous in (signal.SIG_IGN, None):
-        yield
-        return
-    signal.signal(signal.SIGINT, lambda _signum, _frame: flag.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def load_weights(info: ModelInfo, *, gpu_layers: int, mmap: bool, mlock: bool, buffers: _llama.WeightBuffers,
-                 progress: ProgressFn | None) -> Any:
-    """``llama_model_load_from_file`` for ``info.path``, with the weights in ``buffers``: the ``llama_model*``.
-
-    Raises KeyboardInterrupt if Ctrl-C came during the load (nothing stays allocated),
-    and ModelLoadError if llama.cpp refused the file.
-    """
-    L = _llama.lib()
-    mp = L.llama_model_default_params()
-    mp.n_gpu_layers = gpu_layers
-    mp.use_extra_bufts = buffers.extra
-    if buffers.repack is not None:
-        mp.tensor_buft_overrides = buffers.repack.pointer  # ``buffers`` stays referenced until the load returns
-    mp.load_mode = (L.LLAMA_LOAD_MODE_MMAP_MLOCK if mmap and mlock else L.LLAMA_LOAD_MODE_MLOCK if mlock
-                    else L.LLAMA_LOAD_MODE_MMAP if mmap else L.LLAMA_LOAD_MODE_NONE)
-    cancel = threading.Event()
-    failure: list[BaseException] = []
-
-    def on_progress(fraction: float, _user: Any) -> bool:
-        if cancel.is_set():
-            return False
-        try:
-            report(progress, "load", int(fraction * 1000), 1000)
-        except BaseException as exc:  # raised here, ctypes would print and swallow it: re-raise after the load
-            failure.append(exc)
-            cancel.set()
-        return not cancel.is_set()
-
-    callback = L.llama_progress_callback(on_progress)  # referenced until the C call returns
-    mp.progress_callback = callback
-    _llama.clear_log()
-    model = None
-    try:
-        with sigint_sets(cancel):
-            model = L.llama_model_load_from_file(str(info.path).encode(), mp)
-    except KeyboardInterrupt:  # the signal was handled only as the old handler came back
-        cancel.set()
-    if cancel.is_set():
-        if model:  # Ctrl-C after the last progress call: the load finished, so free it here
-            L.llama_model_free(model)
-        if failure:
-            raise failure[0]
-        raise KeyboardInterrupt
-    if not model:
-        raise ModelLoadError(f"llama.cpp could not load {info.path.name}: {_llama.log_tail(3) or 'no details'}",
-                             "The file may be corrupt or of a newer format; convert it again.")
-    return model
-
-
-def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batch: int, n_ubatch: int,
-                rope_scaling: str | None) -> Any:
-    """A ``llama_context*`` as ``plan`` says (n_ctx per slot, slots, KV types, flash attention);
-    ModelLoadError if refused.
-
-    Each slot (sequence) gets its own KV stream of ``plan.n_ctx`` cells (``kv_unified`` off):
-    attention then scans only the sequence's own cells, and no sequence can crowd out another.
-    """
-    L = _llama.lib()
-    cp = L.llama_context_default_params()
-    cp.n_ctx = plan.n_ctx * plan.slots
-    cp.n_batch = n_batch
-    cp.n_ubatch = min(n_ubatch, n_batch)
-    cp.n_seq_max = plan.slots
-    cp.kv_unified = False
-    cp.n_threads = cp.n_threads_batch = threads
-    cp.type_k = ggml_type_id(plan.type_k)
-    cp.type_v = ggml_type_id(plan.type_v)
-    cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    cp.no_perf = True
-    if plan.n_ctx > info.n_ctx_train and rope_scaling:
-        cp.rope_scaling_type = (L.LLAMA_ROPE_SCALING_TYPE_YARN if rope_scaling == "yarn"
-                                else L.LLAMA_ROPE_SCALING_TYPE_LINEAR)
-        cp.rope_freq_scale = info.n_ctx_train / plan.n_ctx
-        cp.yarn_orig_ctx = info.n_ctx_train
-    ctx = L.llama_init_from_model(model, cp)
-    if not ctx:
-        raise ModelLoadError(f"llama.cpp could not create a context of {plan.slots} x {plan.n_ctx} tokens: "
-                             f"{_llama.log_tail(3) or 'no details'}", "Try a smaller n_ctx or kv_cache type.")
-    return ctx
-
-
-def free(owner: Any) -> None:
-    """Free ``owner._ctx`` (a llama_context) and then ``owner._model`` (its weights), each once."""
-    L = _llama.lib()
-    if owner._ctx:
-        L.llama_free(owner._ctx)
-        owner._ctx = None
-    if owner._model:
-        L.llama_model_free(owner._model)
-        owner._model = None
+# The static rule's batch sizes: prompt tokens per llama_decode call, and per compute pass.
+DEFAULT_N_BATCH = 512
+DEFAULT_N_UBATCH = 512
 
 
 def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto", threads: int | None = None,
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
-         seed: int | None = None, n_batch: int = 512, n_ubatch: int | None = None, rope_scaling: str | None = None,
+         seed: int | None = None, n_batch: int = DEFAULT_N_BATCH, n_ubatch: int | None = None, rope_scaling: str | None = None,
          quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
          speculative: str = "auto", slots: int = 1, draft: str | Path | None = None) -> Model:
     """Load a model for generation, planned to fit memory.
@@ -213,7 +92,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
     p, n_threads, threads_batch, n_ubatch = _resolve_settings(info, n_ctx, kv_cache, flash_attn, threads, n_batch,
                                                               n_ubatch, slots)
     require_fit(p)
-    from edgekit.model import Model
+    from edgekit.runtime.model import Model
 
     draft_path = resolve_model(draft, quant=quant or DEFAULT_QUANT, progress=progress) if draft is not None else None
     n_gpu = resolve_gpu_layers(gpu_layers, info.n_layer)
@@ -223,7 +102,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
     if threads_batch != n_threads:  # the Model sets one count for both phases; the profile picked each
         _llama.lib().llama_set_n_threads(m.llama_context, n_threads, threads_batch)
     if draft_path is not None:
-        from edgekit.draft import DraftModel
+        from edgekit.runtime.draft import DraftModel
 
         try:
             m.attach_draft(DraftModel(draft_path, target_vocab=_llama.lib().llama_model_get_vocab(m.llama_model),
@@ -234,6 +113,14 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
             m.close()
             raise
     return m
+
+
+def static_settings(info: ModelInfo, n_ctx: int | None = None, threads: int | None = None) -> Settings:
+    """The static rule: what :func:`load` uses without a tuned profile or explicit arguments, for ``info``
+    at ``n_ctx`` (default: the trained context); ``threads`` default: the physical cores."""
+    p = plan_info(info, n_ctx, "auto", "auto", DEFAULT_N_UBATCH)
+    n = threads or physical_cores()
+    return Settings(n, n, p.flash_attn, p.type_k, p.type_v, DEFAULT_N_UBATCH)
 
 
 def _resolve_settings(info: ModelInfo, n_ctx: int | None, kv_cache: str, flash_attn: bool | str,
@@ -249,7 +136,7 @@ def _resolve_settings(info: ModelInfo, n_ctx: int | None, kv_cache: str, flash_a
     profile, note = lookup(info.path)
     tuned = profile.settings if profile is not None else None
     if n_ubatch is None:
-        n_ubatch = tuned.n_ubatch if tuned else 512
+        n_ubatch = tuned.n_ubatch if tuned else DEFAULT_N_UBATCH
     if n_batch < 1 or n_ubatch < 1:
         raise EdgekitError("n_batch and n_ubatch must be positive")
     kv, fa = kv_cache, flash_attn

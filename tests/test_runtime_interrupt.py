@@ -61,6 +61,7 @@ def _interrupt_during_load(script: str, model: Path, tmp_path: Path) -> subproce
     return interrupt_when_ready(script, model, tmp_path, waiting_for="the load never reported progress")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_load_cancels_it_and_raises_keyboard_interrupt(smollm2_gguf, tmp_path):
     done = _interrupt_during_load(_LIBRARY, smollm2_gguf, tmp_path)
     assert done.returncode == 0, done.stderr

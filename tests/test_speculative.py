@@ -171,6 +171,7 @@ def m():
     return _priced_by_the_prior(smol())
 
 
+@pytest.mark.slow
 def test_the_engine_times_its_batches_for_the_rule(smollm2_gguf):
     with edgekit.load(smollm2_gguf, n_ctx=1024, seed=1) as fresh:
         curve = fresh._engine.cost_curve
@@ -238,6 +239,7 @@ def test_penalty_and_json_schema_see_exactly_the_emitted_tokens(m):
     assert on.stats.drafted_tokens > 0
 
 
+@pytest.mark.slow
 def test_max_tokens_and_stop_strings_cut_inside_a_draft(m):
     messages = _messages(GROUNDED["repeat"])
     full = m.chat(messages, temperature=0, max_tokens=48, speculative="off")
@@ -253,6 +255,7 @@ def test_max_tokens_and_stop_strings_cut_inside_a_draft(m):
     assert on.stats.accepted_tokens > 0  # the cut came inside an accepted run
 
 
+@pytest.mark.slow
 def test_the_kv_cache_after_a_cut_draft_serves_the_next_call(m):
     # A follow-up that reuses the cache must answer as it does from scratch: the rejected
     # and the unemitted drafted tokens left no cells behind, and no emitted token lost its own.
@@ -362,6 +365,7 @@ def pair():
         yield _priced_by_the_prior(model)
 
 
+@pytest.mark.slow
 def test_draft_model_greedy_output_is_identical(pair):
     assert pair.draft is not None and pair.draft.n_ctx == pair.n_ctx
     off, on = _pair(pair, _messages(GROUNDED["rewrite"]), mode="auto", temperature=0, max_tokens=64)
@@ -375,6 +379,7 @@ def test_draft_model_greedy_output_is_identical(pair):
     _same(off, on)
 
 
+@pytest.mark.slow
 def test_draft_model_follows_the_target_across_calls(pair):
     # The draft's KV cache is reused by prefix: a follow-up (and a call after a reset) must still match.
     messages = _messages(GROUNDED["extract"])
@@ -423,6 +428,7 @@ def test_closing_the_model_frees_its_draft(smollm2_gguf):
     assert m.draft is None and draft._ctx is None
 
 
+@pytest.mark.slow
 def test_cli_draft_and_set_speculative(smollm2_gguf):
     out = _chat(str(smollm2_gguf), "--draft", str(smollm2_gguf), "-s", SYSTEM, "-p", GROUNDED["repeat"],
                 "--temp", "0", "-n", "24", "--json")

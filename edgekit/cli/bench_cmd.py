@@ -208,7 +208,7 @@ def long_prompt_cmd(
     ctx: Annotated[int, typer.Option("--ctx", "-c", help="Context size; the prompt fills it but for --gen + 16 tokens.")] = 32768,
     kv_cache: Annotated[str, typer.Option("--kv-cache", "-k", help="KV cache type: auto (what edgekit.load picks), q8_0, f16 or q8_0/f16 (K/V).")] = "auto",
     gen: Annotated[int, typer.Option("--gen", "-n", help="Tokens to generate after the prompt.")] = 64,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: physical cores).",
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: the tuned profile's, else physical cores).",
                                                 show_default=False)] = None,
     llama_bench: Annotated[str | None, typer.Option("--llama-bench", help="Path of llama.cpp's llama-bench: run the same job with it afterwards, report the ratio.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,

@@ -17,7 +17,7 @@ def eval_command(
     text: Annotated[Path | None, typer.Option("--text", help="UTF-8 text file to score (default: edgekit's evaluation text).")] = None,
     ctx: Annotated[int, typer.Option("--ctx", "-c", help="Tokens per chunk; the second half of each is scored.")] = 512,
     chunks: Annotated[int | None, typer.Option("--chunks", help="Score at most this many chunks.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: physical cores).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: the tuned profile's, else physical cores).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:

@@ -14,5 +14,5 @@ Speculative = Annotated[str, typer.Option("--speculative", help="Speculative dec
 Draft = Annotated[str | None, typer.Option("--draft", help="A draft model (GGUF, checkpoint, store name) with the "
                                            "same vocabulary, to propose tokens the model verifies.",
                                            show_default=False)]
-Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: physical cores).",
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: the tuned profile's, else physical cores).",
                                              show_default=False)]

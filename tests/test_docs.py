@@ -260,3 +260,38 @@ def test_relative_links_point_at_files_and_headings_that_exist():
             elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
                 broken.append(f"{page.name}: {target}#{anchor} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def _inline_spans(page: Path) -> set[str]:
+    return set(INLINE.findall(page.read_text()))
+
+
+def test_every_test_file_is_in_the_testing_page():
+    """testing.md's table names every test file (a span may be a pattern such as ``test_fuzz_*.py``)."""
+    import fnmatch
+
+    spans = {s for s in _inline_spans(ROOT / "docs" / "testing.md") if s.startswith("test_") and s.endswith(".py")}
+    files = sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, s) for s in spans)]
+    assert not missing, "test files docs/testing.md doesn't name: " + ", ".join(missing)
+
+
+def test_every_module_is_in_the_architecture_page():
+    """architecture.md names every module: by path or in backticks (the runtime, convert/ and bench/ by stem);
+    the CLI, chat UI, server and samples packages by their folder."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    spans = _inline_spans(ROOT / "docs" / "architecture.md")
+    missing = []
+    for path in sorted((ROOT / "edgekit").glob("*.py")):
+        if path.name not in ("__init__.py", "__main__.py") and f"edgekit/{path.name}" not in text and path.stem not in spans:
+            missing.append(f"edgekit/{path.name}")
+    for folder in ("edgekit/runtime", "convert", "bench"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            if path.name != "__init__.py" and not {path.stem, path.name} & spans:
+                missing.append(f"{folder}/{path.name}")
+    for package in ("cli", "chatui", "serve", "samples"):
+        if f"edgekit/{package}/" not in text:
+            missing.append(f"edgekit/{package}/")
+    if "bench/studies/" not in text:
+        missing.append("bench/studies/")
+    assert not missing, "modules docs/architecture.md doesn't name: " + ", ".join(missing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from runtime_models import QUESTION, SYSTEM, smol
@@ -19,13 +20,21 @@ def m():
 
 
 def test_paris_at_temperature_zero_stops_at_im_end(m):
+    start = time.perf_counter()
     c = m.chat(PARIS, temperature=0, max_tokens=64)
+    wall = time.perf_counter() - start
     assert "Paris" in c.text
     assert c.finish_reason == "eog"  # stopped by <|im_end|>, which the GGUF marks as end of generation
     assert "<|im_end|>" not in c.text and m.is_eog(m.tokenize("<|im_end|>", add_special=False)[0])
     assert c.stats.gen_tokens == len(c.tokens) > 0
     assert c.stats.prompt_tokens == len(m.chat_tokens(PARIS))
-    assert c.stats.decode_tps > 0 and c.stats.ttft_s > 0 and c.stats.peak_rss > 50 << 20
+    # The timings add up: they lie inside the call's wall time, and the rate is the tokens sampled after the
+    # first (the answer's, then <|im_end|>) over the decode time. Each fails if a field is left at 0 or
+    # measured over the wrong span.
+    s = c.stats
+    assert 0 < s.ttft_s and 0 < s.decode_s and s.ttft_s + s.decode_s <= wall
+    assert s.decode_tps == pytest.approx(s.gen_tokens / s.decode_s)
+    assert 50 << 20 < s.peak_rss < 8 << 30
 
 
 @pytest.mark.slow

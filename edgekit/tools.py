@@ -30,7 +30,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import InvalidParam
+from edgekit.sampling import schema_grammar
 
 if TYPE_CHECKING:
     from edgekit.model import Model
@@ -60,14 +61,6 @@ To call a function, answer with one JSON object per call inside <tool_call></too
 {{"name": "<function name>", "arguments": {{<the arguments as a JSON object>}}}}
 </tool_call>
 The results come back inside <tool_response></tool_response> tags."""
-
-
-class InvalidParam(EdgekitError):
-    """A request field has a value edgekit can't use. ``param`` names it the way OpenAI's errors do."""
-
-    def __init__(self, param: str, message: str, hint: str | None = None) -> None:
-        super().__init__(f"{param}: {message}", hint)
-        self.param = param
 
 
 def template_style(template: str | None) -> Style:
@@ -199,7 +192,7 @@ def _arguments_object(arguments: Any) -> Any:
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return arguments
     return arguments
 
@@ -207,8 +200,10 @@ def _arguments_object(arguments: Any) -> Any:
 def _calls_of(message: dict) -> list[tuple[str, Any]]:
     """(name, arguments object) of each call in an assistant message's ``tool_calls``."""
     calls = []
-    for call in message.get("tool_calls") or []:
+    tool_calls = message.get("tool_calls")
+    for call in tool_calls if isinstance(tool_calls, list) else []:
         fn = call.get("function", call) if isinstance(call, dict) else {}
+        fn = fn if isinstance(fn, dict) else {}
         calls.append((fn.get("name", ""), _arguments_object(fn.get("arguments", {}))))
     return calls
 
@@ -292,16 +287,6 @@ def _prefixed(gbnf: str, prefix: str) -> str:
     return _GBNF_PART.sub(lambda m: prefix + m.group(1) if m.group(1) else m.group(0), gbnf)
 
 
-def schema_grammar(schema: Any, param: str) -> str:
-    """GBNF for a JSON schema (root rule ``root``); a schema the converter can't take raises for ``param``."""
-    from edgekit import _llama
-
-    try:
-        return _llama.json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:  # the converter raises plain exceptions on schemas it can't handle
-        raise InvalidParam(param, f"can't be turned into a grammar: {exc}") from exc
-
-
 def call_grammar(tools: list[dict], *, only: str | None = None, parallel: bool = True) -> str:
     """GBNF that accepts one call (with ``parallel``, 1 to :data:`MAX_FORCED_CALLS`) of ``tools`` (or just ``only``)."""
     rules: list[str] = []
@@ -366,7 +351,7 @@ _CALL_BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)(?:" + re.escape(CALL_CLO
 def _parse_call(body: str, names: list[str]) -> ToolCall | None:
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict) or obj.get("name") not in names:
         return None
@@ -374,7 +359,7 @@ def _parse_call(body: str, names: list[str]) -> ToolCall | None:
     if isinstance(args, str):
         try:
             args = json.loads(args)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(args, dict):
         return None

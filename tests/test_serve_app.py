@@ -106,3 +106,33 @@ def test_app_while_loading(loading_app, method, path, headers, body, status, cod
         assert r.json()["error"]["code"] == code
     if status == 503:
         assert r.headers["Retry-After"]
+
+
+def test_an_unexpected_exception_is_a_json_500_in_openai_shape():
+    """Defense in depth: a handler that fails in a way nobody expected still answers in OpenAI's shape."""
+    import asyncio
+
+    from starlette.routing import Route
+
+    async def broken(request):
+        raise RuntimeError("secret detail")
+
+    app = create_app(State(model_id="m"))
+    app.app.router.routes.append(Route("/broken", broken))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get("/broken")
+
+    r = asyncio.run(get())
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "server_error" and error["code"] == "internal_error" and "RuntimeError" in error["message"]
+    assert "secret detail" not in error["message"]  # details stay in the server's log
+
+
+def test_an_error_quoting_a_lone_surrogate_still_renders():
+    r = APIError(400, "bad value '\ud800'", param="x").response()
+    assert b"\\ud800" in r.body

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edgekit.errors import InvalidParam
+from edgekit.errors import InvalidParam, ModelLoadError
 
 _LOG: collections.deque[str] = collections.deque(maxlen=200)
 _init_lock = threading.Lock()
@@ -299,6 +299,22 @@ def _cached_probe(key: str, path: Path, probe_args: list[str]) -> bool:
         with atomic_output(store) as tmp:
             tmp.write_text(json.dumps(verdicts, indent=1))
     return verdicts[key]
+
+
+def eog_tokens(path: Path) -> list[int]:
+    """The end-of-generation token ids of the GGUF at ``path``, as llama.cpp decides them
+    (``llama_vocab_is_eog``), from a vocabulary-only load (no weights; well under a second)."""
+    L = lib()
+    params = L.llama_model_default_params()
+    params.vocab_only = True
+    model = L.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise ModelLoadError(f"llama.cpp could not read the vocabulary of {Path(path).name}", log_tail())
+    try:
+        vocab = L.llama_model_get_vocab(model)
+        return [t for t in range(L.llama_vocab_n_tokens(vocab)) if L.llama_vocab_is_eog(vocab, t)]
+    finally:
+        L.llama_model_free(model)
 
 
 def utf8(text: str, what: str = "text") -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,11 +129,39 @@ def check_vocab(s: Sampling, n_vocab: int) -> None:
         raise InvalidParam("logit_bias", f"names token id {bad[0]}, outside the vocabulary (0..{n_vocab - 1})")
 
 
+# llama-cpp-python's schema converter spells out repetitions: a string's or an array's length bounds and
+# a pattern's {n,m} cost about 8 bytes of grammar per unit, so one number in a small request
+# ("maxLength": 1000000000) would take gigabytes. Counts above this are refused; an answer that long
+# would not fit a small model's context anyway.
+MAX_SCHEMA_REPEAT = 32768
+_REPEAT_KEYS = ("minLength", "maxLength", "minItems", "maxItems")
+_PATTERN_COUNT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def _check_repeats(schema: Any, param: str) -> None:
+    stack = [schema]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack += value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                counts: list[Any] = [item] if key in _REPEAT_KEYS else []
+                if key == "pattern" and isinstance(item, str):
+                    counts = [int(n) for m in _PATTERN_COUNT.finditer(item) for n in m.groups() if n]
+                big = [n for n in counts if isinstance(n, (int, float)) and n > MAX_SCHEMA_REPEAT]
+                if big:
+                    raise InvalidParam(param, f"asks for {key} {big[0]}; a grammar can count to "
+                                              f"{MAX_SCHEMA_REPEAT} at most")
+                stack.append(item)
+
+
 def schema_grammar(schema: Any, param: str = "json_schema") -> str:
     """GBNF for a JSON schema (root rule ``root``), by llama.cpp's converter; a schema it can't take
     raises :class:`~edgekit.errors.InvalidParam` for ``param`` (the request field that holds it)."""
     from edgekit import _llama
 
+    _check_repeats(schema, param)
     try:
         return _llama.json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain exceptions (AssertionError, KeyError...) on bad schemas

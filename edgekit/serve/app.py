@@ -295,7 +295,7 @@ def _sequence_error(exc: BaseException, req: Request) -> APIError:
     if isinstance(exc, EdgekitError):  # an InvalidParam (logit_bias, grammar) names its field
         return error_for(exc)
     log.exception("generation failed", exc_info=exc)
-    return APIError(500, f"Generation failed: {type(exc).__name__}: {exc}")
+    return _internal_error(exc)
 
 
 async def _begin(request: HTTPRequest, chat: bool) -> tuple[State, Any, Request, Any, list[list[int]], Job]:

@@ -139,16 +139,21 @@ _PATTERN_COUNT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 def _check_repeats(schema: Any, param: str) -> None:
-    stack = [schema]
+    stack, seen = [schema], set()
     while stack:
         value = stack.pop()
+        if isinstance(value, (list, dict)):
+            if id(value) in seen:  # a schema built in Python may hold itself; json.dumps refuses it later
+                continue
+            seen.add(id(value))
         if isinstance(value, list):
             stack += value
         elif isinstance(value, dict):
             for key, item in value.items():
                 counts: list[Any] = [item] if key in _REPEAT_KEYS else []
                 if key == "pattern" and isinstance(item, str):
-                    counts = [int(n) for m in _PATTERN_COUNT.finditer(item) for n in m.groups() if n]
+                    counts = [int(n) if len(n) < 10 else 10**10  # int() refuses thousands of digits
+                              for m in _PATTERN_COUNT.finditer(item) for n in m.groups() if n]
                 big = [n for n in counts if isinstance(n, (int, float)) and n > MAX_SCHEMA_REPEAT]
                 if big:
                     raise InvalidParam(param, f"asks for {key} {big[0]}; a grammar can count to "

@@ -350,6 +350,9 @@ def test_response_format_options():
      "response_format.json_schema.schema"),
     ({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {
         "a": {"type": "string", "pattern": "^x{2,99999999}$"}}}}}, "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "string", "pattern": "^x{"
+                                                                     + "9" * 5000 + "}$"}}},
+     "response_format.json_schema.schema"),
 ])
 def test_bad_response_formats_name_the_param(response_format, param):
     with pytest.raises(InvalidParam) as err:

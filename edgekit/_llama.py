@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from edgekit.errors import InvalidParam, ModelLoadError
+
 _LOG: collections.deque[str] = collections.deque(maxlen=200)
 _init_lock = threading.Lock()
 _L: Any = None
@@ -299,9 +301,36 @@ def _cached_probe(key: str, path: Path, probe_args: list[str]) -> bool:
     return verdicts[key]
 
 
+def eog_tokens(path: Path) -> list[int]:
+    """The end-of-generation token ids of the GGUF at ``path``, as llama.cpp decides them
+    (``llama_vocab_is_eog``), from a vocabulary-only load (no weights; well under a second)."""
+    L = lib()
+    params = L.llama_model_default_params()
+    params.vocab_only = True
+    model = L.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise ModelLoadError(f"llama.cpp could not read the vocabulary of {Path(path).name}", log_tail())
+    try:
+        vocab = L.llama_model_get_vocab(model)
+        return [t for t in range(L.llama_vocab_n_tokens(vocab)) if L.llama_vocab_is_eog(vocab, t)]
+    finally:
+        L.llama_model_free(model)
+
+
+def utf8(text: str, what: str = "text") -> bytes:
+    """``text`` as the UTF-8 bytes llama.cpp reads. A Python string can hold what UTF-8 can't (a lone
+    UTF-16 surrogate, which JSON's ``"\\ud800"`` decodes to): that is refused with an
+    :class:`~edgekit.errors.InvalidParam` naming ``what``, never a UnicodeEncodeError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParam(what, f"holds a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) at character "
+                                 f"{exc.start}, which is not text", "Send valid Unicode.") from None
+
+
 def tokenize(vocab: Any, text: str, add_special: bool, parse_special: bool) -> list[int]:
     L = lib()
-    data = text.encode("utf-8")
+    data = utf8(text)
     cap = len(data) + 8
     buf = (L.llama_token * cap)()
     n = L.llama_tokenize(vocab, data, len(data), buf, cap, add_special, parse_special)

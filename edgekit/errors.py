@@ -10,7 +10,7 @@ from __future__ import annotations
 __all__ = [
     "EdgekitError", "SourceError", "HubUnreachable", "UnsupportedModel", "MissingFiles", "CorruptFile",
     "OutputExists", "DiskFull", "QuantizeError", "ModelLoadError", "ContextOverflow", "OutOfMemory",
-    "EvalError", "BenchError",
+    "EvalError", "BenchError", "InvalidParam",
 ]
 
 
@@ -24,6 +24,15 @@ class EdgekitError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InvalidParam(EdgekitError):
+    """An option or request field has a value edgekit can't use. ``param`` names it the way OpenAI's
+    errors do (``"logit_bias"``, ``"tools[0].function.parameters"``), so the server answers a 400 naming it."""
+
+    def __init__(self, param: str, message: str, hint: str | None = None) -> None:
+        super().__init__(f"{param}: {message}", hint)
+        self.param = param
 
 
 class SourceError(EdgekitError):

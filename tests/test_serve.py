@@ -270,6 +270,11 @@ HOSTILE: list[tuple[str, str, object, int, str | None]] = [
     ("POST", "/v1/chat/completions", _chat_body(tools="x"), 400, "tools"),
     ("POST", "/v1/chat/completions", _chat_body(audio={"voice": "alloy"}), 400, "audio"),
     ("POST", "/v1/chat/completions", _chat_body(grammar="root ::= ("), 400, "grammar"),
+    ("POST", "/v1/chat/completions", _chat_body(tool_choice="required", tools=[
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "wat"}}}]), 400,
+     "tools[0].function.parameters"),
+    ("POST", "/v1/chat/completions", '{"model": "MODEL", "messages": [{"role": "user", "content": '
+                                     '"\\ud800 broken surrogate"}], "max_tokens": 2}', 400, "messages[0].content"),
     ("POST", "/v1/chat/completions", "x" * (5 << 20), 413, None),
     ("GET", "/v1/chat/completions", None, 405, None),
     ("GET", "/v1/nothing-here", None, 404, None),

@@ -44,11 +44,27 @@ def test_max_completion_tokens_wins_and_fields_map_to_sampling():
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
     ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"), ({"store": True}, "store"),
     ({"functions": []}, "functions"), ({"modalities": ["audio"]}, "modalities"), ({"model": 3}, "model"),
+    ({"logit_bias": {"-1": 1}}, "logit_bias"), ({"logit_bias": {"1": 1000}}, "logit_bias"),
+    ({"logit_bias": {"1": 10**400}}, "logit_bias"),
+    ({"messages": [{"role": "assistant", "tool_calls": 5}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"function": 5}]}]}, "messages[0].tool_calls[0]"),
+    ({"messages": [{"role": "user", "content": "x", "name": {"a": 1}}]}, "messages[0].name"),
 ])
 def test_bad_fields_name_their_param(fields, param):
     with pytest.raises(APIError) as err:
         parse_chat({"model": "m", "messages": MSG, **fields}, base=BASE, slots=4)
     assert err.value.status == 400 and err.value.param == param
+
+
+def test_sampling_is_the_one_home_of_the_logit_bias_and_seed_rules():
+    from edgekit.errors import InvalidParam
+
+    for bias in ({-1: 1.0}, {1: 100.5}, {1: "x"}):
+        with pytest.raises(InvalidParam) as err:
+            Sampling(logit_bias=bias)
+        assert err.value.param == "logit_bias"
+    assert Sampling(seed=2**40 + 3).seed == 3 and Sampling(seed=-1).seed == 2**32 - 1  # as llama.cpp's -1: random
+    assert Sampling(seed=5).replace(seed=2**32 + 5).seed == 5
 
 
 class _Step:
@@ -106,3 +122,33 @@ def test_app_while_loading(loading_app, method, path, headers, body, status, cod
         assert r.json()["error"]["code"] == code
     if status == 503:
         assert r.headers["Retry-After"]
+
+
+def test_an_unexpected_exception_is_a_json_500_in_openai_shape():
+    """Defense in depth: a handler that fails in a way nobody expected still answers in OpenAI's shape."""
+    import asyncio
+
+    from starlette.routing import Route
+
+    async def broken(request):
+        raise RuntimeError("secret detail")
+
+    app = create_app(State(model_id="m"))
+    app.app.router.routes.append(Route("/broken", broken))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get("/broken")
+
+    r = asyncio.run(get())
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "server_error" and error["code"] == "internal_error" and "RuntimeError" in error["message"]
+    assert "secret detail" not in error["message"]  # details stay in the server's log
+
+
+def test_an_error_quoting_a_lone_surrogate_still_renders():
+    r = APIError(400, "bad value '\ud800'", param="x").response()
+    assert b"\\ud800" in r.body

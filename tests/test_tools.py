@@ -345,6 +345,14 @@ def test_response_format_options():
      "response_format.json_schema.schema"),
     ({"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON, "strict": "yes"}},
      "response_format.json_schema.strict"),
+    # counts the converter would spell out into gigabytes of grammar: refused before it runs
+    ({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "string", "maxLength": 10**9}}},
+     "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "^x{2,99999999}$"}}}}}, "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "string", "pattern": "^x{"
+                                                                     + "9" * 5000 + "}$"}}},
+     "response_format.json_schema.schema"),
 ])
 def test_bad_response_formats_name_the_param(response_format, param):
     with pytest.raises(InvalidParam) as err:
@@ -381,4 +389,8 @@ def test_forced_calls_and_other_constraints_do_not_mix():
     bad = [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/nowhere"}}}]
     with pytest.raises(InvalidParam) as err:
         tool_request(bad, "required").grammar()
+    assert err.value.param == "tools[0].function.parameters"
+    with pytest.raises(InvalidParam) as err:  # the one home of the rule: sampling.schema_grammar
+        tools.constraint_options(tool_request([{**TOOLS[0], "function": {**TOOLS[0]["function"], "parameters": {
+            "type": "wat"}}}], "required"))
     assert err.value.param == "tools[0].function.parameters"

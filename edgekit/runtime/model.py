@@ -247,12 +247,7 @@ class Model:
             raise EdgekitError(f"n={n} answers need {n} slots, but the model has {self.slots}",
                                f"Load the model with slots={max(n, 1)} or more, or ask for fewer answers.")
         tokens = self._prompt_tokens(prompt)
-        if not tokens:
-            raise EdgekitError("the prompt is empty")
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflow(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
-                                  "Shorten the prompt or load the model with a larger n_ctx.",
-                                  needed=len(tokens) + 1, available=self.n_ctx)
+        self.check_prompt(tokens)
         seed = s.seed if s.seed is not None else self.seed
         group: list[Sequence] = []
         try:
@@ -266,6 +261,17 @@ class Model:
             raise
         engine.submit(group)
         return group
+
+    def check_prompt(self, tokens: list[int]) -> None:
+        """Refuse (never truncate) prompt ``tokens`` that can't start a generation: an empty prompt
+        (:class:`~edgekit.EdgekitError`), or one that leaves no room to generate in one sequence's
+        context (:class:`~edgekit.errors.ContextOverflow`)."""
+        if not tokens:
+            raise EdgekitError("the prompt is empty")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflow(f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}",
+                                  "Shorten the prompt or load the model with a larger n_ctx.",
+                                  needed=len(tokens) + 1, available=self.n_ctx)
 
     def generation(self, prompt: str | list[int], s: Sampling) -> Generator[str, None, Completion]:
         """The generation loop every text API shares: yields text chunks; its return value

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InvalidParam
 from edgekit.runtime.speculative import check_mode
 
 # How many recent tokens the repeat penalty looks at (llama.cpp's default).
@@ -60,8 +61,9 @@ class Sampling:
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(s for s in (self.stop or ()) if s))
-        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else (self.logit_bias or ())
-        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in bias))
+        object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", seed32(self.seed))
         if self.max_tokens is not None and self.max_tokens < 0:
             raise EdgekitError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if self.top_k < 0 or not 0.0 <= self.top_p <= 1.0 or not 0.0 <= self.min_p <= 1.0:
@@ -70,8 +72,6 @@ class Sampling:
             raise EdgekitError("presence_penalty and frequency_penalty must lie in [-2, 2]")
         if self.repeat_penalty <= 0:
             raise EdgekitError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
-        if any(not -100.0 <= b <= 100.0 for _, b in self.logit_bias):
-            raise EdgekitError("logit_bias values must lie in [-100, 100]")
         if self.grammar is not None and self.json_schema is not None:
             raise EdgekitError("give either grammar or json_schema, not both")
         if self.speculative is not None:
@@ -94,6 +94,85 @@ class Sampling:
         return d
 
 
+def seed32(seed: int) -> int:
+    """``seed`` as llama.cpp's 32-bit seed (OpenAI's and Python's seeds are any integer): modulo 2**32.
+
+    As in llama.cpp, 2**32 - 1 (so also -1) is LLAMA_DEFAULT_SEED and means a random seed.
+    """
+    return int(seed) % 2**32
+
+
+def _logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
+    """``{token id: bias}`` (or pairs) checked: ids >= 0, biases in [-100, 100]. The vocabulary's
+    upper bound is checked by :func:`check_vocab` once the model is known."""
+    pairs = bias.items() if isinstance(bias, dict) else (bias or ())
+    out = []
+    try:
+        for t, b in pairs:
+            if isinstance(b, bool) or isinstance(t, bool):
+                raise TypeError
+            out.append((int(t), float(b)))
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidParam("logit_bias", "must map token ids to numbers") from None
+    for t, b in out:
+        if t < 0:
+            raise InvalidParam("logit_bias", f"names token id {t}, which is negative")
+        if not -100.0 <= b <= 100.0:
+            raise InvalidParam("logit_bias", f"biases must lie in [-100, 100], got {b}")
+    return tuple(out)
+
+
+def check_vocab(s: Sampling, n_vocab: int) -> None:
+    """Raise :class:`~edgekit.errors.InvalidParam` if ``s.logit_bias`` names a token outside the vocabulary."""
+    bad = [t for t, _ in s.logit_bias if t >= n_vocab]
+    if bad:
+        raise InvalidParam("logit_bias", f"names token id {bad[0]}, outside the vocabulary (0..{n_vocab - 1})")
+
+
+# llama-cpp-python's schema converter spells out repetitions: a string's or an array's length bounds and
+# a pattern's {n,m} cost about 8 bytes of grammar per unit, so one number in a small request
+# ("maxLength": 1000000000) would take gigabytes. Counts above this are refused; an answer that long
+# would not fit a small model's context anyway.
+MAX_SCHEMA_REPEAT = 32768
+_REPEAT_KEYS = ("minLength", "maxLength", "minItems", "maxItems")
+_PATTERN_COUNT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def _check_repeats(schema: Any, param: str) -> None:
+    stack, seen = [schema], set()
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (list, dict)):
+            if id(value) in seen:  # a schema built in Python may hold itself; json.dumps refuses it later
+                continue
+            seen.add(id(value))
+        if isinstance(value, list):
+            stack += value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                counts: list[Any] = [item] if key in _REPEAT_KEYS else []
+                if key == "pattern" and isinstance(item, str):
+                    counts = [int(n) if len(n) < 10 else 10**10  # int() refuses thousands of digits
+                              for m in _PATTERN_COUNT.finditer(item) for n in m.groups() if n]
+                big = [n for n in counts if isinstance(n, (int, float)) and n > MAX_SCHEMA_REPEAT]
+                if big:
+                    raise InvalidParam(param, f"asks for {key} {big[0]}; a grammar can count to "
+                                              f"{MAX_SCHEMA_REPEAT} at most")
+                stack.append(item)
+
+
+def schema_grammar(schema: Any, param: str = "json_schema") -> str:
+    """GBNF for a JSON schema (root rule ``root``), by llama.cpp's converter; a schema it can't take
+    raises :class:`~edgekit.errors.InvalidParam` for ``param`` (the request field that holds it)."""
+    from edgekit import _llama
+
+    _check_repeats(schema, param)
+    try:
+        return _llama.json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter raises plain exceptions (AssertionError, KeyError...) on bad schemas
+        raise InvalidParam(param, f"can't be turned into a grammar: {exc}") from exc
+
+
 def resolve(base: Sampling | None, sampling: Sampling | None, kwargs: dict[str, Any]) -> Sampling:
     """Merge: ``base`` defaults, then an explicit ``sampling`` object, then keyword overrides."""
     result = sampling if sampling is not None else (base or Sampling())
@@ -103,12 +182,7 @@ def resolve(base: Sampling | None, sampling: Sampling | None, kwargs: dict[str, 
 def grammar_text(s: Sampling) -> str | None:
     """The GBNF grammar for ``s`` (converting ``json_schema`` if given), or None."""
     if s.json_schema is not None:
-        from edgekit import _llama
-
-        try:
-            return _llama.json_schema_to_gbnf(json.dumps(s.json_schema))
-        except Exception as exc:  # the converter raises plain exceptions on bad schemas
-            raise EdgekitError(f"can't turn the JSON schema into a grammar: {exc}") from exc
+        return schema_grammar(s.json_schema)
     return s.grammar
 
 
@@ -120,12 +194,11 @@ def build_sampler(s: Sampling, vocab: Any, n_vocab: int, *, default_seed: int | 
     """
     from edgekit import _llama
 
+    check_vocab(s, n_vocab)
+    gbnf = grammar_text(s)
+    grammar = _llama.utf8(gbnf, "grammar" if s.grammar is not None else "json_schema") if gbnf else None
     L = _llama.lib()
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-    bad = [t for t, _ in s.logit_bias if not 0 <= t < n_vocab]
-    if bad:
-        L.llama_sampler_free(chain)
-        raise EdgekitError(f"logit_bias names token id {bad[0]}, outside the vocabulary (0..{n_vocab - 1})")
     if s.logit_bias:
         biases = (L.llama_logit_bias * len(s.logit_bias))(*[L.llama_logit_bias(t, b) for t, b in s.logit_bias])
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
@@ -135,12 +208,11 @@ def build_sampler(s: Sampling, vocab: Any, n_vocab: int, *, default_seed: int | 
         for tok in list(history)[-PENALTY_LAST_N:]:
             L.llama_sampler_accept(pen, tok)
         L.llama_sampler_chain_add(chain, pen)
-    gbnf = grammar_text(s)
-    if gbnf:
-        g = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    if grammar:
+        g = L.llama_sampler_init_grammar(vocab, grammar, b"root")
         if not g:
             L.llama_sampler_free(chain)
-            raise EdgekitError("the grammar is not valid GBNF", "Check its syntax; the root rule must be named 'root'.")
+            raise InvalidParam("grammar", "is not valid GBNF", "Check its syntax; the root rule must be named 'root'.")
         L.llama_sampler_chain_add(chain, g)
     if s.temperature <= 0:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
@@ -155,5 +227,5 @@ def build_sampler(s: Sampling, vocab: Any, n_vocab: int, *, default_seed: int | 
     if s.min_p > 0.0:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(s.min_p, 1))
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(s.temperature))
-    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed32(seed)))
     return chain

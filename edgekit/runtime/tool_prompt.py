@@ -48,7 +48,7 @@ def _arguments_object(arguments: Any) -> Any:
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return arguments
     return arguments
 
@@ -56,8 +56,10 @@ def _arguments_object(arguments: Any) -> Any:
 def _calls_of(message: dict) -> list[tuple[str, Any]]:
     """(name, arguments object) of each call in an assistant message's ``tool_calls``."""
     calls = []
-    for call in message.get("tool_calls") or []:
+    tool_calls = message.get("tool_calls")
+    for call in tool_calls if isinstance(tool_calls, list) else []:
         fn = call.get("function", call) if isinstance(call, dict) else {}
+        fn = fn if isinstance(fn, dict) else {}
         calls.append((fn.get("name", ""), _arguments_object(fn.get("arguments", {}))))
     return calls
 

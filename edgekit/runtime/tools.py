@@ -27,7 +27,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import InvalidParam
+from edgekit.runtime.sampling import schema_grammar
 from edgekit.runtime.tool_prompt import CALL_CLOSE, CALL_OPEN
 
 if TYPE_CHECKING:
@@ -43,12 +44,6 @@ _NO_PARAMETERS = {"type": "object", "properties": {}}
 # leave the last one cut off. Eight covers real fan-outs.
 MAX_FORCED_CALLS = 8
 
-class InvalidParam(EdgekitError):
-    """A request field has a value edgekit can't use. ``param`` names it the way OpenAI's errors do."""
-
-    def __init__(self, param: str, message: str, hint: str | None = None) -> None:
-        super().__init__(f"{param}: {message}", hint)
-        self.param = param
 
 
 # -- checking a request ------------------------------------------------------------------------------------
@@ -163,9 +158,6 @@ def tool_request(tools: Any = None, tool_choice: Any = None, parallel_tool_calls
     return ToolRequest(checked, "function", name, parallel)
 
 
-# -- rendering -----------------------------------------------------------------------------------------------
-
-
 # -- grammar -------------------------------------------------------------------------------------------------
 
 # GBNF lexemes: string literals, character classes, repetition braces and comments pass through;
@@ -176,16 +168,6 @@ _GBNF_PART = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|\{[^}]*\}|#[^\n
 def _prefixed(gbnf: str, prefix: str) -> str:
     """``gbnf`` with every rule name prefixed, so several converted schemas can share one grammar."""
     return _GBNF_PART.sub(lambda m: prefix + m.group(1) if m.group(1) else m.group(0), gbnf)
-
-
-def schema_grammar(schema: Any, param: str) -> str:
-    """GBNF for a JSON schema (root rule ``root``); a schema the converter can't take raises for ``param``."""
-    from edgekit import _llama
-
-    try:
-        return _llama.json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:  # the converter raises plain exceptions on schemas it can't handle
-        raise InvalidParam(param, f"can't be turned into a grammar: {exc}") from exc
 
 
 def call_grammar(tools: list[dict], *, only: str | None = None, parallel: bool = True) -> str:
@@ -252,7 +234,7 @@ _CALL_BLOCK = re.compile(re.escape(CALL_OPEN) + r"(.*?)(?:" + re.escape(CALL_CLO
 def _parse_call(body: str, names: list[str]) -> ToolCall | None:
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict) or obj.get("name") not in names:
         return None
@@ -260,7 +242,7 @@ def _parse_call(body: str, names: list[str]) -> ToolCall | None:
     if isinstance(args, str):
         try:
             args = json.loads(args)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(args, dict):
         return None

@@ -24,6 +24,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgekit.errors import ContextOverflow, EdgekitError
+from edgekit.runtime import tools
+from edgekit.runtime.engine import Step
 from edgekit.serve import responses
 from edgekit.serve.errors import APIError, invalid
 from edgekit.serve.metrics import Metrics
@@ -98,6 +100,10 @@ class Guard:
                 await error.response()(scope, receive, send_counted)
             else:
                 await self.app(scope, receive, send_counted)
+        except Exception as exc:
+            if not status[0]:  # the app's own handler answers first; this covers the guard itself
+                await _internal_error(exc).response()(scope, receive, send_counted)
+            raise  # the server logs it
         finally:
             known = path if path in KNOWN_PATHS else "other"
             self.state.metrics.count_request(known, status[0] or 499)
@@ -175,10 +181,17 @@ async def tokenize(request: HTTPRequest) -> Response:
     if not isinstance(add_special, bool) or not isinstance(with_pieces, bool):
         raise invalid("add_special" if not isinstance(add_special, bool) else "with_pieces",
                       "'add_special' and 'with_pieces' must be true or false.")
-    tokens = await anyio.to_thread.run_sync(lambda: model.tokenize(content, add_special=add_special))
-    if with_pieces:
-        return JSONResponse({"tokens": [{"id": t, "piece": model.detokenize([t])} for t in tokens]})
-    return JSONResponse({"tokens": tokens})
+
+    def run() -> dict[str, Any]:
+        try:
+            tokens = model.tokenize(content, add_special=add_special)
+        except EdgekitError as exc:
+            raise error_for(exc, "content") from None
+        if with_pieces:
+            return {"tokens": [{"id": t, "piece": model.detokenize([t])} for t in tokens]}
+        return {"tokens": tokens}
+
+    return JSONResponse(await anyio.to_thread.run_sync(run))
 
 
 def _check_token_ids(tokens: Any, n_vocab: int, param: str) -> list[int]:
@@ -195,76 +208,67 @@ async def detokenize(request: HTTPRequest) -> Response:
     body = await read_json(request, state.max_body)
     model = state.ready_model()
     tokens = _check_token_ids(body.get("tokens"), model.n_vocab, "tokens")
-    return JSONResponse({"content": model.detokenize(tokens)})
+    return JSONResponse({"content": await anyio.to_thread.run_sync(model.detokenize, tokens)})
 
 
 # -- generation -------------------------------------------------------------------------------------------------
 
-def _check_request(state: State, model: Any, req: Request) -> Any:
-    """Check what needs the model; apply tools and response_format. Returns the ToolRequest (or None)."""
+def _check_model(state: State, req: Request) -> None:
     if req.model != state.model_id and req.model not in state.aliases:
         raise invalid("model", f"The model '{req.model}' does not exist; this server serves '{state.model_id}'.",
                       code="model_not_found")
-    bad = [t for t, _ in req.sampling.logit_bias if t >= model.n_vocab]
-    if bad:
-        raise invalid("logit_bias", f"'logit_bias' names token id {bad[0]}, outside the vocabulary "
-                                    f"(0..{model.n_vocab - 1}).")
-    return _constraints(req) if req.messages else None
 
 
 def _constraints(req: Request) -> Any:
-    """tools / tool_choice / response_format -> a ToolRequest and grammar options on ``req.sampling``."""
-    try:
-        from edgekit.runtime import tools
-    except ImportError:  # a build without edgekit.runtime.tools: refuse rather than ignore
-        if req.response_format is not None and req.response_format.get("type") != "text":
-            raise invalid("response_format", "'response_format' other than text is not supported.") from None
-        if req.tools or req.tool_choice not in (None, "none", "auto"):
-            raise invalid("tools" if req.tools else "tool_choice", "'tools' are not supported.") from None
-        return None
+    """tools / tool_choice / response_format -> a ToolRequest and grammar options on ``req.sampling``.
+
+    Converts JSON schemas to grammars (CPU work: called in a worker thread)."""
     try:
         treq = tools.tool_request(req.tools, req.tool_choice, req.parallel_tool_calls)
-        output_format = tools.response_format_options(req.response_format)
-    except tools.InvalidParam as exc:
-        raise invalid(exc.param, exc.message) from None
-    if treq.active and output_format:
-        raise invalid("response_format", "'response_format' can't be combined with tools unless tool_choice "
-                                         "is 'none'.")
-    if treq.active and req.logprobs is not None:
-        raise invalid("logprobs", "'logprobs' can't be combined with tools (the content is parsed out of the "
-                                  "output, so its tokens would not match).")
-    options = {**treq.sampling_options(), **output_format}
-    if options and req.sampling.grammar:
-        raise invalid("grammar", "'grammar' can't be combined with forced tool calls or response_format.")
-    if options:
-        req.sampling = req.sampling.replace(**options)
+        if treq.active and req.logprobs is not None:
+            raise invalid("logprobs", "'logprobs' can't be combined with tools (the content is parsed out of the "
+                                      "output, so its tokens would not match).")
+        options = tools.constraint_options(treq, req.response_format, own_grammar=bool(req.sampling.grammar))
+        if options:
+            req.sampling = req.sampling.replace(**options)
+    except EdgekitError as exc:
+        raise error_for(exc) from None
     return treq if treq.active else None
 
 
 def _fit(model: Any, tokens: list[int], param: str) -> None:
-    """Refuse (never truncate) a prompt that leaves no room to generate."""
-    if not tokens:
-        raise invalid(param, "The prompt is empty.")
-    if len(tokens) >= model.n_ctx:
+    """The model's rule (:meth:`Model.check_prompt`: never truncate) in OpenAI's words."""
+    try:
+        model.check_prompt(tokens)
+    except ContextOverflow:
         raise invalid(param, f"This model's maximum context length is {model.n_ctx} tokens; the prompt has "
                              f"{len(tokens)} tokens, leaving no room for an answer. Shorten it (the server never "
-                             "truncates).", code="context_length_exceeded")
+                             "truncates).", code="context_length_exceeded") from None
+    except EdgekitError as exc:
+        raise error_for(exc, param) from None
 
 
-def _chat_prompt(model: Any, req: Request, treq: Any) -> list[int]:
+def _chat_prompt(model: Any, req: Request) -> tuple[Any, list[int]]:
+    """The tool request (or None) and the prompt tokens of a chat request."""
+    treq = _constraints(req)
     try:
         tokens = model.chat_tokens(req.messages, tools=treq.prompt_tools) if treq else model.chat_tokens(req.messages)
     except EdgekitError as exc:
         raise error_for(exc, "messages") from None
     _fit(model, tokens, "messages")
-    return tokens
+    return treq, tokens
 
 
 def _completion_prompts(model: Any, req: Request) -> list[list[int]]:
     out = []
     for p in req.prompts:
-        tokens = model.tokenize(p, add_special=True) if isinstance(p, str) else _check_token_ids(p, model.n_vocab,
-                                                                                                  "prompt")
+        if isinstance(p, str):
+            try:
+                tokens = model.tokenize(p, add_special=True)
+            except EdgekitError as exc:
+                raise error_for(exc, "prompt") from None
+        else:
+            tokens = _check_token_ids(p, model.n_vocab, "prompt")
         _fit(model, tokens, "prompt")
         out.append(tokens)
     return out
@@ -288,12 +292,10 @@ def _sequence_error(exc: BaseException, req: Request) -> APIError:
         return exc
     if isinstance(exc, ContextOverflow):
         return invalid("messages" if req.messages else "prompt", exc.message, code="context_length_exceeded")
-    if isinstance(exc, EdgekitError):
-        text = exc.message.lower()
-        param = "grammar" if "grammar" in text else "response_format" if "json schema" in text else None
-        return error_for(exc, param)
+    if isinstance(exc, EdgekitError):  # an InvalidParam (logit_bias, grammar) names its field
+        return error_for(exc)
     log.exception("generation failed", exc_info=exc)
-    return APIError(500, f"Generation failed: {type(exc).__name__}: {exc}")
+    return _internal_error(exc)
 
 
 async def _begin(request: HTTPRequest, chat: bool) -> tuple[State, Any, Request, Any, list[list[int]], Job]:
@@ -303,11 +305,12 @@ async def _begin(request: HTTPRequest, chat: bool) -> tuple[State, Any, Request,
     model = state.ready_model()
     base = model.defaults.replace(max_tokens=None)
     req = (parse_chat if chat else parse_completion)(body, base=base, slots=state.slots)
-    treq = _check_request(state, model, req)
+    _check_model(state, req)
     if chat:
-        prompts = [await anyio.to_thread.run_sync(_chat_prompt, model, req, treq)]
+        treq, prompt = await anyio.to_thread.run_sync(_chat_prompt, model, req)
+        prompts = [prompt]
     else:
-        prompts = await anyio.to_thread.run_sync(_completion_prompts, model, req)
+        treq, prompts = None, await anyio.to_thread.run_sync(_completion_prompts, model, req)
     n_sequences = len(prompts) * req.n
     if not state.metrics.admit(n_sequences):
         raise APIError(503, f"The server is busy ({state.slots} slots and a queue of {state.queue} are full). "
@@ -378,7 +381,7 @@ async def _events(state: State, job: Job, req: Request, choices: _Choices) -> As
         i, item = event
         if isinstance(item, BaseException):
             raise _sequence_error(item, req)
-        if hasattr(item, "token"):
+        if isinstance(item, Step):
             text, entries = choices.on_step(i, item)
             if text or entries:
                 yield i, text, entries
@@ -516,6 +519,10 @@ async def _stream(state: State, job: Job, req: Request, choices: _Choices, meta:
     except APIError as exc:  # headers are sent: report in the stream, as OpenAI does
         yield _sse(exc.body())
         return
+    except Exception as exc:  # a bug: reported in the stream in the same shape, and logged
+        log.exception("streaming failed", exc_info=exc)
+        yield _sse(_internal_error(exc).body())
+        return
     if req.include_usage:
         yield _sse({**meta, "object": obj, "choices": [],
                     "usage": responses.usage(prompt_tokens, choices.completion_tokens)})
@@ -562,6 +569,17 @@ async def _api_error(request: HTTPRequest, exc: Exception) -> Response:
     return exc.response()
 
 
+def _internal_error(exc: BaseException) -> APIError:
+    return APIError(500, f"The server failed on this request: {type(exc).__name__}. This is a bug in edgekit; "
+                         "its log has the details.", code="internal_error")
+
+
+async def _unexpected_error(request: HTTPRequest, exc: Exception) -> Response:
+    """Defense in depth: an exception no handler expected is a JSON 500 in OpenAI's shape, never a
+    plain-text one. (Starlette then re-raises it, so the server logs the traceback.)"""
+    return _internal_error(exc).response()
+
+
 async def _http_error(request: HTTPRequest, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
@@ -588,7 +606,8 @@ KNOWN_PATHS = frozenset(r.path for r in ROUTES if "{" not in r.path)
 def create_app(state: State, lifespan: Any = None) -> ASGIApp:
     """The server's ASGI app for ``state`` (the model may be set later)."""
     app = Starlette(routes=ROUTES, lifespan=lifespan,
-                    exception_handlers={APIError: _api_error, HTTPException: _http_error})
+                    exception_handlers={APIError: _api_error, HTTPException: _http_error,
+                                        Exception: _unexpected_error})
     app.state.edgekit = state
     return Guard(app, state)
 

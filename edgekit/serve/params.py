@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InvalidParam
 from edgekit.runtime.sampling import Sampling
 from edgekit.serve.errors import APIError, invalid
 
@@ -52,7 +52,39 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise invalid(None, f"The body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise invalid(None, "The body must be a JSON object.")
+    where = _not_text(body)
+    if where is not None:
+        raise invalid(where or None, f"{where or 'The body'} holds a lone UTF-16 surrogate (valid JSON, such as "
+                                     "\"\\ud800\", but not text). Send valid Unicode.")
     return body
+
+
+def _not_text(body: dict) -> str | None:
+    """Where ``body`` holds a string (or key) that is not text: a lone UTF-16 surrogate, which JSON can
+    spell but UTF-8 (the tokenizer, grammars, the response) can't. ``"messages[0].content"``, ``""`` for
+    a top-level key, or None when every string is text. Checked once here, for every field."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:  # iterative: the body may nest as deep as the JSON parser allows
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_text(key):
+                    return path
+                if isinstance(item, (str, dict, list)):
+                    stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            stack += [(item, f"{path}[{i}]") for i, item in enumerate(value) if isinstance(item, (str, dict, list))]
+        elif not _is_text(value):
+            return path
+    return None
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # -- typed getters: absent or null -> default --------------------------------------------------------------
@@ -110,18 +142,17 @@ def _stop(body: dict) -> tuple[str, ...]:
 
 
 def _logit_bias(body: dict) -> dict[int, float]:
+    """JSON's string keys as token ids; the ranges are :class:`Sampling`'s to check."""
     bias = _get(body, "logit_bias", (dict,), "an object mapping token ids to biases", {})
     out: dict[int, float] = {}
     for key, value in bias.items():
         try:
             token = int(key)
         except ValueError:
-            raise invalid("logit_bias", f"'logit_bias' keys must be token ids, got {key!r}.") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-            raise invalid("logit_bias", f"'logit_bias' values must be numbers in [-100, 100], got {value!r}.")
-        if token < 0:
-            raise invalid("logit_bias", f"'logit_bias' names token id {token}, which is negative.")
-        out[token] = float(value)
+            raise invalid("logit_bias", f"'logit_bias' keys must be token ids, got {json.dumps(key)[:40]}.") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise invalid("logit_bias", f"'logit_bias' values must be numbers, got {json.dumps(value)[:40]}.")
+        out[token] = value
     return out
 
 
@@ -139,8 +170,6 @@ def _sampling(body: dict, base: Sampling, max_tokens: int | None, logprobs: int 
                         ("grammar", _get(body, "grammar", (str,), "a GBNF grammar string"))):
         if value is not None:
             changes[name] = value
-    if changes.get("seed") is not None:
-        changes["seed"] %= 2**32  # llama.cpp takes a 32-bit seed; OpenAI's are int64
     bias = _logit_bias(body)
     if bias:
         changes["logit_bias"] = bias
@@ -149,7 +178,7 @@ def _sampling(body: dict, base: Sampling, max_tokens: int | None, logprobs: int 
     try:
         return base.replace(**changes)
     except EdgekitError as exc:
-        raise invalid(None, exc.message) from None
+        raise error_for(exc) from None
 
 
 def _common(body: dict, *, slots: int) -> dict[str, Any]:
@@ -212,7 +241,12 @@ def _messages(body: dict) -> list[dict]:
         if role not in ROLES:
             raise invalid(f"messages[{i}].role", f"messages[{i}].role must be one of {', '.join(ROLES)}; "
                                                  f"got {json.dumps(role)[:40]}.")
-        msg = {k: v for k, v in m.items() if k in ("name", "tool_calls", "tool_call_id")}
+        msg = {k: v for k, v in m.items() if k in ("name", "tool_call_id") and v is not None}
+        for k, v in msg.items():
+            if not isinstance(v, str):
+                raise invalid(f"messages[{i}].{k}", f"messages[{i}].{k} must be a string.")
+        if m.get("tool_calls") is not None:
+            msg["tool_calls"] = _tool_calls(i, m["tool_calls"])
         msg["role"] = "system" if role == "developer" else role
         msg["content"] = _content(i, m.get("content"), role)
         if msg["content"] is None and not m.get("tool_calls"):
@@ -221,6 +255,21 @@ def _messages(body: dict) -> list[dict]:
             msg["content"] = ""
         out.append(msg)
     return out
+
+
+def _tool_calls(i: int, calls: Any) -> list[dict]:
+    """An assistant message's earlier calls, in OpenAI's shape: ``[{"id", "type": "function",
+    "function": {"name", "arguments"}}]`` with ``arguments`` JSON text."""
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise invalid(where, f"{where} must be a list of tool calls.")
+    for k, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(fn.get("arguments"), str)
+                and isinstance(call.get("id", ""), str)):
+            raise invalid(f"{where}[{k}]", f'{where}[{k}] must be {{"id": ..., "type": "function", "function": '
+                                           '{"name": ..., "arguments": "<JSON text>"}}.')
+    return calls
 
 
 def parse_chat(body: dict, *, base: Sampling, slots: int) -> Request:
@@ -290,5 +339,7 @@ def parse_completion(body: dict, *, base: Sampling, slots: int) -> Request:
 
 
 def error_for(exc: EdgekitError, param: str | None = None) -> APIError:
-    """A library error as a 400 (its message and hint)."""
+    """A library error as a 400 (its message and hint), naming the field an InvalidParam names, else ``param``."""
+    if isinstance(exc, InvalidParam):
+        param = exc.param
     return invalid(param, exc.message + (f" {exc.hint}" if exc.hint else ""))

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from edgekit.runtime.engine import Step
+
 Event = tuple[int, Any]  # (choice index, Step | Completion | BaseException)
 
 
@@ -53,7 +55,7 @@ class Job:
         if self._live == 0:
             return None
         index, item = await self._queue.get()
-        if not hasattr(item, "token"):  # a Completion or an exception ends that sequence
+        if not isinstance(item, Step):  # a Completion or an exception ends that sequence
             self._live -= 1
         return index, item
 

@@ -14,9 +14,10 @@ Sections (``--only`` picks some):
 - ``footprint``: the server's RSS minus a bare ``edgekit.load`` + generate in its own process.
 
 Run it alone on the machine (speed collapses under contention). ``EDGEKIT_REPACK=0`` in the
-environment gives edgekit the same weight buffers as ``llama-server --no-repack``. Example:
+environment gives edgekit the same weight buffers as ``llama-server --no-repack``. llama-server is
+the one on ``PATH`` unless ``--llama-server`` names it (``none``: edgekit alone). Example:
 
-    python -m edgekit.bench.serve_bench --model /work/models/qwen2.5-0.5B-Q4_0.gguf --threads 2 --out serve.json
+    python -m edgekit.bench.studies.serve_bench --model qwen2.5-0.5B-Q4_0.gguf --threads 2 --out serve.json
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LLAMA_SERVER = Path("/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server")
+from edgekit.errors import BenchError, EdgekitError
+
 READY = re.compile(r"ready at (http://\S+)/v1 ")
 START_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 600
@@ -87,7 +90,7 @@ def start_edgekit(model: str, *, slots: int, ctx: int, threads: int, speculative
     threading.Thread(target=_drain, args=(proc.stdout, log, ready, found), daemon=True).start()
     if not ready.wait(START_TIMEOUT_S) or not found:
         proc.kill()
-        raise SystemExit("edgekit serve did not start:\n" + "".join(log))
+        raise BenchError("edgekit serve did not start:\n" + "".join(log))
     import httpx
 
     model_id = httpx.get(found[0] + "/v1/models", timeout=60).json()["data"][0]["id"]
@@ -122,27 +125,29 @@ def start_llama_server(binary: Path, model: str, *, slots: int, ctx: int, thread
             pass
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit("llama-server did not start:\n" + "".join(log[-30:]))
+    raise BenchError("llama-server did not start:\n" + "".join(log[-30:]))
 
 
 # -- clients ----------------------------------------------------------------------------------------------------
 
 def eog_bias(model: str) -> dict[str, int]:
-    """logit_bias banning the model's end-of-generation tokens, so every answer runs to max_tokens."""
-    from gguf import GGUFReader
+    """logit_bias banning the model's end-of-generation tokens (llama.cpp's own list), so every answer
+    runs to max_tokens."""
+    from edgekit import _llama
 
-    reader = GGUFReader(model)
-    ids: set[int] = set()
-    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-        f = reader.fields.get(key)
-        if f is not None:
-            ids.add(int(f.parts[-1][0]))
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    if tokens is not None:
-        for i, idx in enumerate(tokens.data):
-            if bytes(tokens.parts[idx]).decode("utf-8", "replace") in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-                ids.add(i)
-    return {str(i): -100 for i in sorted(ids)}
+    return {str(t): -100 for t in _llama.eog_tokens(Path(model))}
+
+
+def find_llama_server(option: str | None) -> Path | None:
+    """The llama-server binary: ``option`` if given (``"none"``: no comparison), else the one on PATH."""
+    if option == "none":
+        return None
+    found = shutil.which(option or "llama-server")
+    if found is None:
+        raise BenchError(f"llama-server not found ({option or 'not on PATH'})",
+                         "Name the binary with --llama-server PATH, or pass --llama-server none to measure "
+                         "edgekit alone.")
+    return Path(found)
 
 
 @dataclass
@@ -303,9 +308,10 @@ def bare_model_rss_mb(model: str, ctx: int, threads: int, slots: int) -> float:
 # -- main ----------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m edgekit.bench.studies.serve_bench",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="GGUF file both servers load")
-    ap.add_argument("--llama-server", default=str(LLAMA_SERVER), help="llama-server binary ('none' to skip it)")
+    ap.add_argument("--llama-server", help="llama-server binary (default: the one on PATH; 'none' to skip it)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speculative", default="auto", choices=("auto", "ngram", "off"),
                     help="edgekit's speculative decoding (llama-server drafts nothing by default)")
@@ -318,6 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except EdgekitError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    llama_server = find_llama_server(args.llama_server)
     sections = set(args.only.split(","))
     clients = [int(c) for c in args.clients.split(",")]
     slots = max(clients)
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"model": args.model, "threads": args.threads, "ctx_per_slot": args.ctx,
                                "max_tokens": args.max_tokens, "slots": slots, "speculative": args.speculative,
                                "repack": os.environ.get("EDGEKIT_REPACK", "auto")}
-    kinds = ["edgekit"] + (["llama-server"] if args.llama_server != "none" else [])
+    kinds = ["edgekit"] + (["llama-server"] if llama_server is not None else [])
 
     def start(kind: str) -> Server:
         """One server at a time, so an idle one never competes for the cores."""
@@ -333,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             server = start_edgekit(args.model, slots=slots, ctx=args.ctx, threads=args.threads,
                                    speculative=args.speculative)
         else:
-            server = start_llama_server(Path(args.llama_server), args.model, slots=slots, ctx=args.ctx,
-                                        threads=args.threads)
+            assert llama_server is not None
+            server = start_llama_server(llama_server, args.model, slots=slots, ctx=args.ctx, threads=args.threads)
         stream_once(server, "Warm up.", 8, bias)  # first touch of the weights and buffers
         return server
 

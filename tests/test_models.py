@@ -212,3 +212,31 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
         convert(bad, out=tmp_path / "out", quant="f16")
     for name in ("Qwen3ForCausalLM", "SmolLM3ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM"):
         assert name in err.value.hint
+
+
+def test_llama3_vocabulary_tokenizes_as_llama_cpp_and_hf_and_ends_turns(converted):
+    """Llama 3's own BPE vocabulary (llama-bpe): llama.cpp's test vectors, HF's tokenizer, end-of-generation."""
+    import llama_cpp
+    from test_checkpoints import llama_cpp_vectors
+    from tokenizers import Tokenizer
+
+    from edgekit.samples.assets import llama_bpe_vocab
+
+    ck, f16, _ = converted("llama3")
+    tok = llama_cpp.Llama(str(f16), vocab_only=True, verbose=False)
+    hf = Tokenizer.from_file(str(ck / "tokenizer.json"))
+    vectors = llama_cpp_vectors(llama_bpe_vocab())
+    for text, ids in vectors:
+        assert tok.tokenize(text.encode(), add_bos=False, special=False) == ids, repr(text)
+    chat = "<|start_header_id|>user<|end_header_id|>\n\nHi 12345!<|eot_id|>"
+    for text in [*PROMPTS, chat]:
+        assert tok.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False).ids
+    vocab = llama_cpp.llama_model_get_vocab(tok.model)
+    eot, eom, eos, bos, header = (tok.tokenize(t.encode(), add_bos=False, special=True)[0] for t in
+                                  ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|begin_of_text|>",
+                                   "<|start_header_id|>"))
+    assert all(llama_cpp.llama_vocab_is_eog(vocab, t) for t in (eot, eom, eos))
+    assert not any(llama_cpp.llama_vocab_is_eog(vocab, t) for t in (bos, header))
+    assert tok.tokenize(b"Hi", add_bos=True, special=False)[0] == bos  # Llama 3 starts with <|begin_of_text|>
+    gen = json.loads((ck / "generation_config.json").read_text())
+    assert set(gen["eos_token_id"]) == {eot, eom, eos}

@@ -289,6 +289,31 @@ LLAMA3_TEMPLATE = (
     "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
 )
 
+# Llama 3.1 renamed three of Llama 3's reserved special tokens; llama.cpp's llama-bpe vocabulary is Llama 3's.
+LLAMA31_SPECIALS = {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"}
+
+
+def _as_llama31(out: Path, names: dict[int, str] = LLAMA31_SPECIALS) -> None:
+    """Make llama.cpp's Llama 3 tokenizer files Llama 3.1/3.2's: renamed specials, BOS added by the post-processor."""
+    tok_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    for tok in tok_json["added_tokens"]:
+        tok["content"] = names.get(tok["id"], tok["content"])
+    bos = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
+    tok_json["post_processor"] = {"type": "Sequence", "processors": [tok_json["post_processor"], {
+        "type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                 "tokens": ["<|begin_of_text|>"]}}}]}
+    write_json(out / "tokenizer.json", tok_json)
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    del tok_cfg["add_bos_token"]  # Llama 3's tokenizer_config.json leaves it to the post-processor
+    for token_id, text in names.items():
+        tok_cfg["added_tokens_decoder"][str(token_id)]["content"] = text
+    tok_cfg["additional_special_tokens"] = [t["content"] for t in tok_json["added_tokens"] if t["special"]
+                                            and t["content"] not in (tok_cfg["bos_token"], tok_cfg["eos_token"])]
+    write_json(out / "tokenizer_config.json", tok_cfg)
+
+
 # Each tiny architecture: its config.json (transformers 4.x keys), with what makes it different switched on.
 # Shapes are small; head_dim, windows and rope thresholds are small too, so short prompts cross them.
 TINY_ARCHS: dict[str, dict[str, Any]] = {
@@ -384,6 +409,9 @@ def random_checkpoint(out_dir: str | Path, arch: str, vocab_gguf: str | Path, *,
     hidden = spec.pop("hidden", 64)
     n_tokens = len(gguf_metadata(vocab_gguf)["tokenizer.ggml.tokens"])
     tok_cfg = write_tokenizer(out, vocab_gguf, model_max_length=spec["max_position_embeddings"])
+    if gguf_metadata(vocab_gguf).get("tokenizer.ggml.pre") == "llama-bpe":  # make it Llama 3.1/3.2's
+        _as_llama31(out)
+        tok_cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
     tok_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
     bos = _token_id(tok_json, tok_cfg["bos_token"]) if tok_cfg.get("bos_token") else None
     eos = _token_id(tok_json, tok_cfg["eos_token"]) if tok_cfg.get("eos_token") else None
@@ -455,4 +483,4 @@ def cached_random_checkpoint(arch: str) -> Path:
 
     vocab = llama_bpe_vocab() if arch == "llama3" else qwen2_vocab()
     name = f"tiny-{arch}".replace("phi3", "phi-longrope")
-    return cached_checkpoint(f"{name}-r1", lambda d: random_checkpoint(d, arch, vocab))
+    return cached_checkpoint(f"{name}-r3", lambda d: random_checkpoint(d, arch, vocab))

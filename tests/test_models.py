@@ -26,7 +26,7 @@ LONG = " ".join(PROMPTS)
 VERY_LONG = " ".join(PROMPTS * 4)
 # Q8_0 rounds every weight, which can flip a decided top-1 here and there: the bounds are loose but far
 # from what a wrong tensor gives (KLD of order 1, top-1 agreement near chance).
-Q8_MAX_KLD = 0.01
+Q8_MAX_KLD = 0.03  # measured: up to 0.008 (SmolLM3, hidden 64); docs/models.md
 
 
 def _logits(gguf_path, prompts, n_ctx=256):

@@ -146,6 +146,11 @@ def check_config(arch: Arch, config: dict, hp: HParams) -> None:
         if field in config and config[field] not in allowed:
             raise _refuse(field, config[field], arch.hf_name,
                           f"edgekit converts only {' or '.join(json.dumps(v) for v in allowed)} there")
+    types = config.get("layer_types")
+    if not arch.sliding_window and isinstance(types, list) and "sliding_attention" in types \
+            and config.get("sliding_window"):
+        raise _refuse("layer_types", types, arch.hf_name,
+                      f"llama.cpp's {arch.gguf_name} graph has no sliding-window layers")
     kind = hp.rope_scaling.get("rope_type")
     if kind not in (None, "default") and kind not in arch.rope_types:
         raise UnsupportedModel(f"config.json: rope scaling type {kind!r} is not supported for {arch.hf_name}",

@@ -172,6 +172,8 @@ def _with_config(src, dst, **changes):
     [
         ("qwen3", {"use_sliding_window": True}, UnsupportedModel, "use_sliding_window=true"),
         ("qwen3", {"attention_bias": True}, UnsupportedModel, "attention_bias=true"),
+        ("qwen3", {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 4096},
+         UnsupportedModel, "layer_types=.*has no sliding-window layers"),
         ("qwen3", {"hidden_act": "gelu"}, UnsupportedModel, 'hidden_act="gelu"'),
         ("qwen3", {"head_dim": 16}, CorruptFile, "head_dim=16 but model.layers.0.self_attn"),
         ("qwen3", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 64}},
@@ -240,3 +242,41 @@ def test_llama3_vocabulary_tokenizes_as_llama_cpp_and_hf_and_ends_turns(converte
     assert tok.tokenize(b"Hi", add_bos=True, special=False)[0] == bos  # Llama 3 starts with <|begin_of_text|>
     gen = json.loads((ck / "generation_config.json").read_text())
     assert set(gen["eos_token_id"]) == {eot, eom, eos}
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama3", "smollm3", "gemma3", "phi3"])
+def test_5x_config_reads_as_the_4x_one(arch):
+    """transformers 5.x moves rope settings into rope_parameters (per layer type for Gemma 3): same hparams."""
+    from edgekit.convert.archs import arch_for, check_config
+    from edgekit.convert.hparams import read_hparams
+    from edgekit.convert.rope import rope_tensors
+    from edgekit.samples.checkpoints import as_5x_config
+
+    old = json.loads((cached_random_checkpoint(arch) / "config.json").read_text())
+    new = as_5x_config(old)
+    assert "rope_theta" not in new and "rope_parameters" in new
+    entry = arch_for(new)
+    hp_old, hp_new = read_hparams(old, entry.sliding_window), read_hparams(new, entry.sliding_window)
+    check_config(entry, new, hp_new)
+    assert {k: v for k, v in vars(hp_new).items() if k not in ("rope_scaling", "dtype")} == \
+        {k: v for k, v in vars(hp_old).items() if k not in ("rope_scaling", "dtype")}
+    assert hp_new.rope_scaling.get("rope_type") == hp_old.rope_scaling.get("rope_type")
+    old_t, new_t = rope_tensors(hp_old), rope_tensors(hp_new)
+    assert old_t.keys() == new_t.keys() and all(np.array_equal(old_t[k], new_t[k]) for k in old_t)
+
+
+@pytest.mark.slow
+def test_gemma3_linear_rope_on_global_layers_and_final_softcap(tmp_path):
+    """Gemma 3 4B+: linear rope scaling on the global layers only, and a final logit softcap if configured."""
+    from edgekit.samples.assets import qwen2_vocab
+    from edgekit.samples.checkpoints import random_checkpoint
+
+    ck = random_checkpoint(tmp_path / "gemma3-linear", "gemma3", qwen2_vocab(), dtype="f16",
+                           rope_scaling={"rope_type": "linear", "factor": 8.0}, final_logit_softcapping=30.0)
+    [f16] = convert(ck, out=tmp_path / "out", quant="f16")
+    reference = ReferenceModel(ck)
+    results = _logits(f16.path, [LONG])
+    _check(reference, results)
+    ids = results[0][0]
+    assert _differs(reference, ids, lambda r: setattr(r, "scaling", None)) > 0.1
+    assert _differs(ReferenceModel(ck), ids, lambda r: setattr(r, "softcap", 0.0)) > 0.1

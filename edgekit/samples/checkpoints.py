@@ -393,11 +393,33 @@ def _arch_specs(cfg: dict[str, Any], seed: int) -> Iterator[TensorSpec]:
         yield "lm_head.weight", (vocab, hidden), _normal(seed, "lm_head.weight", (vocab, hidden), emb_std)
 
 
+def as_5x_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A 4.x config.json of :data:`TINY_ARCHS` as transformers 5.x saves it (checked against what 5.25 wrote).
+
+    Rope settings move into ``rope_parameters`` (per layer type for Gemma 3, with Phi-3's partial rotary
+    factor and original context in it); ``layer_types`` is spelled out; ``torch_dtype`` becomes ``dtype``.
+    """
+    out = {k: v for k, v in cfg.items() if k not in ("rope_theta", "rope_scaling", "rope_local_base_freq", "torch_dtype")}
+    rope: dict[str, Any] = {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg["rope_theta"]}
+    rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
+    if cfg["model_type"] == "gemma3_text":
+        rope = {"full_attention": rope, "sliding_attention": {"rope_theta": cfg.get("rope_local_base_freq", 10000.0),
+                                                              "rope_type": "default"}}
+    if cfg["model_type"] == "phi3":
+        rope.update(partial_rotary_factor=cfg["partial_rotary_factor"],
+                    original_max_position_embeddings=cfg["original_max_position_embeddings"])
+    if cfg["model_type"] in ("qwen3", "smollm3"):
+        out["layer_types"] = ["full_attention"] * cfg["num_hidden_layers"]
+    out.update(rope_parameters=rope, dtype=cfg["torch_dtype"], transformers_version=TRANSFORMERS_5X)
+    return dict(sorted(out.items()))
+
+
 def random_checkpoint(out_dir: str | Path, arch: str, vocab_gguf: str | Path, *, seed: int = 0,
-                      dtype: str = "bf16", **overrides: Any) -> Path:
+                      dtype: str = "bf16", config_style: str = "4.x", **overrides: Any) -> Path:
     """Write a tiny checkpoint of ``arch`` (a key of :data:`TINY_ARCHS`) with the GGUF's real vocabulary.
 
-    ``overrides`` replace config.json keys (before the weights are drawn, so shapes follow them).
+    ``overrides`` replace config.json keys (before the weights are drawn, so shapes follow them);
+    ``config_style`` "5.x" writes config.json as transformers 5.x does (:func:`as_5x_config`).
     The embedding has the vocabulary GGUF's rows (Qwen2's 151936 holds 151646 tokens).
     """
     if arch not in TINY_ARCHS:
@@ -427,7 +449,7 @@ def random_checkpoint(out_dir: str | Path, arch: str, vocab_gguf: str | Path, *,
         "vocab_size": n_tokens, **spec, **overrides,
     }
     cfg = dict(sorted(cfg.items()))
-    write_json(out / "config.json", cfg)
+    write_json(out / "config.json", as_5x_config(cfg) if config_style == "5.x" else cfg)
     gen_eos: Any = sorted({eos, *ends} - {None}) if ends else eos
     write_json(out / "generation_config.json", {"bos_token_id": bos, "do_sample": False, "eos_token_id": gen_eos,
                                                 "transformers_version": TRANSFORMERS_4X})

@@ -280,3 +280,23 @@ def test_gemma3_linear_rope_on_global_layers_and_final_softcap(tmp_path):
     ids = results[0][0]
     assert _differs(reference, ids, lambda r: setattr(r, "scaling", None)) > 0.1
     assert _differs(ReferenceModel(ck), ids, lambda r: setattr(r, "softcap", 0.0)) > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen3", "llama3", "smollm3", "gemma3", "phi3"])
+def test_quantization_recipes_give_files_that_load(arch, tmp_path):
+    """Q4_K_M and a recipe load and generate; a recipe's rules follow the GGUF names, so on Phi-3 the fused
+    attn_qkv takes the recipe's base type (its attn_v rule has no tensor to apply to)."""
+    import edgekit
+    from edgekit.convert.tensor_quant import tensor_types
+
+    files = convert(cached_random_checkpoint(arch), out=tmp_path, quant="q4_k_m,q4-balanced")
+    for f in files:
+        with edgekit.load(f.path, n_ctx=256) as m:
+            assert len(m.generate("Hello there", max_tokens=4, temperature=0).tokens) == 4
+    types = tensor_types(files[1].path)
+    assert types["token_embd.weight"] == "Q8_0"
+    if arch == "phi3":
+        assert types["blk.0.attn_qkv.weight"] == "IQ4_NL" and "blk.0.attn_v.weight" not in types
+    else:
+        assert types["blk.0.attn_v.weight"] == "Q8_0"

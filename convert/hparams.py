@@ -73,6 +73,8 @@ def _rope(config: dict) -> tuple[float, dict, float | None]:
         scaling = dict(config.get("rope_scaling") or {})
     if scaling:
         scaling["rope_type"] = scaling.get("rope_type") or scaling.get("type")
+        if scaling["rope_type"] == "su":  # Phi-3's first name for longrope
+            scaling["rope_type"] = "longrope"
         kind = scaling["rope_type"]
         if kind not in (None, "default", *ROPE_SCALING_TYPES):
             raise UnsupportedModel(f"config.json: rope scaling type {kind!r} is not supported",

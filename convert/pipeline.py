@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gguf
@@ -115,6 +115,10 @@ def open_checkpoint(directory: Path, repo_id: str | None = None, url: str | None
     files = weight_files(directory)
     weights = WeightSet(files)
     # Check the config's counts against the weights before any work proportional to them.
+    if "tie_word_embeddings" not in config:
+        # transformers leaves out a value equal to its base default (tied), as Gemma 3's config.json does;
+        # the weights say it: no lm_head.weight means the embedding is the output.
+        hparams = replace(hparams, tied_embeddings="lm_head.weight" not in weights)
     n_blocks = count_blocks(weights.names(), arch.block_pattern, hparams)
     name_map = gguf.get_tensor_name_map(arch.gguf_arch, n_blocks)
     check_shapes(hparams, weights.tensors.values(), name_map, arch.fused_ffn)

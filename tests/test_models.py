@@ -208,6 +208,26 @@ def test_bad_config_is_refused_naming_the_field(tmp_path, arch, changes, error, 
     assert not (tmp_path / "out").exists()
 
 
+def test_tied_output_is_read_from_the_weights_when_the_config_leaves_it_out(tmp_path):
+    """transformers omits tie_word_embeddings when it equals its base default (true), as Gemma 3's config does."""
+    import gguf
+
+    config = json.loads((cached_random_checkpoint("gemma3") / "config.json").read_text())
+    del config["tie_word_embeddings"]
+    ck = _with_config(cached_random_checkpoint("gemma3"), tmp_path / "ck", **{})
+    (ck / "config.json").write_text(json.dumps(config))
+    [f16] = convert(ck, out=tmp_path / "out", quant="f16")
+    assert "output.weight" not in {t.name for t in gguf.GGUFReader(f16.path).tensors}
+
+
+def test_phi3_su_is_longrope(tmp_path):
+    config = json.loads((cached_random_checkpoint("phi3") / "config.json").read_text())
+    from edgekit.convert.hparams import read_hparams
+
+    config["rope_scaling"]["type"] = "su"
+    assert read_hparams(config).rope_scaling["rope_type"] == "longrope"
+
+
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
     bad = _with_config(cached_random_checkpoint("qwen3"), tmp_path / "bad", architectures=["Lfm2ForCausalLM"])
     with pytest.raises(UnsupportedModel, match="Lfm2ForCausalLM is not supported") as err:

@@ -104,3 +104,22 @@ def test_speculation_follow_up_and_state_are_exact(arch, tmp_path):
         assert m.load_state(path) >= len(ids)
         again = m.generate(longer, temperature=0, max_tokens=24, speculative="off")
         assert again.stats.cached_tokens == live.stats.cached_tokens and again.tokens == live.tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, end_of_turn, marker", [
+    ("qwen3", "<|im_end|>", "<|im_start|>assistant\n"),
+    ("llama3", "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("gemma3", "<|im_end|>", "<|im_start|>assistant\n"),
+])
+def test_chat_uses_the_models_template_and_stops_at_its_end_of_turn(arch, end_of_turn, marker):
+    """Random weights never choose to end a turn, so a logit bias makes the end-of-turn token the first
+    choice: generation must stop there, with nothing emitted, rather than running to max_tokens."""
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    with _load(arch) as m:
+        assert m.render_chat(messages).endswith(marker)
+        [eot] = m.tokenize(end_of_turn, add_special=False)
+        plain = m.chat(messages, temperature=0, max_tokens=8)
+        assert plain.finish_reason == "length"
+        ended = m.chat(messages, temperature=0, max_tokens=8, logit_bias={eot: 100.0})
+        assert ended.finish_reason == "eog" and ended.text == "" and eot not in ended.tokens

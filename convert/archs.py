@@ -124,7 +124,7 @@ ARCHS: dict[str, Arch] = {
         "SmolLM3ForCausalLM", gguf.MODEL_ARCH.SMOLLM3, permute_qk=True, requires=SILU + NO_SLIDING + NO_BIAS,
         check=_smollm3_rope_layers,
     ),
-    # Gemma 3 text (270M, 1B; the text part of 4B+ too): (1 + w) norms, GELU-tanh, sliding-window layers
+    # Gemma 3 text (270M, 1B): (1 + w) norms, GELU-tanh, sliding-window layers
     "Gemma3ForCausalLM": Arch(
         "Gemma3ForCausalLM", gguf.MODEL_ARCH.GEMMA3, permute_qk=False, block_tensors=GEMMA3_BLOCK,
         rope_types=("linear",), norm_shift=1.0, sliding_window=True, check=_gemma3_config,

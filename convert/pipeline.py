@@ -10,25 +10,24 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gguf
 
 from edgekit.atomic import atomic_output, check_free_space, check_writable, scratch_file
-from edgekit.convert.archs import Arch, arch_for
+from edgekit.convert.archs import Arch, arch_for, check_config
 from edgekit.convert.hparams import HParams, check_shapes, count_blocks, read_hparams
 from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
 from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize
+from edgekit.convert.rope import rope_tensors, write_rope_keys
 from edgekit.convert.safetensors import WeightSet
 from edgekit.convert.vocab import Vocab, load_vocab, read_json_object, write_vocab
-from edgekit.convert.writer import TensorPlan, write_gguf
+from edgekit.convert.writer import TensorPlan, generated, write_gguf
 from edgekit.errors import CorruptFile, EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Per-block tensors every Llama-family layer must have.
-REQUIRED_BLOCK = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
 
 
 @dataclass(frozen=True)
@@ -110,13 +109,19 @@ def open_checkpoint(directory: Path, repo_id: str | None = None, url: str | None
         raise MissingFiles(f"{directory} has no config.json", "Point at a Hugging Face checkpoint directory.")
     config = read_json_object(directory / "config.json")
     arch = arch_for(config)
-    hparams = read_hparams(config)
+    hparams = read_hparams(config, arch.sliding_window)
+    check_config(arch, config, hparams)
+    rope_tensors(hparams)  # refuses factor lists of the wrong length before any work
     files = weight_files(directory)
     weights = WeightSet(files)
     # Check the config's counts against the weights before any work proportional to them.
+    if "tie_word_embeddings" not in config:
+        # transformers leaves out a value equal to its base default (tied), as Gemma 3's config.json does;
+        # the weights say it: no lm_head.weight means the embedding is the output.
+        hparams = replace(hparams, tied_embeddings="lm_head.weight" not in weights)
     n_blocks = count_blocks(weights.names(), arch.block_pattern, hparams)
     name_map = gguf.get_tensor_name_map(arch.gguf_arch, n_blocks)
-    check_shapes(hparams, weights.tensors.values(), name_map)
+    check_shapes(hparams, weights.tensors.values(), name_map, arch.fused_ffn)
     token_config = dict(config)
     if (directory / "generation_config.json").is_file():
         generation = read_json_object(directory / "generation_config.json")
@@ -149,7 +154,9 @@ def plan_tensors(ckpt: Checkpoint, out_type: str) -> list[TensorPlan]:
             heads = hp.n_head_kv
         # 1-D tensors (norms, biases) stay F32, as llama.cpp's converter keeps them.
         storage = "F32" if len(ref.shape) < 2 else out_type
-        plans.append(TensorPlan(name, ref, storage, heads))
+        shift = ckpt.arch.norm_shift if name.endswith("norm.weight") else 0.0
+        plans.append(TensorPlan(name, ref, storage, heads, shift))
+    plans += [generated(name, values) for name, values in rope_tensors(hp).items()]
     _check_complete(ckpt, {p.name for p in plans})
     return plans
 
@@ -159,7 +166,7 @@ def _check_complete(ckpt: Checkpoint, present: set[str]) -> None:
     needed = ["token_embd.weight", "output_norm.weight"]
     if not hp.tied_embeddings:
         needed.append("output.weight")
-    needed += [f"blk.{i}.{part}.weight" for i in range(hp.n_layer) for part in REQUIRED_BLOCK]
+    needed += [f"blk.{i}.{part}.weight" for i in range(hp.n_layer) for part in ckpt.arch.block_tensors]
     missing = [n for n in needed if n not in present]
     if missing:
         raise MissingFiles(f"the checkpoint lacks {len(missing)} tensors, first {missing[0]}",
@@ -176,22 +183,20 @@ def _write_hparams(writer: gguf.GGUFWriter, ckpt: Checkpoint) -> None:
     writer.add_head_count_kv(hp.n_head_kv)
     writer.add_rope_freq_base(hp.rope_theta)
     writer.add_layer_norm_rms_eps(hp.rms_eps)
-    if ckpt.arch.write_rope_dims:
-        writer.add_rope_dimension_count(hp.head_dim)
+    if ckpt.arch.write_rope_dims or hp.n_rot != hp.head_dim:
+        writer.add_rope_dimension_count(hp.n_rot)
     if ckpt.arch.write_vocab_size:
         writer.add_vocab_size(len(ckpt.vocab.tokens))
     if hp.head_dim != hp.n_embd // hp.n_head:
         writer.add_key_length(hp.head_dim)
         writer.add_value_length(hp.head_dim)
-    scaling = hp.rope_scaling
-    kind = scaling.get("rope_type")
-    if kind == "yarn":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(scaling["factor"])
-        writer.add_rope_scaling_orig_ctx_len(scaling.get("original_max_position_embeddings", hp.n_ctx_train))
-    elif kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(scaling["factor"])
+    write_rope_keys(writer, hp)
+    if hp.sliding_window:
+        writer.add_sliding_window(hp.sliding_window)
+        writer.add_sliding_window_pattern(list(hp.swa_layers))
+        writer.add_rope_freq_base_swa(hp.rope_theta_swa or 10000.0)  # transformers' default rope_local_base_freq
+    if hp.logit_softcap:
+        writer.add_final_logit_softcapping(hp.logit_softcap)
 
 
 def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):

@@ -12,7 +12,7 @@ import itertools
 import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class TensorPlan:
     ref: TensorRef
     out: str  # a key of FLOAT_OUT
     permute_heads: int = 0  # > 0: reorder rows for llama.cpp's rope with this many heads
+    shift: float = 0.0  # added to every value (Gemma's (1 + w) norms); 1-D tensors only
+    values: np.ndarray | None = field(default=None, compare=False)  # generated, not read from ``ref`` (rope factors)
 
     @property
     def nbytes(self) -> int:
@@ -62,7 +64,7 @@ def _convert(raw: np.ndarray, src: str, out: str) -> np.ndarray:
 def _chunk_tasks(plan: TensorPlan) -> list[tuple[int, int] | None]:
     """Row ranges to convert independently; [None] means the whole tensor at once."""
     ref = plan.ref
-    if plan.permute_heads or len(ref.shape) < 2:
+    if plan.permute_heads or plan.values is not None or len(ref.shape) < 2:
         return [None]
     n_rows = ref.shape[0]
     step = max(1, CHUNK_ELEMENTS // max(1, ref.n_elements // max(n_rows, 1)))
@@ -72,7 +74,10 @@ def _chunk_tasks(plan: TensorPlan) -> list[tuple[int, int] | None]:
 def _convert_chunk(plan: TensorPlan, rows: tuple[int, int] | None) -> np.ndarray:
     """Read and convert one row range (or the whole tensor, permuting Q/K rows if needed)."""
     ref = plan.ref
-    raw = read_raw(ref, rows)
+    raw = plan.values if plan.values is not None else read_raw(ref, rows)
+    if plan.shift:
+        values = bf16_to_f32(raw) if ref.dtype == "BF16" else raw.astype(np.float32)
+        return _convert(values + np.float32(plan.shift), "F32", plan.out)
     if not plan.permute_heads:
         return _convert(raw, ref.dtype, plan.out)
     values = bf16_to_f32(raw) if ref.dtype == "BF16" else raw
@@ -129,6 +134,13 @@ class _BulkKVWriter(gguf.GGUFWriter):
                 body = np.asarray(val, dtype="<i4").tobytes()
                 return head + struct.pack("<IQ", gguf.GGUFValueType.INT32, len(val)) + body
         return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
+def generated(name: str, values: np.ndarray) -> TensorPlan:
+    """A plan for a tensor the converter computes (float32 ``values``), stored as F32."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    ref = TensorRef(name, Path("<generated>"), "F32", tuple(values.shape), 0, values.nbytes)
+    return TensorPlan(name, ref, "F32", values=values)
 
 
 def write_gguf(path: Path, writer_setup, plans: list[TensorPlan], arch: str, progress: ProgressFn | None = None) -> None:

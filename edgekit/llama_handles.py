@@ -118,6 +118,9 @@ def new_context(model: Any, info: ModelInfo, plan: Plan, *, threads: int, n_batc
     cp.type_v = ggml_type_id(plan.type_v)
     cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
     cp.no_perf = True
+    # Sliding-window layers (Gemma 3) keep every cell, not just the last window: rejected drafts, a reused
+    # prefix and a restored state may rewind past the window. llama.cpp's default; the plan counts it.
+    cp.swa_full = True
     if plan.n_ctx > info.n_ctx_train and rope_scaling:
         cp.rope_scaling_type = (L.LLAMA_ROPE_SCALING_TYPE_YARN if rope_scaling == "yarn"
                                 else L.LLAMA_ROPE_SCALING_TYPE_LINEAR)

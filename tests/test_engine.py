@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_models import tiny_qwen2_gguf
+from loaded_models import tiny_qwen2_gguf
 
 import edgekit
 from edgekit import _llama

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from runtime_models import QUESTION, SYSTEM, smol
+from loaded_models import QUESTION, SYSTEM, smol
 
 import edgekit
 from edgekit.errors import ContextOverflow, EdgekitError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from runtime_models import QUESTION, SYSTEM, smol
+from loaded_models import QUESTION, SYSTEM, smol
 
 import edgekit
 from edgekit.errors import ContextOverflow, EdgekitError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from runtime_models import tiny_qwen2_gguf
+from loaded_models import tiny_qwen2_gguf
 
 import edgekit
 import edgekit.store

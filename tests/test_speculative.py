@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 
 import pytest
-from runtime_models import SYSTEM, smol
+from loaded_models import SYSTEM, smol
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -411,7 +411,7 @@ def test_draft_model_sampling_distribution_is_unchanged(pair):
 
 
 def test_a_draft_model_with_another_vocabulary_is_refused(smollm2_gguf):
-    from runtime_models import tiny_qwen2_gguf
+    from loaded_models import tiny_qwen2_gguf
 
     _, qwen = tiny_qwen2_gguf()
     with pytest.raises(EdgekitError, match="does not share") as err:

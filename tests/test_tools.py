@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runtime_models import smol, tiny_qwen2_gguf
+from loaded_models import smol, tiny_qwen2_gguf
 
 import edgekit
 from edgekit.runtime import tool_prompt, tools

@@ -20,8 +20,11 @@ import platformdirs
 CACHE = Path(os.environ.get("EDGEKIT_ASSETS") or platformdirs.user_cache_path("edgekit") / "assets")
 
 
-def _locked_fetch(name: str, spec: str, extra: list[str], extract) -> Path:
-    """Download ``spec`` once and run ``extract(download_dir, out_dir)``; return out_dir."""
+def _locked_fetch(name: str, spec: str, extra: list[str], extract, download: str | None = None) -> Path:
+    """Download ``spec`` once and run ``extract(download_dir, out_dir)``; return out_dir.
+
+    ``download`` names the download directory when several assets share one package.
+    """
     out = CACHE / name
     done = out / ".done"
     if done.exists():
@@ -31,7 +34,7 @@ def _locked_fetch(name: str, spec: str, extra: list[str], extract) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
             return out
-        dl = CACHE / f"{name}.download"
+        dl = CACHE / f"{download or name}.download"
         dl.mkdir(exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl), *extra, spec],
                        check=True)
@@ -48,20 +51,34 @@ def _llama_cpp_version() -> str:
         return "0.3.36"
 
 
-def qwen2_vocab() -> Path:
-    """Path of llama.cpp's ``ggml-vocab-qwen2.gguf`` (with ``.inp``/``.out`` beside it)."""
+def llama_cpp_vocab(name: str) -> Path:
+    """Path of llama.cpp's ``ggml-vocab-<name>.gguf`` (with ``.inp``/``.out`` beside it), from the
+    llama.cpp source vendored in the llama-cpp-python sdist (the sdist is downloaded once for all vocabularies)."""
+    filename = f"ggml-vocab-{name}.gguf"
 
     def extract(dl: Path, out: Path) -> None:
         sdist = next(dl.glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():
-                if "/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf" in member.name and member.isfile():
+                if f"/vendor/llama.cpp/models/{filename}" in member.name and member.isfile():
                     member.name = Path(member.name).name
                     tar.extract(member, out)
 
     spec = f"llama-cpp-python=={_llama_cpp_version()}"
-    out = _locked_fetch("qwen2-vocab", spec, ["--no-binary", ":all:"], extract)
-    return out / "ggml-vocab-qwen2.gguf"
+    out = _locked_fetch(f"{name}-vocab", spec, ["--no-binary", ":all:"], extract, download="qwen2-vocab")
+    if not (out / filename).is_file():
+        raise FileNotFoundError(f"{spec}'s sdist has no vendor/llama.cpp/models/{filename}")
+    return out / filename
+
+
+def qwen2_vocab() -> Path:
+    """Path of llama.cpp's ``ggml-vocab-qwen2.gguf`` (with ``.inp``/``.out`` beside it)."""
+    return llama_cpp_vocab("qwen2")
+
+
+def llama_bpe_vocab() -> Path:
+    """Path of llama.cpp's ``ggml-vocab-llama-bpe.gguf``: Llama 3's 128k byte-level BPE vocabulary."""
+    return llama_cpp_vocab("llama-bpe")
 
 
 def smollm2_gguf() -> Path:

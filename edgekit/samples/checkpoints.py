@@ -4,6 +4,9 @@
   real Qwen2 vocabulary and seeded random weights, in either config format.
 - ``full_size_qwen2_checkpoint``: the Qwen2.5-0.5B architecture at full size
   with random weights, for speed and memory measurements.
+- ``random_checkpoint``: a tiny Qwen3, Llama 3.x, SmolLM3, Gemma 3 or Phi-3
+  checkpoint (:data:`TINY_ARCHS`) with a real vocabulary and seeded random weights,
+  norms away from their defaults, each architecture's special features switched on.
 - ``cached_checkpoint``: build one of them once per machine in the asset cache.
 
 :mod:`edgekit.samples.smollm2` recovers SmolLM2-135M-Instruct's real weights
@@ -280,6 +283,180 @@ def full_size_qwen2_checkpoint(out_dir: str | Path, vocab_gguf: str | Path, shar
     return out
 
 
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+
+# Llama 3.1 renamed three of Llama 3's reserved special tokens; llama.cpp's llama-bpe vocabulary is Llama 3's.
+LLAMA31_SPECIALS = {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"}
+
+
+def _as_llama31(out: Path, names: dict[int, str] = LLAMA31_SPECIALS) -> None:
+    """Make llama.cpp's Llama 3 tokenizer files Llama 3.1/3.2's: renamed specials, BOS added by the post-processor."""
+    tok_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    for tok in tok_json["added_tokens"]:
+        tok["content"] = names.get(tok["id"], tok["content"])
+    bos = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
+    tok_json["post_processor"] = {"type": "Sequence", "processors": [tok_json["post_processor"], {
+        "type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                 "tokens": ["<|begin_of_text|>"]}}}]}
+    write_json(out / "tokenizer.json", tok_json)
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    del tok_cfg["add_bos_token"]  # Llama 3's tokenizer_config.json leaves it to the post-processor
+    for token_id, text in names.items():
+        tok_cfg["added_tokens_decoder"][str(token_id)]["content"] = text
+    tok_cfg["additional_special_tokens"] = [t["content"] for t in tok_json["added_tokens"] if t["special"]
+                                            and t["content"] not in (tok_cfg["bos_token"], tok_cfg["eos_token"])]
+    write_json(out / "tokenizer_config.json", tok_cfg)
+
+
+# Each tiny architecture: its config.json (transformers 4.x keys), with what makes it different switched on.
+# Shapes are small; head_dim, windows and rope thresholds are small too, so short prompts cross them.
+TINY_ARCHS: dict[str, dict[str, Any]] = {
+    # head_dim 32 with hidden 64 and 4 heads (128 != 64), untied output (Qwen3-4B and larger)
+    "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 32, "hidden_act": "silu",
+              "attention_bias": False, "use_sliding_window": False, "sliding_window": None, "max_window_layers": 2,
+              "rope_theta": 1e6, "rope_scaling": None, "max_position_embeddings": 4096, "tie_word_embeddings": False},
+    # Llama 3.2's rope scaling with a small original context, so 64 tokens span all three frequency bands
+    "llama3": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "head_dim": 16, "hidden_act": "silu",
+               "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "rope_theta": 500000.0,
+               "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                "original_max_position_embeddings": 64, "rope_type": "llama3"},
+               "max_position_embeddings": 2048, "tie_word_embeddings": True},
+    # 4 layers: layer 3 has no rope (SmolLM3's every 4th layer)
+    "smollm3": {"architectures": ["SmolLM3ForCausalLM"], "model_type": "smollm3", "layers": 4, "hidden_act": "silu",
+                "attention_bias": False, "mlp_bias": False, "use_sliding_window": False, "sliding_window": None,
+                "no_rope_layer_interval": 4, "no_rope_layers": [1, 1, 1, 0], "rope_theta": 5e6, "rope_scaling": None,
+                "max_position_embeddings": 4096, "max_window_layers": 4, "tie_word_embeddings": True},
+    # an 8-token window on an irregular layer pattern, its own local rope base, query_pre_attn_scalar = head_dim
+    "gemma3": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "layers": 4, "head_dim": 32,
+               "hidden_activation": "gelu_pytorch_tanh", "attention_bias": False, "attn_logit_softcapping": None,
+               "final_logit_softcapping": None, "query_pre_attn_scalar": 32, "sliding_window": 8,
+               "layer_types": ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+               "rope_theta": 1e6, "rope_local_base_freq": 10000.0, "rope_scaling": None,
+               "max_position_embeddings": 4096, "use_bidirectional_attention": False, "tie_word_embeddings": True},
+    # Phi-4-mini's shape of things: partial rotary 0.75, longrope past 256 tokens, window >= context (inactive)
+    "phi3": {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden": 128, "hidden_act": "silu",
+             "partial_rotary_factor": 0.75, "original_max_position_embeddings": 256, "max_position_embeddings": 1024,
+             "rope_theta": 10000.0, "sliding_window": 2048, "tie_word_embeddings": True,
+             "rope_scaling": {"type": "longrope", "long_factor": [1.0 + 0.5 * i for i in range(12)],
+                              "short_factor": [1.0 + 0.05 * i for i in range(12)]}},
+}
+
+
+def _arch_specs(cfg: dict[str, Any], seed: int) -> Iterator[TensorSpec]:
+    """Tensors for one of TINY_ARCHS, scaled like :func:`_qwen2_specs`; every norm is away from its default."""
+    hidden, heads, kv, ff = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    vocab = cfg["vocab_size"]
+    gemma = cfg["model_type"] == "gemma3_text"
+    fused = cfg["model_type"] == "phi3"
+    emb_std = 4.0 / math.sqrt(hidden)
+    branch = 0.8 * emb_std
+    norm_mean = 0.0 if gemma else 1.0  # Gemma stores w of (1 + w)
+
+    def mat(name: str, rows: int, cols: int, gain: float = 1.0) -> TensorSpec:
+        return name, (rows, cols), _normal(seed, name, (rows, cols), gain / math.sqrt(cols))
+
+    def norm(name: str, n: int, mean: float = norm_mean) -> TensorSpec:
+        return name, (n,), _normal(seed, name, (n,), 0.1, mean)
+
+    yield "model.embed_tokens.weight", (vocab, hidden), _normal(seed, "model.embed_tokens.weight", (vocab, hidden),
+                                                                emb_std)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        yield norm(p + "input_layernorm.weight", hidden)
+        yield norm(p + "post_attention_layernorm.weight", hidden)
+        if gemma:
+            yield norm(p + "pre_feedforward_layernorm.weight", hidden)
+            yield norm(p + "post_feedforward_layernorm.weight", hidden, 1.0)  # effective 2: branches count
+        if fused:
+            yield mat(p + "self_attn.qkv_proj.weight", (heads + 2 * kv) * head_dim, hidden, 1.5)
+            yield mat(p + "mlp.gate_up_proj.weight", 2 * ff, hidden)
+        else:
+            yield mat(p + "self_attn.q_proj.weight", heads * head_dim, hidden, 1.5)
+            yield mat(p + "self_attn.k_proj.weight", kv * head_dim, hidden, 1.5)
+            yield mat(p + "self_attn.v_proj.weight", kv * head_dim, hidden)
+            yield mat(p + "mlp.gate_proj.weight", ff, hidden)
+            yield mat(p + "mlp.up_proj.weight", ff, hidden)
+        if cfg["model_type"] in ("qwen3", "gemma3_text"):
+            yield norm(p + "self_attn.q_norm.weight", head_dim)
+            yield norm(p + "self_attn.k_norm.weight", head_dim)
+        yield mat(p + "self_attn.o_proj.weight", hidden, heads * head_dim, branch)
+        yield mat(p + "mlp.down_proj.weight", hidden, ff, branch * 2)
+    yield norm("model.norm.weight", hidden)
+    if not cfg["tie_word_embeddings"]:
+        yield "lm_head.weight", (vocab, hidden), _normal(seed, "lm_head.weight", (vocab, hidden), emb_std)
+
+
+def as_5x_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A 4.x config.json of :data:`TINY_ARCHS` as transformers 5.x saves it (checked against what 5.25 wrote).
+
+    Rope settings move into ``rope_parameters`` (per layer type for Gemma 3, with Phi-3's partial rotary
+    factor and original context in it); ``layer_types`` is spelled out; ``torch_dtype`` becomes ``dtype``.
+    """
+    out = {k: v for k, v in cfg.items() if k not in ("rope_theta", "rope_scaling", "rope_local_base_freq", "torch_dtype")}
+    rope: dict[str, Any] = {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg["rope_theta"]}
+    rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
+    if cfg["model_type"] == "gemma3_text":
+        rope = {"full_attention": rope, "sliding_attention": {"rope_theta": cfg.get("rope_local_base_freq", 10000.0),
+                                                              "rope_type": "default"}}
+    if cfg["model_type"] == "phi3":
+        rope.update(partial_rotary_factor=cfg["partial_rotary_factor"],
+                    original_max_position_embeddings=cfg["original_max_position_embeddings"])
+    if cfg["model_type"] in ("qwen3", "smollm3"):
+        out["layer_types"] = ["full_attention"] * cfg["num_hidden_layers"]
+    out.update(rope_parameters=rope, dtype=cfg["torch_dtype"], transformers_version=TRANSFORMERS_5X)
+    return dict(sorted(out.items()))
+
+
+def random_checkpoint(out_dir: str | Path, arch: str, vocab_gguf: str | Path, *, seed: int = 0,
+                      dtype: str = "bf16", config_style: str = "4.x", **overrides: Any) -> Path:
+    """Write a tiny checkpoint of ``arch`` (a key of :data:`TINY_ARCHS`) with the GGUF's real vocabulary.
+
+    ``overrides`` replace config.json keys (before the weights are drawn, so shapes follow them);
+    ``config_style`` "5.x" writes config.json as transformers 5.x does (:func:`as_5x_config`).
+    The embedding has the vocabulary GGUF's rows (Qwen2's 151936 holds 151646 tokens).
+    """
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(TINY_ARCHS)}, not {arch!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = dict(TINY_ARCHS[arch])
+    layers = spec.pop("layers", 2)
+    hidden = spec.pop("hidden", 64)
+    n_tokens = len(gguf_metadata(vocab_gguf)["tokenizer.ggml.tokens"])
+    tok_cfg = write_tokenizer(out, vocab_gguf, model_max_length=spec["max_position_embeddings"])
+    if gguf_metadata(vocab_gguf).get("tokenizer.ggml.pre") == "llama-bpe":  # make it Llama 3.1/3.2's
+        _as_llama31(out)
+        tok_cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tok_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    bos = _token_id(tok_json, tok_cfg["bos_token"]) if tok_cfg.get("bos_token") else None
+    eos = _token_id(tok_json, tok_cfg["eos_token"]) if tok_cfg.get("eos_token") else None
+    ends = [t for t in (_token_id(tok_json, s) for s in ("<|im_end|>", "<|eom_id|>", "<|eot_id|>")) if t is not None]
+    if _token_id(tok_json, "<|eot_id|>") is not None:
+        tok_cfg["chat_template"] = LLAMA3_TEMPLATE
+        write_json(out / "tokenizer_config.json", tok_cfg)
+    cfg: dict[str, Any] = {
+        "attention_dropout": 0.0, "bos_token_id": bos, "eos_token_id": eos, "hidden_size": hidden,
+        "initializer_range": 0.02, "intermediate_size": 2 * hidden, "num_attention_heads": 4,
+        "num_hidden_layers": layers, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "torch_dtype": DTYPES[dtype][1], "transformers_version": TRANSFORMERS_4X, "use_cache": True,
+        "vocab_size": n_tokens, **spec, **overrides,
+    }
+    cfg = dict(sorted(cfg.items()))
+    write_json(out / "config.json", as_5x_config(cfg) if config_style == "5.x" else cfg)
+    gen_eos: Any = sorted({eos, *ends} - {None}) if ends else eos
+    write_json(out / "generation_config.json", {"bos_token_id": bos, "do_sample": False, "eos_token_id": gen_eos,
+                                                "transformers_version": TRANSFORMERS_4X})
+    write_weights(out, list(_arch_specs(cfg, seed)), DTYPES[dtype][0], 1, {"edgekit": RANDOM_NOTE})
+    return out
+
+
 # Bump when a builder's output changes, so per-machine caches are rebuilt.
 BUILD_VERSION = "2"
 
@@ -316,3 +493,16 @@ def cached_full_size_qwen2_checkpoint() -> Path:
     from edgekit.samples.assets import qwen2_vocab
 
     return cached_checkpoint("qwen2.5-0.5b-random-hf", lambda d: full_size_qwen2_checkpoint(d, qwen2_vocab()))
+
+
+def cached_random_checkpoint(arch: str) -> Path:
+    """A tiny checkpoint of ``arch`` (a key of :data:`TINY_ARCHS`), built once per machine.
+
+    Its directory, which becomes the GGUF's ``general.name``, never contains "phi3": llama.cpp
+    marks every special token rstrip for models so named (real Phi-3 tokenizers do that).
+    """
+    from edgekit.samples.assets import llama_bpe_vocab, qwen2_vocab
+
+    vocab = llama_bpe_vocab() if arch == "llama3" else qwen2_vocab()
+    name = f"tiny-{arch}".replace("phi3", "phi-longrope")
+    return cached_checkpoint(f"{name}-r3", lambda d: random_checkpoint(d, arch, vocab))

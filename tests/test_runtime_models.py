@@ -1,0 +1,125 @@
+"""The runtime on each new architecture: greedy output equal to llama-cpp-python like for like, speculation
+lossless, follow-up turns and saved state exact, on the tiny checkpoints of tests/test_models.py.
+
+Gemma 3's sliding-window layers are the hard case: with a KV cache of only the last window, removing
+rejected drafts, reusing a prefix or restoring a state could compute something else. edgekit keeps
+llama.cpp's default full-size SWA cache (``swa_full``), so every layer keeps every cell and these paths
+work as on any model; the memory plan counts every layer at n_ctx, which is what llama.cpp allocates.
+The Gemma 3 tests rewind far past its 8-token window, so they would fail with a window-sized cache.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+import edgekit
+from edgekit.runtime import speculative
+
+ARCHS = ["qwen3", "llama3", "smollm3", "gemma3", "phi3"]
+PROMPT = ("The lighthouse on Marrow Point was built in 1874 from granite quarried on the island itself. "
+          "Its lamp burned whale oil until 1902, when the keepers switched to kerosene.")
+N_CTX = 512
+
+
+@functools.cache
+def _gguf(arch: str):
+    import tempfile
+    from pathlib import Path
+
+    from edgekit.convert import convert
+    from edgekit.samples.checkpoints import cached_random_checkpoint
+
+    [f16] = convert(cached_random_checkpoint(arch), out=Path(tempfile.mkdtemp(prefix=f"edgekit-{arch}-")), quant="f16")
+    return f16.path
+
+
+def _load(arch: str):
+    m = edgekit.load(_gguf(arch), n_ctx=N_CTX, kv_cache="f16", flash_attn=True, threads=2, n_ubatch=512, seed=1)
+    # price drafts by the prior curve, so drafting doesn't depend on this CPU's timings (as test_speculative.py does)
+    curve = speculative.CostCurve()
+    curve.observe = lambda n, seconds: None
+    m._engine.cost_curve = curve
+    return m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_equals_llama_cpp_python(arch):
+    import llama_cpp
+    from llama_cpp import Llama
+
+    with _load(arch) as m:
+        ours = m.generate(PROMPT, temperature=0, max_tokens=32, speculative="off")
+        prompt_ids = m.tokenize(PROMPT)
+    llm = Llama(str(_gguf(arch)), n_ctx=N_CTX, n_batch=512, n_ubatch=512, n_threads=2, flash_attn=True,
+                verbose=False, seed=1)
+    try:
+        assert llm.tokenize(PROMPT.encode(), add_bos=True, special=True) == prompt_ids
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        theirs = []
+        for token in llm.generate(prompt_ids, temp=0.0):
+            if llama_cpp.llama_vocab_is_eog(vocab, token) or len(theirs) == 32:
+                break
+            theirs.append(token)
+    finally:
+        llm.close()
+    assert len(ours.tokens) > 8
+    assert ours.tokens == theirs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gemma3", "smollm3", "phi3"])  # the ones whose random weights repeat
+def test_speculation_follow_up_and_state_are_exact(arch, tmp_path):
+    with _load(arch) as m:
+        # speculation: the same tokens as one at a time (random weights soon repeat themselves, so drafts come;
+        # they are all accepted, so rejection is covered by the rewinds below, which go much further back)
+        m.reset()
+        off = m.generate(PROMPT, temperature=0, max_tokens=64, speculative="off")
+        cached_off = m.cached_tokens
+        m.reset()
+        on = m.generate(PROMPT, temperature=0, max_tokens=64, speculative="ngram")
+        assert on.tokens == off.tokens
+        assert m.cached_tokens == cached_off  # drafts past max_tokens left nothing behind
+        assert on.stats.accepted_tokens > 0
+        # a follow-up that extends the cache, and one that leaves it 40 tokens back (far past any window)
+        longer = PROMPT + " " + on.text + " The last keeper left in 1989."
+        follow = m.generate(longer, temperature=0, max_tokens=24, speculative="off")
+        assert follow.stats.cached_tokens > 40
+        ids = m.tokenize(PROMPT)
+        branch = ids[:-40] + m.tokenize(" and the light has run by itself ever since", add_special=False)
+        reused = m.generate(branch, temperature=0, max_tokens=24, speculative="off")
+        assert reused.stats.cached_tokens == len(ids) - 40
+        m.reset()
+        assert m.generate(longer, temperature=0, max_tokens=24, speculative="off").tokens == follow.tokens
+        m.reset()
+        assert m.generate(branch, temperature=0, max_tokens=24, speculative="off").tokens == reused.tokens
+        # saved state: restored, it continues exactly as the live cache did
+        m.reset()
+        m.generate(PROMPT, temperature=0, max_tokens=1, speculative="off")
+        path = m.save_state(tmp_path / "s.state")
+        live = m.generate(longer, temperature=0, max_tokens=24, speculative="off")
+        m.reset()
+        assert m.load_state(path) >= len(ids)
+        again = m.generate(longer, temperature=0, max_tokens=24, speculative="off")
+        assert again.stats.cached_tokens == live.stats.cached_tokens and again.tokens == live.tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, end_of_turn, marker", [
+    ("qwen3", "<|im_end|>", "<|im_start|>assistant\n"),
+    ("llama3", "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("gemma3", "<|im_end|>", "<|im_start|>assistant\n"),
+])
+def test_chat_uses_the_models_template_and_stops_at_its_end_of_turn(arch, end_of_turn, marker):
+    """Random weights never choose to end a turn, so a logit bias makes the end-of-turn token the first
+    choice: generation must stop there, with nothing emitted, rather than running to max_tokens."""
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    with _load(arch) as m:
+        assert m.render_chat(messages).endswith(marker)
+        [eot] = m.tokenize(end_of_turn, add_special=False)
+        plain = m.chat(messages, temperature=0, max_tokens=8)
+        assert plain.finish_reason == "length"
+        ended = m.chat(messages, temperature=0, max_tokens=8, logit_bias={eot: 100.0})
+        assert ended.finish_reason == "eog" and ended.text == "" and eot not in ended.tokens

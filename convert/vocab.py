@@ -1,4 +1,4 @@
-"""tokenizer.json (byte-level BPE) to the GGUF vocabulary.
+"""tokenizer.json (byte-level BPE) or a SentencePiece vocabulary to the GGUF vocabulary.
 
 llama.cpp does not run the HF pre-tokenizer itself; it picks one of its built-in
 pre-tokenizers by the name in ``tokenizer.ggml.pre``. llama.cpp's own converter
@@ -7,6 +7,9 @@ retrained vocabulary is refused. edgekit instead reads the pre-tokenizer's
 *definition* (its split regexes) from tokenizer.json and maps it through
 :data:`PRE_TOKENIZERS`, so a new vocabulary with a known pre-tokenizer converts.
 The tests prove llama.cpp then tokenizes exactly as the HF tokenizer does.
+
+SentencePiece vocabularies (``tokenizer.model``, or a tokenizer.json BPE with byte fallback
+and ``▁`` for spaces) become llama.cpp's ``llama`` tokenizer: see :mod:`edgekit.convert.vocab_spm`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import gguf
 
+from edgekit.convert import vocab_spm
 from edgekit.errors import MissingFiles, UnsupportedModel
 
 _QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -69,6 +73,11 @@ class Vocab:
     add_bos: bool
     add_eos: bool
     chat_template: str | None
+    model: str = "gpt2"  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    scores: list[float] | None = None  # SentencePiece only
+    add_space_prefix: bool = False  # SentencePiece only: "▁" before the text (Llama 2 yes, Gemma no)
+    # The file llama.cpp's tokenization is checked against at conversion time (SentencePiece only).
+    reference: Path | None = None
 
 
 def _pre_steps(pre: dict | None) -> tuple[str, ...]:
@@ -160,29 +169,52 @@ def load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
 
 def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
     directory = Path(directory)
-    tok_path = directory / "tokenizer.json"
-    if not tok_path.is_file():
-        present = [p for p in ("vocab.json", "merges.txt", "tokenizer.model") if (directory / p).is_file()]
+    tok_path, spm_path = directory / "tokenizer.json", directory / "tokenizer.model"
+    tok_config = read_json_object(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+    scores: dict[int, float] = {}
+    base_types: dict[int, int] = {}
+    added: list[dict] = []
+    if tok_path.is_file():
+        tokenizer = read_json_object(tok_path)
+        added = list(tokenizer.get("added_tokens", []))
+        if vocab_spm.is_spm_json(tokenizer):
+            kind, pre, reference = "llama", "default", tok_path
+            add_space_prefix = vocab_spm.add_space_prefix_of(tokenizer)
+            by_id, scores, base_types = vocab_spm.json_pieces(tokenizer)
+        else:
+            kind, pre, reference, add_space_prefix = "gpt2", detect_pre(tokenizer), None, False
+            by_id = {int(i): t for t, i in tokenizer["model"].get("vocab", {}).items()}
+        merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])] if kind == "gpt2" else []
+        adds_bos = _post_processor_adds_bos(tokenizer)
+    elif spm_path.is_file():
+        proto = vocab_spm.read_model_proto(spm_path)
+        kind, pre, reference, merges = "llama", "default", spm_path, []
+        add_space_prefix = bool(proto.normalizer_spec.add_dummy_prefix)
+        by_id, scores, base_types = vocab_spm.proto_pieces(proto)
+        # A tokenizer.model comes with its added tokens in tokenizer_config.json.
+        decoder = tok_config.get("added_tokens_decoder") or {}
+        added = [{"id": int(i), **t} for i, t in decoder.items() if isinstance(t, dict) and "content" in t]
+        adds_bos = True  # LlamaTokenizer's default
+    else:
+        present = [p for p in ("vocab.json", "merges.txt") if (directory / p).is_file()]
         extra = f" (found only {', '.join(present)})" if present else ""
         raise MissingFiles(
-            f"{directory} has no tokenizer.json{extra}",
-            "Copy tokenizer.json and tokenizer_config.json from the base model into the checkpoint directory.",
+            f"{directory} has no tokenizer.json or tokenizer.model{extra}",
+            "Copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from the base model into the checkpoint directory.",
         )
-    tokenizer = read_json_object(tok_path)
-    tok_config = read_json_object(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
-    pre = detect_pre(tokenizer)
 
-    model = tokenizer["model"]
-    by_id: dict[int, str] = {int(i): t for t, i in model.get("vocab", {}).items()}
     special: set[int] = set()
-    for added in tokenizer.get("added_tokens", []):
-        by_id[int(added["id"])] = added["content"]
-        if added.get("special") or _looks_special(added["content"]):
-            special.add(int(added["id"]))
-    added_ids = {int(a["id"]) for a in tokenizer.get("added_tokens", [])}
+    for token in added:
+        if int(token["id"]) in by_id and base_types.get(int(token["id"])) in (gguf.TokenType.UNKNOWN, gguf.TokenType.BYTE):
+            continue  # SentencePiece's own <unk> and byte pieces keep their types
+        by_id[int(token["id"])] = token["content"]
+        if token.get("special") or _looks_special(token["content"]):
+            special.add(int(token["id"]))
+    added_ids = {int(a["id"]) for a in added} - {i for i, t in base_types.items()
+                                                  if t in (gguf.TokenType.UNKNOWN, gguf.TokenType.BYTE)}
     if by_id and max(by_id) >= max(n_vocab, len(by_id)):
         # Padding up to an id beyond both the embedding and the tokens present would be unbounded work.
-        raise UnsupportedModel(f"tokenizer.json has token id {max(by_id)} but only {len(by_id)} tokens "
+        raise UnsupportedModel(f"the tokenizer has token id {max(by_id)} but only {len(by_id)} tokens "
                                f"and an embedding of {n_vocab} rows", "Copy it again from the base model.")
     if by_id and max(by_id) >= n_vocab:
         n_vocab = max(by_id) + 1
@@ -202,9 +234,8 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
             types.append(gguf.TokenType.USER_DEFINED)
         else:
             tokens.append(text)
-            types.append(gguf.TokenType.NORMAL)
+            types.append(base_types.get(i, gguf.TokenType.NORMAL))
 
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     ids = {t: i for i, t in enumerate(tokens)}
 
     def lookup(key: str, config_key: str) -> int | None:
@@ -228,7 +259,7 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         if text in ids and ids[text] != special_ids["eos"]:
             special_ids["eot"] = ids[text]
             break
-    add_bos = bool(tok_config.get("add_bos_token", _post_processor_adds_bos(tokenizer)))
+    add_bos = bool(tok_config.get("add_bos_token", adds_bos))
     return Vocab(
         tokens=tokens,
         types=[int(t) for t in types],
@@ -238,6 +269,10 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         add_bos=add_bos,
         add_eos=bool(tok_config.get("add_eos_token", False)),
         chat_template=chat_template_of(directory, tok_config),
+        model=kind,
+        scores=[scores.get(i, 0.0) for i in range(n_vocab)] if kind == "llama" else None,
+        add_space_prefix=add_space_prefix,
+        reference=reference,
     )
 
 
@@ -254,11 +289,15 @@ def _post_processor_adds_bos(tokenizer: dict) -> bool:
 
 def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
     """Add the vocabulary keys to a GGUF writer."""
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.model == "llama":
+        writer.add_token_scores(vocab.scores or [0.0] * len(vocab.tokens))
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    else:
+        writer.add_token_merges(vocab.merges)
     adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "pad": writer.add_pad_token_id,
               "unk": writer.add_unk_token_id, "eot": writer.add_eot_token_id}
     for key, token_id in vocab.special_ids.items():

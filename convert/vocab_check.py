@@ -35,15 +35,18 @@ CHUNK = 40
 MAX_SPECIALS = 24
 
 
-def probe_texts(vocab: Vocab, with_specials: bool) -> list[str]:
-    """The texts to compare llama.cpp and the reference tokenizer on."""
+def probe_texts(vocab: Vocab, control: bool) -> list[str]:
+    """The texts to compare llama.cpp and the reference tokenizer on.
+
+    User-defined tokens are always among them (llama.cpp and SentencePiece both read them from
+    text); control tokens only with ``control`` (HF reads them, SentencePiece never does).
+    """
     texts = list(PROBES)
-    if with_specials:
-        kinds = (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)
-        named = [vocab.tokens[i] for i in vocab.special_ids.values()]
-        added = [t for t, k in zip(vocab.tokens, vocab.types, strict=True) if k in kinds and not t.startswith("[PAD")]
-        for tok in dict.fromkeys(named + added[:MAX_SPECIALS]):
-            texts.append(f"{tok}Hello{tok} world {tok}\n{tok} {tok}")
+    kinds = (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED) if control else (gguf.TokenType.USER_DEFINED,)
+    named = [vocab.tokens[i] for i in vocab.special_ids.values() if vocab.types[i] in kinds]
+    added = [t for t, k in zip(vocab.tokens, vocab.types, strict=True) if k in kinds and not t.startswith("[PAD")]
+    for tok in dict.fromkeys(named + added[:MAX_SPECIALS]):
+        texts.append(f"{tok}Hello{tok} world {tok}\n{tok} {tok}")
     normal = [i for i, k in enumerate(vocab.types) if k == gguf.TokenType.NORMAL]
     step = max(1, len(normal) // SAMPLE_TOKENS)
     sample = [vocab.tokens[i].replace("\u2581", " ") for i in normal[::step]]
@@ -87,7 +90,7 @@ def check_tokenization(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -
                 llama_vocab = stack.enter_context(_llama.vocab_only(path))
             except RuntimeError as exc:
                 raise UnsupportedModel(f"llama.cpp can't load the converted vocabulary ({exc})") from exc
-            for text in probe_texts(vocab, with_specials=parse_special):
+            for text in probe_texts(vocab, control=parse_special):
                 ours = _llama.tokenize(llama_vocab, text, False, parse_special)
                 theirs = reference(text)
                 if ours != theirs:

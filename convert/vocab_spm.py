@@ -109,6 +109,16 @@ def _is_byte_piece(text: str) -> bool:
         c in "0123456789ABCDEF" for c in text[3:5])
 
 
+def added_token_text(token: dict) -> str:
+    """The text llama.cpp matches for a tokenizer.json added token.
+
+    A non-special token with ``normalized`` set is matched by HF after the normalizer turned
+    spaces into "▁"; llama.cpp matches raw text, so its "▁" become spaces.
+    """
+    content = str(token["content"])
+    return content.replace(SPACE, " ") if token.get("normalized") and not token.get("special") else content
+
+
 def json_pieces(tokenizer: dict) -> tuple[dict[int, str], dict[int, float], dict[int, int]]:
     """(id -> text, id -> score, id -> GGUF token type) of a SentencePiece-style tokenizer.json's model vocabulary."""
     model = tokenizer["model"]
@@ -159,10 +169,16 @@ def proto_pieces(proto: Any) -> tuple[dict[int, str], dict[int, float], dict[int
         raise UnsupportedModel(f"tokenizer.model is a SentencePiece {kind} model",
                                "edgekit converts SentencePiece BPE and unigram models.")
     norm = proto.normalizer_spec
-    if norm.precompiled_charsmap and norm.name not in ("identity", ""):
-        raise UnsupportedModel(f"tokenizer.model normalizes text with {norm.name!r}, which llama.cpp's "
-                               "SentencePiece tokenizer doesn't do", "edgekit converts models with the identity normalizer.")
-    by_id = {i: p.piece for i, p in enumerate(proto.pieces)}
+    if kind == "bpe" and (norm.precompiled_charsmap or norm.remove_extra_whitespaces):
+        # llama.cpp's SentencePiece BPE ("llama") tokenizer applies no normalizer; its unigram one ("t5") does.
+        what = f"with {norm.name!r}" if norm.precompiled_charsmap else "by removing extra whitespace"
+        raise UnsupportedModel(f"tokenizer.model is a SentencePiece BPE that normalizes text {what}, which "
+                               "llama.cpp's SentencePiece BPE tokenizer doesn't do",
+                               "edgekit converts SentencePiece BPE models with the identity normalizer.")
+    # SentencePiece matches user-defined pieces in the escaped text ("▁" for a space), llama.cpp in
+    # the raw text: Gemma's whitespace pieces ("▁▁▁") become spaces, as llama.cpp's converter writes them.
+    by_id = {i: p.piece.replace(SPACE, " ") if p.type == gguf.TokenType.USER_DEFINED else p.piece
+             for i, p in enumerate(proto.pieces)}
     scores = {i: float(p.score) for i, p in enumerate(proto.pieces)}
     types = {i: int(p.type) for i, p in enumerate(proto.pieces)}
     return by_id, scores, types

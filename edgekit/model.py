@@ -91,7 +91,8 @@ class Model:
         if self.chat_template is None:
             from edgekit.template import fallback
 
-            _, self.chat_template, self.template_note = fallback(self._is_control)
+            names = [str(info.metadata.get(k) or "") for k in ("general.name", "general.finetune")] + [info.path.stem]
+            _, self.chat_template, self.template_note = fallback(self._is_control, names)
         self._engine = Engine(self._ctx, self._vocab, slots=self.slots, n_ctx=self.n_ctx, n_batch=n_batch,
                               n_vocab=self.n_vocab, pieces=self._pieces, rewindable=self._rewindable)
         self.load_s = self._engine.load_s = time.perf_counter() - t0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -123,19 +124,47 @@ def _compile(source: str):
                             "Pass your own template: load(..., chat_template=TEXT) or edgekit chat --chat-template FILE.") from exc
 
 
-def fallback(is_control: Callable[[str], bool]) -> tuple[str, str, str]:
+# What --chat-template accepts by name.
+TEMPLATE_NAMES = (*BUILTIN, "completion")
+
+# Words in a model's name that say it was tuned to chat (a base model's GGUF has no template for a reason).
+CHAT_TUNED = frozenset({"it", "instruct", "chat", "sft", "dpo", "rlhf", "assistant"})
+HINT = "Pass --chat-template NAME or FILE (or load(..., chat_template=TEXT)) to use another."
+
+
+def vocabulary_template(is_control: Callable[[str], bool]) -> str | None:
+    """The first of :data:`BUILTIN` whose control tokens are all in the vocabulary (``is_control(text)``)."""
+    return next((name for name, (_, needs) in BUILTIN.items() if all(is_control(t) for t in needs)), None)
+
+
+def looks_chat_tuned(names: list[str]) -> bool:
+    """Whether any of a model's names (GGUF ``general.name``, ``general.finetune``, file name) says instruct/chat."""
+    return any(word in CHAT_TUNED for name in names for word in re.split(r"[^a-z0-9]+", name.lower()))
+
+
+def fallback(is_control: Callable[[str], bool], names: list[str]) -> tuple[str, str, str]:
     """(name, template, note) for a model without a chat template.
 
-    ``is_control(text)`` says whether ``text`` is one control token of the model's vocabulary.
-    The first of :data:`BUILTIN` whose control tokens are all there, else plain completion.
+    A model whose names say it is chat-tuned gets the built-in template its vocabulary's
+    control tokens identify; any other model (a base model, or a vocabulary no template fits)
+    gets plain completion, since a base model given a chat format only echoes it. Never a
+    template whose control tokens the vocabulary lacks.
     """
-    hint = "Pass --chat-template FILE (or load(..., chat_template=TEXT)) to use another."
-    for name, (source, needs) in BUILTIN.items():
-        if all(is_control(token) for token in needs):
-            return name, source, (f"the model has no chat template; using llama.cpp's {name!r} template, "
-                                  f"which its vocabulary's {needs[0]} identifies. {hint}")
-    return "completion", COMPLETION, ("the model has no chat template and its vocabulary names none, so "
-                                      f"messages are sent as plain text to complete (a base model). {hint}")
+    found = vocabulary_template(is_control)
+    if found is not None and looks_chat_tuned(names):
+        return found, BUILTIN[found][0], (f"the model has no chat template; using llama.cpp's {found!r} template, which "
+                                          f"its vocabulary ({BUILTIN[found][1][0]}) and name identify. {HINT}")
+    if found is not None:
+        return "completion", COMPLETION, ("the model has no chat template and its name doesn't say it is chat-tuned, so "
+                                          "messages are sent as plain text to complete (a base model). If it is a chat "
+                                          f"model, pass --chat-template {found} (its vocabulary fits llama.cpp's {found!r}).")
+    return "completion", COMPLETION, ("the model has no chat template and its vocabulary fits none, so messages are "
+                                      f"sent as plain text to complete (a base model). {HINT}")
+
+
+def builtin_template(name: str) -> str | None:
+    """The Jinja text of a built-in template by name (``completion`` too), or None."""
+    return COMPLETION if name == "completion" else BUILTIN[name][0] if name in BUILTIN else None
 
 
 def render(source: str | None, messages: list[dict], *, add_generation_prompt: bool = True,

@@ -56,6 +56,7 @@ def spm_model_f16(tmp_path_factory):
     return ck, convert(ck, tmp_path_factory.mktemp("spm") / "spm-model.gguf", "f16")[0].path
 
 
+@pytest.mark.slow
 def test_tokenizer_model_converts_to_llama_cpps_own_vocabulary(spm_model_f16, llama_spm_gguf):
     """tokenizer.model's pieces, scores and types are what llama.cpp's converter wrote for Llama 2."""
     _, path = spm_model_f16
@@ -70,6 +71,7 @@ def test_tokenizer_model_converts_to_llama_cpps_own_vocabulary(spm_model_f16, ll
     assert types[0] == 2 and types[1] == types[2] == 3 and set(types[3:259]) == {6}  # unknown, control, bytes
 
 
+@pytest.mark.slow
 def test_tokenizer_json_keeps_types_and_merge_order(spm_json_f16, llama_spm_gguf):
     _, path = spm_json_f16
     ours, theirs = gguf_metadata(path), gguf_metadata(llama_spm_gguf)
@@ -119,6 +121,7 @@ def test_tokenizer_model_tokenizes_as_sentencepiece(spm_model_f16, llama_spm_ggu
         assert tok.tokenize(text.encode(), add_bos=False, special=False) == list(sp.encode(text)), text
 
 
+@pytest.mark.slow
 def test_gemma_style_has_no_dummy_prefix(tmp_path, llama_spm_gguf):
     from tokenizers import Tokenizer
 
@@ -132,6 +135,7 @@ def test_gemma_style_has_no_dummy_prefix(tmp_path, llama_spm_gguf):
         assert tok.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False).ids, text
 
 
+@pytest.mark.slow
 def test_phi3_vocabulary_with_added_tokens(tmp_path):
     """Phi-3's vocabulary: chat tokens added after the SentencePiece pieces, <|end|> ends a turn."""
     from tokenizers import Tokenizer
@@ -148,6 +152,7 @@ def test_phi3_vocabulary_with_added_tokens(tmp_path):
     assert [tok.tokenize(t.encode(), add_bos=False, special=False) for t in texts] == expected
 
 
+@pytest.mark.slow
 def test_a_vocabulary_llama_cpp_cant_reproduce_is_refused(tmp_path, llama_spm_gguf):
     """Metaspace with prepend_scheme "first" adds no "▁" before a text that starts with a space;
     llama.cpp's SentencePiece tokenizer always does. The conversion names the first text that differs."""
@@ -178,6 +183,7 @@ def test_other_normalizers_are_refused(tmp_path, spm_json_f16):
         convert(bad, tmp_path / "x.gguf", "f16")
 
 
+@pytest.mark.slow
 def test_runs_greedy_through_load(spm_json_f16):
     """The converted model generates what the checkpoint computes (numpy reference), token by token."""
     import edgekit
@@ -199,3 +205,117 @@ def test_runs_greedy_through_load(spm_json_f16):
         # Chat renders the checkpoint's Llama 2 template, with BOS once.
         chat = model.chat_tokens([{"role": "user", "content": "Hi"}])
         assert chat[0] == 1 and chat.count(1) == 1
+
+
+# --- vocabularies no table knows: SentencePiece models trained here ------------------------------------
+
+@pytest.mark.slow
+def test_trained_bpe_converts_tokenizes_exactly_and_runs(tmp_path):
+    import sentencepiece
+
+    import edgekit
+    from edgekit.samples.spm import trained_llama_spm_checkpoint
+
+    ck = trained_llama_spm_checkpoint(tmp_path / "ck", "bpe")
+    path = convert(ck, tmp_path / "t.gguf", "f16")[0].path
+    assert gguf_metadata(path)["tokenizer.ggml.model"] == "llama"
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(ck / "tokenizer.model"))
+    tok = _tokenizer(path)
+    for text in [*PROBES, *TEXTS]:
+        assert tok.tokenize(text.encode(), add_bos=False, special=False) == list(sp.encode(text)), text
+    assert "<0xF0>" in sp.encode("\U0001d518", out_type=str)  # byte fallback is exercised
+    with edgekit.load(path, n_ctx=64, threads=2) as model:
+        assert model.generate("Permission is hereby granted", max_tokens=4, temperature=0).tokens
+
+
+def test_user_defined_pieces_after_a_dummy_prefix_are_refused(tmp_path):
+    """SentencePiece reads a user-defined piece inside the text ("<|user|>Hi" -> <|user|>, "Hi"); llama.cpp
+    splits the text there and puts the dummy prefix before "Hi" too. The converter names such a text."""
+    from edgekit.samples.spm import trained_llama_spm_checkpoint
+
+    ck = trained_llama_spm_checkpoint(tmp_path / "ck", "bpe", user_defined=("<|user|>", "<|end|>"))
+    with pytest.raises(UnsupportedModel, match=r"llama\.cpp would tokenize '<\|(user|end)\|>Hello"):
+        convert(ck, tmp_path / "t.gguf", "f16")
+
+
+@pytest.mark.slow
+def test_unigram_converts_to_llama_cpps_unigram_tokenizer(tmp_path):
+    """A unigram model with SentencePiece's default normalizer (NFKC, extra spaces removed), as T5's."""
+    import sentencepiece
+
+    from edgekit.samples.spm import trained_llama_spm_checkpoint
+
+    ck = trained_llama_spm_checkpoint(tmp_path / "ck", "unigram", normalizer="nmt_nfkc", byte_fallback=False)
+    path = convert(ck, tmp_path / "u.gguf", "f16")[0].path
+    meta = gguf_metadata(path)
+    assert meta["tokenizer.ggml.model"] == "t5" and meta["tokenizer.ggml.remove_extra_whitespaces"] is True
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(ck / "tokenizer.model"))
+    tok = _tokenizer(path)
+    for text in [*PROBES, *TEXTS, "ｆｕｌｌｗｉｄｔｈ ① ﬁ"]:
+        assert tok.tokenize(text.encode(), add_bos=False, special=False) == list(sp.encode(text)), text
+    assert len(sp.encode("several     spaces")) == len(sp.encode("several spaces"))  # the normalizer ran
+
+
+def test_unigram_with_byte_fallback_is_refused(tmp_path):
+    """llama.cpp's unigram tokenizer has no byte fallback: a character outside the vocabulary differs."""
+    from edgekit.samples.spm import trained_llama_spm_checkpoint
+
+    ck = trained_llama_spm_checkpoint(tmp_path / "ck", "unigram", byte_fallback=True)
+    with pytest.raises(UnsupportedModel, match="llama.cpp would tokenize .* differently from the SentencePiece tokenizer"):
+        convert(ck, tmp_path / "u.gguf", "f16")
+
+
+def test_bpe_with_a_normalizer_is_refused(tmp_path):
+    from edgekit.samples.spm import trained_llama_spm_checkpoint
+
+    ck = trained_llama_spm_checkpoint(tmp_path / "ck", "bpe", normalizer="nmt_nfkc")
+    with pytest.raises(UnsupportedModel, match="SentencePiece BPE that normalizes text with 'nmt_nfkc'"):
+        convert(ck, tmp_path / "b.gguf", "f16")
+
+
+# --- Gemma 3's real vocabulary (262k pieces, no dummy prefix) ---------------------------------------------
+
+GEMMA_TEXTS = ["<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n", "<bos>Hello",
+               "a\n\n\n\nb   c\t\td", "<table><tr><td>x</td></tr></table>", " leading", "Hello world"]
+
+
+@pytest.mark.slow
+def test_gemma3_vocabulary(tmp_path):
+    from tokenizers import Tokenizer
+
+    from edgekit.samples.assets import gemma3_270m_gguf
+    from edgekit.samples.checkpoints import cached_checkpoint
+    from edgekit.samples.spm import gemma3_vocab_llama_checkpoint
+
+    registry = gemma3_270m_gguf()
+    ck = cached_checkpoint("tiny-llama-gemma3-vocab", gemma3_vocab_llama_checkpoint)
+    from_json = convert(ck, tmp_path / "j.gguf", "f16")[0].path
+    model_only = tmp_path / "model-only"
+    model_only.mkdir()
+    for f in ck.iterdir():
+        if f.name != "tokenizer.json":
+            (model_only / f.name).symlink_to(f)
+    from_model = convert(model_only, tmp_path / "m.gguf", "f16")[0].path
+
+    theirs = gguf_metadata(registry)
+    for path in (from_json, from_model):
+        ours = gguf_metadata(path)
+        assert ours["tokenizer.ggml.add_space_prefix"] is False
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                    "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"):
+            assert ours[key] == theirs[key], key
+        # llama.cpp's converter types Gemma's <unk> as control (it is listed among the special added
+        # tokens); edgekit keeps SentencePiece's own type, unknown. Every other type is the same.
+        unk = theirs["tokenizer.ggml.unknown_token_id"]
+        types, their_types = list(ours["tokenizer.ggml.token_type"]), list(theirs["tokenizer.ggml.token_type"])
+        assert (types.pop(unk), their_types.pop(unk)) == (2, 3) and types == their_types
+    assert gguf_metadata(from_model)["tokenizer.ggml.scores"] == theirs["tokenizer.ggml.scores"]
+
+    hf = Tokenizer.from_file(str(ck / "tokenizer.json"))
+    reference = _tokenizer(registry)
+    for path in (from_json, from_model):
+        tok = _tokenizer(path)
+        for text in [*PROBES, *TEXTS, *GEMMA_TEXTS]:
+            want = hf.encode(text, add_special_tokens=False).ids
+            assert tok.tokenize(text.encode(), add_bos=False, special=True) == want, text
+            assert reference.tokenize(text.encode(), add_bos=False, special=True) == want, text

@@ -7,6 +7,8 @@ texts, and real GGUFs converted from checkpoints that carry no template.
 from __future__ import annotations
 
 import ctypes
+import json
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +18,7 @@ import edgekit
 from edgekit.convert import convert
 from edgekit.samples.checkpoints import random_qwen2_checkpoint
 from edgekit.samples.spm import cached_llama_spm_checkpoint, random_llama_spm_checkpoint, spm_vocab
-from edgekit.template import BUILTIN, COMPLETION, fallback, render
+from edgekit.template import BUILTIN, COMPLETION, fallback, looks_chat_tuned, render
 
 CONVERSATIONS = [
     [("user", "Hi there")],
@@ -49,13 +51,18 @@ def test_builtin_templates_render_as_llama_cpps(name):
             assert ours == _llama_cpp_builtin(name, messages, add)
 
 
-def test_fallback_needs_every_control_token():
-    assert fallback(lambda t: t in ("<start_of_turn>", "<end_of_turn>"))[0] == "gemma"
-    assert fallback(lambda t: t in ("<|im_start|>", "<|im_end|>"))[0] == "chatml"
+def test_fallback_needs_every_control_token_and_a_chat_tuned_name():
+    gemma = ("<start_of_turn>", "<end_of_turn>")
+    assert fallback(lambda t: t in gemma, ["gemma-3-270m-it"])[0] == "gemma"
+    assert fallback(lambda t: t in ("<|im_start|>", "<|im_end|>"), ["SmolLM2-135M-Instruct.Q4_1"])[0] == "chatml"
     # One of a template's tokens missing: not that template.
-    assert fallback(lambda t: t == "<|im_start|>")[0] == "completion"
-    name, source, note = fallback(lambda t: False)
+    assert fallback(lambda t: t == "<|im_start|>", ["Qwen2.5-0.5B-Instruct"])[0] == "completion"
+    name, source, note = fallback(lambda t: False, ["chat"])
     assert (name, source) == ("completion", COMPLETION) and "--chat-template" in note
+    # A base model: plain completion, and the note names the template its vocabulary would fit.
+    name, _, note = fallback(lambda t: t in gemma, ["Gemma 3 270m", "", "gemma-3-270m-q4_k_m"])
+    assert name == "completion" and "--chat-template gemma" in note
+    assert not looks_chat_tuned(["Qwen2.5-0.5B", "digit", "edit", "chatty"])
 
 
 def test_completion_continues_the_text():
@@ -70,7 +77,7 @@ def test_completion_continues_the_text():
 def phi3_no_template(tmp_path_factory):
     ck = random_llama_spm_checkpoint(tmp_path_factory.mktemp("phi") / "ck", spm_vocab("phi-3"), layers=1,
                                      chat_template=None)
-    return convert(ck, tmp_path_factory.mktemp("phi") / "phi3-vocab.gguf", "f16")[0].path
+    return convert(ck, tmp_path_factory.mktemp("phi") / "phi3-vocab-instruct.gguf", "f16")[0].path
 
 
 def test_vocabulary_identifies_the_template(phi3_no_template):
@@ -90,18 +97,20 @@ def test_a_template_given_is_used_without_a_note(phi3_no_template):
         assert model.render_chat([{"role": "user", "content": "Hi"}]) == "Hi!"
 
 
+@pytest.mark.slow
 def test_chatml_only_when_its_tokens_are_there(tmp_path, qwen2_vocab_gguf):
-    """Qwen2's vocabulary has <|im_start|>; Llama 2's has none of the templates' tokens (a base model)."""
+    """Qwen2's vocabulary has <|im_start|>; Llama 2's has none of the templates' tokens."""
     ck = random_qwen2_checkpoint(tmp_path / "q", qwen2_vocab_gguf, layers=1)
     config = (ck / "tokenizer_config.json")
     config.write_text(config.read_text(encoding="utf-8").replace('"chat_template"', '"unused_template"'),
                       encoding="utf-8")
-    qwen = convert(ck, tmp_path / "q.gguf", "f16")[0].path
+    qwen = convert(ck, tmp_path / "q-chat.gguf", "f16")[0].path
     with edgekit.load(qwen, n_ctx=128, threads=2) as model:
         assert model.info.chat_template is None and "'chatml'" in model.template_note
-    llama2 = convert(cached_llama_spm_checkpoint("llama-spm", chat_template=False), tmp_path / "l.gguf", "f16")[0].path
+    llama2 = convert(cached_llama_spm_checkpoint("llama-spm", chat_template=False), tmp_path / "l-chat.gguf",
+                     "f16")[0].path
     with edgekit.load(llama2, n_ctx=128, threads=2) as model:
-        assert "plain text" in model.template_note
+        assert "fits none" in model.template_note
         assert model.render_chat([{"role": "system", "content": "A"}, {"role": "user", "content": "B"}]) == "A\n\nB"
         assert "<|im_start|>" not in model.render_chat([{"role": "user", "content": "B"}])
 
@@ -114,3 +123,44 @@ def test_chat_cli_says_so_once(phi3_no_template):
     assert out.stderr.count("has no chat template") == 1
     assert "'phi3'" in out.stderr and "--chat-template" in out.stderr
     assert "has no chat template" not in out.stdout
+
+
+@pytest.mark.slow
+def test_cli_takes_a_builtin_template_by_name(phi3_no_template):
+    out = subprocess.run([sys.executable, "-m", "edgekit", "chat", str(phi3_no_template), "-p", "Hi", "-n", "2",
+                          "--temp", "0", "--chat-template", "chatml"], capture_output=True, text=True, timeout=300,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert "has no chat template" not in out.stderr
+
+
+@pytest.mark.slow
+def test_registry_gemma3_without_template_completes_instead_of_echoing():
+    """The registry's Gemma 3 270M GGUF (a base model) has no template; ChatML made it echo the question."""
+    from edgekit.samples.assets import gemma3_270m_gguf
+
+    with edgekit.load(gemma3_270m_gguf(), n_ctx=512, threads=2) as model:
+        assert model.info.chat_template is None
+        assert "--chat-template gemma" in model.template_note
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        assert model.render_chat(question) == "What is the capital of France?"
+        answer = model.chat(question, temperature=0, max_tokens=24)
+        assert "Paris" in answer.text
+
+
+@pytest.mark.slow
+def test_instruct_model_without_template_chats_with_its_vocabularys_template(smollm2_hf_dir, tmp_path):
+    """SmolLM2-135M-Instruct's real weights, converted after removing its template: ChatML by its
+    vocabulary and name, and the answer stops at <|im_end|>."""
+    ck = tmp_path / "SmolLM2-135M-Instruct"
+    shutil.copytree(smollm2_hf_dir, ck)
+    config = json.loads((ck / "tokenizer_config.json").read_text(encoding="utf-8"))
+    del config["chat_template"]
+    (ck / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (ck / "chat_template.jinja").unlink(missing_ok=True)
+    path = convert(ck, tmp_path / "SmolLM2-135M-Instruct-no-template.gguf", "q8_0")[0].path
+    with edgekit.load(path, n_ctx=512, threads=2) as model:
+        assert model.info.chat_template is None and "'chatml'" in model.template_note
+        answer = model.chat([{"role": "user", "content": "What is the capital of France?"}], temperature=0,
+                            max_tokens=48)
+        assert answer.finish_reason == "eog" and "Paris" in answer.text

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from edgekit.cli.options import Draft, KvCache, Speculative, Threads
+from edgekit.template import TEMPLATE_NAMES
 
 _SAMPLING = "Sampling"
 _OUTPUT = "Output"
@@ -30,7 +31,9 @@ def chat(
     draft: Draft = None,
     threads: Threads = None,
     chat_template: Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "
-                                                       "instead of the model's own.", show_default=False)] = None,
+                                                       "instead of the model's own, or a built-in one by name: "
+                                                       f"{', '.join(TEMPLATE_NAMES)}.",
+                                                       show_default=False)] = None,
     temp: Annotated[float | None, typer.Option("--temp", "-t", min=0.0, help="Temperature (0 = greedy).",
                                                rich_help_panel=_SAMPLING)] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.",
@@ -77,10 +80,14 @@ def chat(
 
 def _read_template(path: Path) -> str:
     from edgekit.errors import EdgekitError
+    from edgekit.template import builtin_template
 
+    builtin = builtin_template(str(path))
+    if builtin is not None and not path.exists():
+        return builtin
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise EdgekitError(f"the chat template file {path} does not exist", "Pass the path of a Jinja file.") from None
+        raise EdgekitError(f"the chat template file {path} does not exist", f"Pass the path of a Jinja file, or a built-in template's name: {', '.join(TEMPLATE_NAMES)}.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgekitError(f"can't read the chat template file {path}: {exc}") from None

@@ -56,14 +56,18 @@ def spm_model_bytes(vocab_gguf: str | Path, *, add_dummy_prefix: bool = True, mo
 
     tokens, scores, types, kv = _pieces(vocab_gguf)
     proto = pb.ModelProto()
-    for text, score, kind in zip(tokens, scores, types, strict=True):
+    unk_id = int(kv.get("tokenizer.ggml.unknown_token_id", 0))
+    for i, (text, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
         piece = proto.pieces.add()
-        piece.piece, piece.score, piece.type = text, score, kind
+        # llama.cpp's converter wrote user-defined pieces with spaces where SentencePiece has "▁",
+        # and typed Gemma's <unk> as control where SentencePiece has it unknown.
+        piece.piece = text.replace(" ", SPACE) if kind == _USER_DEFINED else text
+        piece.score, piece.type = score, _UNKNOWN if i == unk_id else kind
     trainer = proto.trainer_spec
     trainer.model_type = model_type
     trainer.vocab_size = len(tokens)
     trainer.byte_fallback = any(t == _BYTE for t in types)
-    trainer.unk_id = int(kv.get("tokenizer.ggml.unknown_token_id", 0))
+    trainer.unk_id = unk_id
     trainer.bos_id = int(kv.get("tokenizer.ggml.bos_token_id", 1))
     trainer.eos_id = int(kv.get("tokenizer.ggml.eos_token_id", 2))
     trainer.pad_id = -1
@@ -153,8 +157,7 @@ def write_spm_tokenizer(out_dir: Path, vocab_gguf: str | Path, *, files: str = "
 
 
 def random_llama_spm_checkpoint(out_dir: str | Path, vocab_gguf: str | Path, *, files: str = "json",
-                                style: str = "legacy", layers: int = 2, hidden: int = 64, heads: int = 4,
-                                kv_heads: int = 2, intermediate: int = 128, dtype: str = "bf16", seed: int = 0,
+                                style: str = "legacy", layers: int = 2, seed: int = 0,
                                 chat_template: str | None = LLAMA2_TEMPLATE) -> Path:
     """A tiny Llama-2-style ``LlamaForCausalLM`` (untied, rope 10000) with the GGUF's SentencePiece vocabulary."""
     out = Path(out_dir)
@@ -162,22 +165,88 @@ def random_llama_spm_checkpoint(out_dir: str | Path, vocab_gguf: str | Path, *, 
     tokens, _, _, kv = _pieces(vocab_gguf)
     write_spm_tokenizer(out, vocab_gguf, files=files, style=style, chat_template=chat_template)
     bos, eos = int(kv.get("tokenizer.ggml.bos_token_id", 1)), int(kv.get("tokenizer.ggml.eos_token_id", 2))
+    return _tiny_llama(out, len(tokens), bos, eos, layers=layers, seed=seed)
+
+
+def _tiny_llama(out: Path, vocab_size: int, bos: int, eos: int, *, layers: int, seed: int, hidden: int = 64,
+                heads: int = 4, kv_heads: int = 2, intermediate: int = 128, dtype: str = "bf16") -> Path:
     cfg = {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
            "bos_token_id": bos, "eos_token_id": eos, "hidden_act": "silu", "hidden_size": hidden,
            "initializer_range": 0.02, "intermediate_size": intermediate, "max_position_embeddings": 4096,
            "mlp_bias": False, "model_type": "llama", "num_attention_heads": heads, "num_hidden_layers": layers,
            "num_key_value_heads": kv_heads, "pretraining_tp": 1, "rms_norm_eps": 1e-5, "rope_scaling": None,
            "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": DTYPES[dtype][1],
-           "transformers_version": "4.51.3", "use_cache": True, "vocab_size": len(tokens)}
+           "transformers_version": "4.51.3", "use_cache": True, "vocab_size": vocab_size}
     write_json(out / "config.json", cfg)
     write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos, "transformers_version": "4.51.3"})
     # Llama has Qwen2's tensors without the q/k/v biases.
     specs = [s for s in _qwen2_specs(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
-                                     intermediate=intermediate, vocab_size=len(tokens), tied=False, seed=seed)
+                                     intermediate=intermediate, vocab_size=vocab_size, tied=False, seed=seed)
              if not s[0].endswith(".bias")]
     write_weights(out, specs, DTYPES[dtype][0], 1, {"edgekit": RANDOM_NOTE})
     (out / "README.md").write_text(f"# Tiny Llama-2-style checkpoint\n\n{RANDOM_NOTE}.\n", encoding="utf-8")
     return out
+
+
+def trained_spm_model(model_type: str = "bpe", vocab_size: int = 2000, *, normalizer: str = "identity",
+                      byte_fallback: bool = True, user_defined: tuple[str, ...] = ()) -> bytes:
+    """A SentencePiece model trained on the license texts that ship with the OS (a vocabulary no table knows).
+
+    Dummy prefix, digits split, ``user_defined`` pieces; ``normalizer`` ``identity`` keeps
+    whitespace, ``nmt_nfkc`` (SentencePiece's default) also collapses it. Training is
+    deterministic and takes well under a second.
+    """
+    import io
+
+    import sentencepiece
+
+    licenses = sorted(p for p in Path("/usr/share/common-licenses").glob("*") if p.is_file())
+    if not licenses:
+        raise FileNotFoundError("no license texts in /usr/share/common-licenses to train on")
+    lines = [ln for p in licenses for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        byte_fallback=byte_fallback, normalization_rule_name=normalizer, remove_extra_whitespaces=normalizer != "identity",
+        add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True,
+        user_defined_symbols=list(user_defined), num_threads=1, minloglevel=2)
+    return model.getvalue()
+
+
+def trained_llama_spm_checkpoint(out_dir: str | Path, model_type: str = "bpe", *, layers: int = 1,
+                                 normalizer: str = "identity", byte_fallback: bool = True,
+                                 user_defined: tuple[str, ...] = ()) -> Path:
+    """A tiny ``LlamaForCausalLM`` whose only tokenizer file is a freshly trained ``tokenizer.model``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = trained_spm_model(model_type, normalizer=normalizer, byte_fallback=byte_fallback, user_defined=user_defined)
+    (out / "tokenizer.model").write_bytes(data)
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_proto=data)
+    write_json(out / "tokenizer_config.json", {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": sp.id_to_piece(sp.bos_id()),
+        "eos_token": sp.id_to_piece(sp.eos_id()), "unk_token": sp.id_to_piece(sp.unk_id()),
+        "legacy": True, "tokenizer_class": "LlamaTokenizer"})
+    return _tiny_llama(out, sp.get_piece_size(), sp.bos_id(), sp.eos_id(), layers=layers, seed=1)
+
+
+def gemma3_vocab_llama_checkpoint(out_dir: str | Path, *, files: str = "both") -> Path:
+    """A tiny ``LlamaForCausalLM`` with Gemma 3's real 262k SentencePiece vocabulary (no dummy prefix).
+
+    The vocabulary comes from the registry's Gemma 3 270M GGUF (:func:`edgekit.samples.assets.gemma3_270m_gguf`);
+    its tokenizer files are rebuilt as Gemma's (``Replace(" ", "▁")`` only). The Llama body stands in
+    until Gemma 3 itself converts: only the vocabulary is Gemma's.
+    """
+    from edgekit.samples.assets import gemma3_270m_gguf
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_gguf = gemma3_270m_gguf()
+    tokens, _, _, kv = _pieces(vocab_gguf)
+    write_spm_tokenizer(out, vocab_gguf, files=files, style="gemma", chat_template=None)
+    bos, eos = int(kv["tokenizer.ggml.bos_token_id"]), int(kv["tokenizer.ggml.eos_token_id"])
+    return _tiny_llama(out, len(tokens), bos, eos, layers=1, seed=2, hidden=32)
 
 
 def vocab_vectors(vocab_gguf: Path) -> tuple[list[str], list[list[int]]]:

@@ -164,3 +164,16 @@ def test_instruct_model_without_template_chats_with_its_vocabularys_template(smo
         answer = model.chat([{"role": "user", "content": "What is the capital of France?"}], temperature=0,
                             max_tokens=48)
         assert answer.finish_reason == "eog" and "Paris" in answer.text
+
+
+@pytest.mark.slow
+def test_serve_says_so_once_and_takes_the_option(phi3_no_template, tmp_path):
+    from serve_process import ServerProcess
+
+    srv = ServerProcess(phi3_no_template, "--ctx", "128", "--threads", "2", home=tmp_path).wait_ready()
+    assert srv.stop() == 0
+    assert "".join(srv.stderr).count("has no chat template") == 1 and "'phi3'" in "".join(srv.stderr)
+    srv = ServerProcess(phi3_no_template, "--ctx", "128", "--threads", "2", "--chat-template", "completion",
+                        home=tmp_path).wait_ready()
+    assert srv.stop() == 0
+    assert "has no chat template" not in srv.output()

@@ -245,6 +245,8 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
             tokens.append(text)
             types.append(base_types.get(i, gguf.TokenType.NORMAL))
 
+    if kind == "llama":
+        vocab_spm.check_byte_pieces(tokens)
     ids = {t: i for i, t in enumerate(tokens)}
 
     def lookup(key: str, config_key: str) -> int | None:

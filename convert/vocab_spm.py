@@ -182,3 +182,17 @@ def proto_pieces(proto: Any) -> tuple[dict[int, str], dict[int, float], dict[int
     scores = {i: float(p.score) for i, p in enumerate(proto.pieces)}
     types = {i: int(p.type) for i, p in enumerate(proto.pieces)}
     return by_id, scores, types
+
+
+def check_byte_pieces(tokens: list[str]) -> None:
+    """Refuse a SentencePiece BPE vocabulary without all 256 byte pieces (``<0x00>``...``<0xFF>``).
+
+    llama.cpp's SentencePiece tokenizer spells a character outside the vocabulary as its bytes, and
+    aborts the whole process when a byte's piece is missing.
+    """
+    present = set(tokens)
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in present]
+    if missing:
+        raise UnsupportedModel(f"the SentencePiece vocabulary lacks {len(missing)} of the 256 byte pieces, first "
+                               f"{missing[0]}; llama.cpp needs them all to spell characters outside the vocabulary",
+                               "edgekit converts SentencePiece BPE vocabularies with byte fallback.")

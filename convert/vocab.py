@@ -15,7 +15,7 @@ and ``▁`` for spaces) become llama.cpp's ``llama`` tokenizer: see :mod:`edgeki
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -171,44 +171,64 @@ def load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
                                "Copy them again from the base model.") from exc
 
 
-def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
-    directory = Path(directory)
+@dataclass
+class _Source:
+    """What a checkpoint's tokenizer file says, before padding, special tokens and the config."""
+
+    kind: str  # tokenizer.ggml.model
+    pre: str
+    by_id: dict[int, str]
+    added: list[dict]  # HF added tokens: {"id", "content", "special", "normalized", ...}
+    adds_bos: bool  # the default when tokenizer_config.json doesn't say
+    merges: list[str] = field(default_factory=list)
+    scores: dict[int, float] = field(default_factory=dict)
+    base_types: dict[int, int] = field(default_factory=dict)
+    add_space_prefix: bool = False
+    remove_spaces: bool = False
+    charsmap: bytes = b""
+    reference: Path | None = None
+
+
+def _read_source(directory: Path, tok_config: dict) -> _Source:
+    """tokenizer.json (byte-level BPE or SentencePiece-style), else tokenizer.model."""
     tok_path, spm_path = directory / "tokenizer.json", directory / "tokenizer.model"
-    tok_config = read_json_object(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
-    scores: dict[int, float] = {}
-    base_types: dict[int, int] = {}
-    added: list[dict] = []
     if tok_path.is_file():
         tokenizer = read_json_object(tok_path)
         added = list(tokenizer.get("added_tokens", []))
-        if vocab_spm.is_spm_json(tokenizer):
-            kind, pre, reference = "llama", "default", tok_path
-            add_space_prefix = vocab_spm.add_space_prefix_of(tokenizer)
-            by_id, scores, base_types = vocab_spm.json_pieces(tokenizer)
-        else:
-            kind, pre, reference, add_space_prefix = "gpt2", detect_pre(tokenizer), None, False
-            by_id = {int(i): t for t, i in tokenizer["model"].get("vocab", {}).items()}
-        merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])] if kind == "gpt2" else []
         adds_bos = _post_processor_adds_bos(tokenizer)
-        remove_spaces, charsmap = False, b""
-    elif spm_path.is_file():
+        if vocab_spm.is_spm_json(tokenizer):
+            by_id, scores, types = vocab_spm.json_pieces(tokenizer)
+            return _Source("llama", "default", by_id, added, adds_bos, scores=scores, base_types=types,
+                           add_space_prefix=vocab_spm.add_space_prefix_of(tokenizer), reference=tok_path)
+        pre = detect_pre(tokenizer)
+        by_id = {int(i): t for t, i in tokenizer["model"].get("vocab", {}).items()}
+        merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])]
+        return _Source("gpt2", pre, by_id, added, adds_bos, merges=merges)
+    if spm_path.is_file():
         proto = vocab_spm.read_model_proto(spm_path)
-        kind = "t5" if vocab_spm.MODEL_TYPES.get(proto.trainer_spec.model_type) == "unigram" else "llama"
-        pre, reference, merges = "default", spm_path, []
-        add_space_prefix = bool(proto.normalizer_spec.add_dummy_prefix)
-        remove_spaces, charsmap = bool(proto.normalizer_spec.remove_extra_whitespaces), bytes(proto.normalizer_spec.precompiled_charsmap)
-        by_id, scores, base_types = vocab_spm.proto_pieces(proto)
+        by_id, scores, types = vocab_spm.proto_pieces(proto)
         # A tokenizer.model comes with its added tokens in tokenizer_config.json.
         decoder = tok_config.get("added_tokens_decoder") or {}
         added = [{"id": int(i), **t} for i, t in decoder.items() if isinstance(t, dict) and "content" in t]
-        adds_bos = True  # LlamaTokenizer's default
-    else:
-        present = [p for p in ("vocab.json", "merges.txt") if (directory / p).is_file()]
-        extra = f" (found only {', '.join(present)})" if present else ""
-        raise MissingFiles(
-            f"{directory} has no tokenizer.json or tokenizer.model{extra}",
-            "Copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from the base model into the checkpoint directory.",
-        )
+        norm = proto.normalizer_spec
+        unigram = vocab_spm.MODEL_TYPES.get(proto.trainer_spec.model_type) == "unigram"
+        return _Source("t5" if unigram else "llama", "default", by_id, added, True,  # LlamaTokenizer adds BOS
+                       scores=scores, base_types=types, add_space_prefix=bool(norm.add_dummy_prefix),
+                       remove_spaces=unigram and bool(norm.remove_extra_whitespaces),
+                       charsmap=bytes(norm.precompiled_charsmap) if unigram else b"", reference=spm_path)
+    present = [p for p in ("vocab.json", "merges.txt") if (directory / p).is_file()]
+    extra = f" (found only {', '.join(present)})" if present else ""
+    raise MissingFiles(
+        f"{directory} has no tokenizer.json or tokenizer.model{extra}",
+        "Copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from the base model into the checkpoint directory.",
+    )
+
+
+def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
+    directory = Path(directory)
+    tok_config = read_json_object(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+    src = _read_source(directory, tok_config)
+    kind, by_id, added, base_types = src.kind, src.by_id, src.added, src.base_types
 
     special: set[int] = set()
     for token in added:
@@ -270,22 +290,21 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         if text in ids and ids[text] != special_ids["eos"]:
             special_ids["eot"] = ids[text]
             break
-    add_bos = bool(tok_config.get("add_bos_token", adds_bos))
     return Vocab(
         tokens=tokens,
         types=[int(t) for t in types],
-        merges=merges,
-        pre=pre,
+        merges=src.merges,
+        pre=src.pre,
         special_ids={k: v for k, v in special_ids.items() if v is not None},
-        add_bos=add_bos,
+        add_bos=bool(tok_config.get("add_bos_token", src.adds_bos)),
         add_eos=bool(tok_config.get("add_eos_token", False)),
         chat_template=chat_template_of(directory, tok_config),
         model=kind,
-        scores=[scores.get(i, 0.0) for i in range(n_vocab)] if kind != "gpt2" else None,
-        add_space_prefix=add_space_prefix,
-        reference=reference,
-        remove_extra_whitespaces=remove_spaces if kind == "t5" else False,
-        charsmap=charsmap if kind == "t5" else b"",
+        scores=[src.scores.get(i, 0.0) for i in range(n_vocab)] if kind != "gpt2" else None,
+        add_space_prefix=src.add_space_prefix,
+        reference=src.reference,
+        remove_extra_whitespaces=src.remove_spaces,
+        charsmap=src.charsmap,
     )
 
 

@@ -99,6 +99,6 @@ def check_tokenization(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -
                     raise UnsupportedModel(
                         f"llama.cpp would tokenize {shown!r} differently from the {name} "
                         f"(token {first}: {ours[first:first + 4]} instead of {theirs[first:first + 4]})",
-                        "edgekit converts a SentencePiece vocabulary only when llama.cpp reproduces it exactly; "
-                        "this one it can't.",
+                        "edgekit converts a SentencePiece vocabulary only when llama.cpp reproduces its tokenizer "
+                        "exactly; docs/models.md (Tokenizers) lists the known differences.",
                     )

@@ -58,8 +58,16 @@ def _replaces_space(norm: dict | None) -> bool:
                for n in _normalizers(norm))
 
 
+def _splits_spaces(step: dict) -> bool:
+    return step.get("type") == "Split" and (step.get("pattern") or {}).get("String") == " "
+
+
 def _metaspace(tokenizer: dict) -> dict | None:
     steps = _pre_steps(tokenizer)
+    # transformers 5.x writes Gemma's files with Split(" ") after the normalizer turned every space into
+    # "▁": it splits nothing.
+    if _replaces_space(tokenizer.get("normalizer")):
+        steps = [p for p in steps if not _splits_spaces(p)]
     found = [p for p in steps if p.get("type") == "Metaspace"]
     if len(found) != len(steps):
         kinds = ", ".join(str(p.get("type")) for p in steps)

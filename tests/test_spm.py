@@ -259,6 +259,11 @@ def test_unigram_converts_to_llama_cpps_unigram_tokenizer(tmp_path):
     for text in [*PROBES, *TEXTS, "ｆｕｌｌｗｉｄｔｈ ① ﬁ"]:
         assert tok.tokenize(text.encode(), add_bos=False, special=False) == list(sp.encode(text)), text
     assert len(sp.encode("several     spaces")) == len(sp.encode("several spaces"))  # the normalizer ran
+    import edgekit
+
+    with edgekit.load(path, n_ctx=64, threads=2) as model:  # a Llama body with llama.cpp's unigram tokenizer
+        assert model.tokenize("Permission is")[0] == sp.bos_id()
+        assert model.generate("Permission is hereby granted", max_tokens=4, temperature=0).tokens
 
 
 def test_unigram_with_byte_fallback_is_refused(tmp_path):

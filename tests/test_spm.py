@@ -295,10 +295,10 @@ def test_gemma3_vocabulary(tmp_path):
 
     from edgekit.samples.assets import gemma3_270m_gguf
     from edgekit.samples.checkpoints import cached_checkpoint
-    from edgekit.samples.spm import gemma3_vocab_llama_checkpoint
+    from edgekit.samples.spm import SPM_BUILD, gemma3_vocab_llama_checkpoint
 
     registry = gemma3_270m_gguf()
-    ck = cached_checkpoint("tiny-llama-gemma3-vocab", gemma3_vocab_llama_checkpoint)
+    ck = cached_checkpoint(f"tiny-llama-gemma3-vocab-s{SPM_BUILD}", gemma3_vocab_llama_checkpoint)
     from_json = convert(ck, tmp_path / "j.gguf", "f16")[0].path
     model_only = tmp_path / "model-only"
     model_only.mkdir()

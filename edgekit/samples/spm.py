@@ -22,6 +22,8 @@ from edgekit.samples.checkpoints import DTYPES, RANDOM_NOTE, _qwen2_specs, write
 from edgekit.samples.hf_tokenizer import gguf_metadata
 
 SPACE = "\u2581"
+# Bump when these builders' output changes (cached checkpoints carry it in their names).
+SPM_BUILD = "1"
 # gguf.TokenType / SentencePiece piece types (the same numbers)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 LLAMA2_TEMPLATE = (
@@ -263,7 +265,7 @@ def cached_llama_spm_checkpoint(vocab: str = "llama-spm", *, files: str = "json"
     """A tiny random Llama-2-style checkpoint with a real SentencePiece vocabulary, built once per machine."""
     from edgekit.samples.checkpoints import cached_checkpoint
 
-    name = f"tiny-llama-{vocab}-{files}-{style}" + ("" if chat_template else "-notemplate")
+    name = f"tiny-llama-{vocab}-{files}-{style}" + ("" if chat_template else "-notemplate") + f"-s{SPM_BUILD}"
     template = LLAMA2_TEMPLATE if chat_template else None
     return cached_checkpoint(name, lambda d: random_llama_spm_checkpoint(
         d, spm_vocab(vocab), files=files, style=style, chat_template=template))

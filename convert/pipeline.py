@@ -212,6 +212,17 @@ def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):
     return setup
 
 
+def check_vocab(ckpt: Checkpoint) -> None:
+    """Refuse a SentencePiece vocabulary llama.cpp would tokenize differently (:mod:`edgekit.convert.vocab_check`)."""
+    from edgekit.convert.vocab_check import check_tokenization
+
+    def setup(writer: gguf.GGUFWriter) -> None:
+        _write_hparams(writer, ckpt)
+        write_vocab(writer, ckpt.vocab)
+
+    check_tokenization(ckpt.vocab, lambda path: write_gguf(path, setup, [], ckpt.arch.gguf_name))
+
+
 def _parse_types(quant: str | Sequence[str], max_kld: float | None) -> list[str]:
     """Normalise the requested types: llama.cpp types and recipe names; ``auto`` becomes a recipe."""
     from edgekit.convert.recipes import get_recipe, is_recipe
@@ -289,6 +300,7 @@ def convert(
     types = _parse_types(quant, max_kld)
     source = resolve_source(str(src), progress=progress)
     ckpt = open_checkpoint(source.path, source.repo_id, source.url)
+    check_vocab(ckpt)
 
     base = _base_type(types, ckpt.weights.dtype)
     plans = plan_tensors(ckpt, base.upper())

@@ -1,4 +1,4 @@
-"""tokenizer.json (byte-level BPE) to the GGUF vocabulary.
+"""tokenizer.json (byte-level BPE) or a SentencePiece vocabulary to the GGUF vocabulary.
 
 llama.cpp does not run the HF pre-tokenizer itself; it picks one of its built-in
 pre-tokenizers by the name in ``tokenizer.ggml.pre``. llama.cpp's own converter
@@ -7,16 +7,20 @@ retrained vocabulary is refused. edgekit instead reads the pre-tokenizer's
 *definition* (its split regexes) from tokenizer.json and maps it through
 :data:`PRE_TOKENIZERS`, so a new vocabulary with a known pre-tokenizer converts.
 The tests prove llama.cpp then tokenizes exactly as the HF tokenizer does.
+
+SentencePiece vocabularies (``tokenizer.model``, or a tokenizer.json BPE with byte fallback
+and ``▁`` for spaces) become llama.cpp's ``llama`` tokenizer: see :mod:`edgekit.convert.vocab_spm`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 
+from edgekit.convert import vocab_spm
 from edgekit.errors import MissingFiles, UnsupportedModel
 
 _QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -69,6 +73,15 @@ class Vocab:
     add_bos: bool
     add_eos: bool
     chat_template: str | None
+    # tokenizer.ggml.model: "gpt2" (byte-level BPE), "llama" (SentencePiece BPE) or "t5" (SentencePiece unigram)
+    model: str = "gpt2"
+    scores: list[float] | None = None  # SentencePiece only
+    add_space_prefix: bool = False  # SentencePiece only: "▁" before the text (Llama 2 yes, Gemma no)
+    # SentencePiece unigram ("t5") only: its normalizer, which llama.cpp applies as SentencePiece does.
+    remove_extra_whitespaces: bool = False
+    charsmap: bytes = b""
+    # The file llama.cpp's tokenization is checked against at conversion time (SentencePiece only).
+    reference: Path | None = None
 
 
 def _pre_steps(pre: dict | None) -> tuple[str, ...]:
@@ -158,31 +171,79 @@ def load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
                                "Copy them again from the base model.") from exc
 
 
+@dataclass
+class _Source:
+    """What a checkpoint's tokenizer file says, before padding, special tokens and the config."""
+
+    kind: str  # tokenizer.ggml.model
+    pre: str
+    by_id: dict[int, str]
+    added: list[dict]  # HF added tokens: {"id", "content", "special", "normalized", ...}
+    adds_bos: bool  # the default when tokenizer_config.json doesn't say
+    merges: list[str] = field(default_factory=list)
+    scores: dict[int, float] = field(default_factory=dict)
+    base_types: dict[int, int] = field(default_factory=dict)
+    add_space_prefix: bool = False
+    remove_spaces: bool = False
+    charsmap: bytes = b""
+    reference: Path | None = None
+
+
+def _read_source(directory: Path, tok_config: dict) -> _Source:
+    """tokenizer.json (byte-level BPE or SentencePiece-style), else tokenizer.model."""
+    tok_path, spm_path = directory / "tokenizer.json", directory / "tokenizer.model"
+    if tok_path.is_file():
+        tokenizer = read_json_object(tok_path)
+        added = list(tokenizer.get("added_tokens", []))
+        adds_bos = _post_processor_adds_bos(tokenizer)
+        if vocab_spm.is_spm_json(tokenizer):
+            by_id, scores, types = vocab_spm.json_pieces(tokenizer)
+            return _Source("llama", "default", by_id, added, adds_bos, scores=scores, base_types=types,
+                           add_space_prefix=vocab_spm.add_space_prefix_of(tokenizer), reference=tok_path)
+        pre = detect_pre(tokenizer)
+        by_id = {int(i): t for t, i in tokenizer["model"].get("vocab", {}).items()}
+        merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])]
+        return _Source("gpt2", pre, by_id, added, adds_bos, merges=merges)
+    if spm_path.is_file():
+        proto = vocab_spm.read_model_proto(spm_path)
+        by_id, scores, types = vocab_spm.proto_pieces(proto)
+        # A tokenizer.model comes with its added tokens in tokenizer_config.json.
+        decoder = tok_config.get("added_tokens_decoder") or {}
+        added = [{"id": int(i), **t} for i, t in decoder.items() if isinstance(t, dict) and "content" in t]
+        norm = proto.normalizer_spec
+        unigram = vocab_spm.MODEL_TYPES.get(proto.trainer_spec.model_type) == "unigram"
+        return _Source("t5" if unigram else "llama", "default", by_id, added, True,  # LlamaTokenizer adds BOS
+                       scores=scores, base_types=types, add_space_prefix=bool(norm.add_dummy_prefix),
+                       remove_spaces=unigram and bool(norm.remove_extra_whitespaces),
+                       charsmap=bytes(norm.precompiled_charsmap) if unigram else b"", reference=spm_path)
+    present = [p for p in ("vocab.json", "merges.txt") if (directory / p).is_file()]
+    extra = f" (found only {', '.join(present)})" if present else ""
+    raise MissingFiles(
+        f"{directory} has no tokenizer.json or tokenizer.model{extra}",
+        "Copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from the base model into the checkpoint directory.",
+    )
+
+
 def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
     directory = Path(directory)
-    tok_path = directory / "tokenizer.json"
-    if not tok_path.is_file():
-        present = [p for p in ("vocab.json", "merges.txt", "tokenizer.model") if (directory / p).is_file()]
-        extra = f" (found only {', '.join(present)})" if present else ""
-        raise MissingFiles(
-            f"{directory} has no tokenizer.json{extra}",
-            "Copy tokenizer.json and tokenizer_config.json from the base model into the checkpoint directory.",
-        )
-    tokenizer = read_json_object(tok_path)
     tok_config = read_json_object(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
-    pre = detect_pre(tokenizer)
+    src = _read_source(directory, tok_config)
+    kind, by_id, added, base_types = src.kind, src.by_id, src.added, src.base_types
 
-    model = tokenizer["model"]
-    by_id: dict[int, str] = {int(i): t for t, i in model.get("vocab", {}).items()}
     special: set[int] = set()
-    for added in tokenizer.get("added_tokens", []):
-        by_id[int(added["id"])] = added["content"]
-        if added.get("special") or _looks_special(added["content"]):
-            special.add(int(added["id"]))
-    added_ids = {int(a["id"]) for a in tokenizer.get("added_tokens", [])}
+    for token in added:
+        if int(token["id"]) in by_id and base_types.get(int(token["id"])) in (gguf.TokenType.UNKNOWN, gguf.TokenType.BYTE):
+            continue  # SentencePiece's own <unk> and byte pieces keep their types
+        by_id[int(token["id"])] = vocab_spm.added_token_text(token) if kind != "gpt2" else token["content"]
+        # A byte-level BPE's files sometimes forget the flag; SentencePiece vocabularies have "<s>" as
+        # an HTML tag (Gemma), so there only the flag counts.
+        if token.get("special") or (kind == "gpt2" and _looks_special(token["content"])):
+            special.add(int(token["id"]))
+    added_ids = {int(a["id"]) for a in added} - {i for i, t in base_types.items()
+                                                  if t in (gguf.TokenType.UNKNOWN, gguf.TokenType.BYTE)}
     if by_id and max(by_id) >= max(n_vocab, len(by_id)):
         # Padding up to an id beyond both the embedding and the tokens present would be unbounded work.
-        raise UnsupportedModel(f"tokenizer.json has token id {max(by_id)} but only {len(by_id)} tokens "
+        raise UnsupportedModel(f"the tokenizer has token id {max(by_id)} but only {len(by_id)} tokens "
                                f"and an embedding of {n_vocab} rows", "Copy it again from the base model.")
     if by_id and max(by_id) >= n_vocab:
         n_vocab = max(by_id) + 1
@@ -202,9 +263,10 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
             types.append(gguf.TokenType.USER_DEFINED)
         else:
             tokens.append(text)
-            types.append(gguf.TokenType.NORMAL)
+            types.append(base_types.get(i, gguf.TokenType.NORMAL))
 
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    if kind == "llama":
+        vocab_spm.check_byte_pieces(tokens)
     ids = {t: i for i, t in enumerate(tokens)}
 
     def lookup(key: str, config_key: str) -> int | None:
@@ -228,16 +290,21 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         if text in ids and ids[text] != special_ids["eos"]:
             special_ids["eot"] = ids[text]
             break
-    add_bos = bool(tok_config.get("add_bos_token", _post_processor_adds_bos(tokenizer)))
     return Vocab(
         tokens=tokens,
         types=[int(t) for t in types],
-        merges=merges,
-        pre=pre,
+        merges=src.merges,
+        pre=src.pre,
         special_ids={k: v for k, v in special_ids.items() if v is not None},
-        add_bos=add_bos,
+        add_bos=bool(tok_config.get("add_bos_token", src.adds_bos)),
         add_eos=bool(tok_config.get("add_eos_token", False)),
         chat_template=chat_template_of(directory, tok_config),
+        model=kind,
+        scores=[src.scores.get(i, 0.0) for i in range(n_vocab)] if kind != "gpt2" else None,
+        add_space_prefix=src.add_space_prefix,
+        reference=src.reference,
+        remove_extra_whitespaces=src.remove_spaces,
+        charsmap=src.charsmap,
     )
 
 
@@ -254,11 +321,19 @@ def _post_processor_adds_bos(tokenizer: dict) -> bool:
 
 def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
     """Add the vocabulary keys to a GGUF writer."""
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.model in ("llama", "t5"):
+        writer.add_token_scores(vocab.scores or [0.0] * len(vocab.tokens))
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+        if vocab.model == "t5":  # llama.cpp's unigram tokenizer normalizes as SentencePiece does
+            writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+            if vocab.charsmap:
+                writer.add_precompiled_charsmap(vocab.charsmap)
+    else:
+        writer.add_token_merges(vocab.merges)
     adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "pad": writer.add_pad_token_id,
               "unk": writer.add_unk_token_id, "eot": writer.add_eot_token_id}
     for key, token_id in vocab.special_ids.items():

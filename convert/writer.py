@@ -119,7 +119,7 @@ class _StreamedTensor:
 
 class _BulkKVWriter(gguf.GGUFWriter):
     """gguf-py packs metadata arrays one item at a time in Python, ~1.5 s for a 150k-token
-    vocabulary. Pack large string and int arrays in bulk, byte-identical; all else as gguf-py does."""
+    vocabulary. Pack large string, int and float arrays in bulk, byte-identical; all else as gguf-py does."""
 
     def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool, sub_type: Any = None) -> bytes:
         big = vtype == gguf.GGUFValueType.ARRAY and isinstance(val, list) and len(val) > 4096 and sub_type is None
@@ -133,6 +133,9 @@ class _BulkKVWriter(gguf.GGUFWriter):
             if all(type(v) is int for v in val):
                 body = np.asarray(val, dtype="<i4").tobytes()
                 return head + struct.pack("<IQ", gguf.GGUFValueType.INT32, len(val)) + body
+            if all(type(v) is float for v in val):  # SentencePiece scores
+                body = np.asarray(val, dtype="<f4").tobytes()
+                return head + struct.pack("<IQ", gguf.GGUFValueType.FLOAT32, len(val)) + body
         return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 

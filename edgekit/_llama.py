@@ -301,9 +301,9 @@ def _cached_probe(key: str, path: Path, probe_args: list[str]) -> bool:
     return verdicts[key]
 
 
-def eog_tokens(path: Path) -> list[int]:
-    """The end-of-generation token ids of the GGUF at ``path``, as llama.cpp decides them
-    (``llama_vocab_is_eog``), from a vocabulary-only load (no weights; well under a second)."""
+@contextlib.contextmanager
+def vocab_only(path: Path) -> Iterator[Any]:
+    """The ``llama_vocab*`` of a GGUF loaded without its weights (``vocab_only``); freed on exit."""
     L = lib()
     params = L.llama_model_default_params()
     params.vocab_only = True
@@ -311,10 +311,17 @@ def eog_tokens(path: Path) -> list[int]:
     if not model:
         raise ModelLoadError(f"llama.cpp could not read the vocabulary of {Path(path).name}", log_tail())
     try:
-        vocab = L.llama_model_get_vocab(model)
-        return [t for t in range(L.llama_vocab_n_tokens(vocab)) if L.llama_vocab_is_eog(vocab, t)]
+        yield L.llama_model_get_vocab(model)
     finally:
         L.llama_model_free(model)
+
+
+def eog_tokens(path: Path) -> list[int]:
+    """The end-of-generation token ids of the GGUF at ``path``, as llama.cpp decides them
+    (``llama_vocab_is_eog``), from a vocabulary-only load (no weights; well under a second)."""
+    L = lib()
+    with vocab_only(path) as vocab:
+        return [t for t in range(L.llama_vocab_n_tokens(vocab)) if L.llama_vocab_is_eog(vocab, t)]
 
 
 def utf8(text: str, what: str = "text") -> bytes:

@@ -209,3 +209,111 @@ def test_edited_shard_index_is_read_or_refused(index):
     ckpt = _open({"model.safetensors.index.json": index})
     if ckpt is not None:
         assert ckpt.weights.files == [CKPT / "model.safetensors"]
+
+
+# --- SentencePiece: a tokenizer.json BPE with byte fallback, and tokenizer.model bytes ----------------------
+# Read by open_checkpoint, then proven by check_vocab (HF tokenizers / sentencepiece and llama.cpp on the
+# probe texts), which must also only succeed or refuse.
+
+SPACE = "\u2581"
+SPM_PIECES = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], SPACE, "a", "b", SPACE + "a", "ab"]
+SPM_TOKENIZER = {
+    "version": "1.0",
+    "added_tokens": [{"id": i, "content": t, "special": True, "single_word": False, "lstrip": False, "rstrip": False,
+                      "normalized": False} for i, t in enumerate(SPM_PIECES[:3])],
+    "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE},
+                                                        {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}]},
+    "pre_tokenizer": None, "post_processor": None, "decoder": None,
+    "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "fuse_unk": True, "byte_fallback": True,
+              "vocab": {t: i for i, t in enumerate(SPM_PIECES)}, "merges": [[SPACE, "a"], ["a", "b"]]},
+}
+
+
+def _spm_model_bytes(edits: dict[int, tuple[str | None, float | None, int | None]] | None = None,
+                     model_type: int = 2, dummy_prefix: bool = True, remove_spaces: bool = False) -> bytes:
+    """The seed tokenizer.model; ``edits`` replace a piece's text, score or type (None keeps it)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    for i, text in enumerate(SPM_PIECES):
+        text_, score, kind = (edits or {}).get(i, (None, None, None))
+        piece = proto.pieces.add()
+        piece.piece = text if text_ is None else text_
+        piece.score = -float(i) if score is None else score
+        piece.type = (2 if i == 0 else 3 if i < 3 else 6 if i < 259 else 1) if kind is None else kind
+    proto.trainer_spec.model_type = model_type
+    proto.trainer_spec.byte_fallback = True
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = dummy_prefix
+    proto.normalizer_spec.remove_extra_whitespaces = remove_spaces
+    return proto.SerializeToString()
+
+
+SPM_MODEL = _spm_model_bytes()
+
+
+def _convert_vocab(files: dict[str, bytes], drop: tuple[str, ...] = ()):
+    """open_checkpoint and check_vocab on the checkpoint with ``files`` written and ``drop`` removed."""
+    from edgekit.convert.pipeline import check_vocab
+
+    def read():
+        ckpt = open_checkpoint(CKPT)
+        check_vocab(ckpt)
+        return ckpt
+
+    try:
+        for name in drop:
+            (CKPT / name).unlink()
+        for name, data in files.items():
+            (CKPT / name).write_bytes(data)
+        return only_edgekit_errors(read)
+    finally:
+        for name in {*files, *drop}:
+            if name in SEED_FILES:
+                (CKPT / name).write_text(json.dumps(SEED_FILES[name]))
+            else:
+                (CKPT / name).unlink(missing_ok=True)
+
+
+def test_the_sentencepiece_seeds_convert():
+    for files, drop in (({"tokenizer.json": json.dumps(SPM_TOKENIZER).encode()}, ()),
+                        ({"tokenizer.model": SPM_MODEL}, ("tokenizer.json",))):
+        ckpt = _convert_vocab(files, drop)
+        assert ckpt is not None and ckpt.vocab.model == "llama" and ckpt.vocab.add_space_prefix
+
+
+def _without_byte_pieces(*values: int) -> bytes:
+    vocab = {t: i for t, i in SPM_TOKENIZER["model"]["vocab"].items() if not any(t == f"<0x{v:02X}>" for v in values)}
+    return json.dumps({**SPM_TOKENIZER, "model": {**SPM_TOKENIZER["model"], "vocab": vocab}}).encode()
+
+
+@fuzz_settings(60)
+@given(edited(SPM_TOKENIZER))
+# Found by this test: a vocabulary without the byte piece <0x0A> made llama.cpp abort the process on "\n".
+@example(_without_byte_pieces(0x0A, 0x1A))
+def test_edited_sentencepiece_tokenizer_is_converted_or_refused(tokenizer):
+    _convert_vocab({"tokenizer.json": tokenizer})
+
+
+@fuzz_settings(60)
+@given(st.one_of(mutations(SPM_MODEL), st.binary(max_size=64)))
+@example(b"")
+def test_mutated_tokenizer_model_is_converted_or_refused(model):
+    _convert_vocab({"tokenizer.model": model}, drop=("tokenizer.json",))
+
+
+@st.composite
+def edited_models(draw):
+    """The seed tokenizer.model with a few pieces' texts, scores or types changed, and its settings."""
+    edits = draw(st.dictionaries(
+        st.integers(0, len(SPM_PIECES) - 1),
+        st.tuples(st.none() | st.sampled_from(SPM_PIECES) | st.text(max_size=6),
+                  st.none() | st.floats(allow_nan=True, allow_infinity=True, width=32), st.none() | st.integers(1, 6)),
+        max_size=4))
+    return _spm_model_bytes(edits, draw(st.integers(1, 4)), draw(st.booleans()), draw(st.booleans()))
+
+
+@fuzz_settings(60)
+@given(edited_models())
+def test_edited_tokenizer_model_is_converted_or_refused(model):
+    _convert_vocab({"tokenizer.model": model}, drop=("tokenizer.json",))

@@ -120,6 +120,8 @@ def run(opts: ChatOptions) -> int:
     note = getattr(model.plan, "note", "")
     if note and not opts.quiet:  # e.g. a stale tuned profile was ignored: say so once
         ctx.note(f"Note: {note}.")
+    if getattr(model, "template_note", ""):  # no chat template in the model: say which one is used, once
+        ctx.warn(f"Warning: {model.template_note}")
     try:
         if one_shot:
             from edgekit.chatui import oneshot

@@ -6,12 +6,11 @@ imported inside the command so ``edgekit --help`` never loads llama.cpp.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgekit.cli.options import Draft, KvCache, Speculative, Threads
+from edgekit.cli.options import ChatTemplate, Draft, KvCache, Speculative, Threads, read_chat_template
 
 _SAMPLING = "Sampling"
 _OUTPUT = "Output"
@@ -29,8 +28,7 @@ def chat(
     speculative: Speculative = "auto",
     draft: Draft = None,
     threads: Threads = None,
-    chat_template: Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "
-                                                       "instead of the model's own.", show_default=False)] = None,
+    chat_template: ChatTemplate = None,
     temp: Annotated[float | None, typer.Option("--temp", "-t", min=0.0, help="Temperature (0 = greedy).",
                                                rich_help_panel=_SAMPLING)] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.",
@@ -60,7 +58,7 @@ def chat(
     """
     from edgekit.chatui.session import ChatOptions, run
 
-    template = _read_template(chat_template) if chat_template is not None else None
+    template = read_chat_template(chat_template) if chat_template is not None else None
     if max_tokens == 0:
         max_tokens = "none"  # type: ignore[assignment]  # parsed by the settings table: no limit
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
@@ -73,14 +71,3 @@ def chat(
         # SystemExit, not typer.Exit: main() reads a returned 130 as "interrupted, nothing kept",
         # but a stopped one-shot answer was printed (and that is what 130 says here).
         raise SystemExit(code)
-
-
-def _read_template(path: Path) -> str:
-    from edgekit.errors import EdgekitError
-
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EdgekitError(f"the chat template file {path} does not exist", "Pass the path of a Jinja file.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EdgekitError(f"can't read the chat template file {path}: {exc}") from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from edgekit.runtime.template import TEMPLATE_NAMES
 
 KvCache = Annotated[str, typer.Option("--kv-cache", help="KV cache type: auto, f16, q8_0, q4_0, or K/V like "
                                       "q8_0/f16.")]
@@ -16,3 +19,23 @@ Draft = Annotated[str | None, typer.Option("--draft", help="A draft model (GGUF,
                                            show_default=False)]
 Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: the tuned profile's, else physical cores).",
                                              show_default=False)]
+ChatTemplate = Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "
+                                                  "instead of the model's own, or a built-in one by name: "
+                                                  f"{', '.join(TEMPLATE_NAMES)}.", show_default=False)]
+
+
+def read_chat_template(path: Path) -> str:
+    """The template text of ``--chat-template``: a built-in one by name (unless a file has that name), else the file."""
+    from edgekit.errors import EdgekitError
+    from edgekit.runtime.template import builtin_template
+
+    builtin = builtin_template(str(path))
+    if builtin is not None and not path.exists():
+        return builtin
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EdgekitError(f"the chat template file {path} does not exist",
+                           f"Pass the path of a Jinja file, or a built-in template's name: {', '.join(TEMPLATE_NAMES)}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgekitError(f"can't read the chat template file {path}: {exc}") from None

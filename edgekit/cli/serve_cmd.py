@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgekit.cli.options import Draft, KvCache, Speculative, Threads
+from edgekit.cli.options import ChatTemplate, Draft, KvCache, Speculative, Threads, read_chat_template
 from edgekit.errors import EdgekitError
 
 INSTALL_HINT = "pip install 'edgekit[serve]'"
@@ -42,6 +42,7 @@ def serve(
     threads: Threads = None,
     speculative: Speculative = "auto",
     draft: Draft = None,
+    chat_template: ChatTemplate = None,
 ) -> None:
     """Serve MODEL over the OpenAI HTTP API (/v1/chat/completions, /v1/completions, /v1/models).
 
@@ -55,6 +56,7 @@ def serve(
     except ImportError as exc:
         raise EdgekitError(f"edgekit serve needs the serve extra ({exc.name} is missing).", INSTALL_HINT) from None
     key = _api_key(api_key, api_key_file)
+    template = read_chat_template(chat_template) if chat_template is not None else None
     model_id = _model_id(model)
     state = State(model_id=model_id, slots=slots, queue=queue, api_key=key, aliases=frozenset({model}))
     sock = server.bind(host, port)
@@ -64,8 +66,10 @@ def serve(
         import edgekit
 
         m = edgekit.load(model, n_ctx=ctx, kv_cache=kv_cache, progress=progress, slots=slots, threads=threads,
-                         speculative=speculative, draft=draft)
+                         speculative=speculative, draft=draft, chat_template=template)
         print(f"plan: {m.plan.summary()}", file=sys.stderr, flush=True)
+        if m.template_note:  # no chat template in the model: say which one is used, once
+            print(f"warning: {m.template_note}", file=sys.stderr, flush=True)
         return m
 
     def ready(url: str) -> None:

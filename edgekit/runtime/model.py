@@ -49,6 +49,7 @@ class Model:
         self.path: Path = info.path
         self.plan = plan
         self.metadata: dict = info.metadata
+        # The GGUF's template, or chat_template=; one by name or plain completion when neither (see below).
         self.chat_template: str | None = chat_template if chat_template is not None else info.chat_template
         self.threads = threads
         self.gpu_layers = gpu_layers
@@ -85,6 +86,13 @@ class Model:
         self._add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
         self._bos_text = self._token_text(L.llama_vocab_bos(self._vocab))
         self._eos_text = self._token_text(L.llama_vocab_eos(self._vocab))
+        # Why the chat template isn't the model's own, for the CLI to show once ("" when it is).
+        self.template_note = ""
+        if self.chat_template is None:
+            from edgekit.runtime.template import fallback
+
+            names = [str(info.metadata.get(k) or "") for k in ("general.name", "general.finetune")] + [info.path.stem]
+            _, self.chat_template, self.template_note = fallback(self._is_control, names)
         self._engine = Engine(self._ctx, self._vocab, slots=self.slots, n_ctx=self.n_ctx, n_batch=n_batch,
                               n_vocab=self.n_vocab, pieces=self._pieces, rewindable=self._rewindable)
         self.load_s = self._engine.load_s = time.perf_counter() - t0
@@ -139,6 +147,11 @@ class Model:
         if tok < 0:
             return ""
         return _llama.detokenize(self._vocab, [tok], render_special=True)
+
+    def _is_control(self, text: str) -> bool:
+        """Whether ``text`` is one special (control or user-defined) token of the vocabulary."""
+        ids = _llama.tokenize(self._vocab, text, False, True)
+        return len(ids) == 1 and _llama.tokenize(self._vocab, text, False, False) != ids
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of ``text`` (``add_special`` adds BOS where the model wants it)."""

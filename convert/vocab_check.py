@@ -1,0 +1,105 @@
+"""Prove, at conversion time, that llama.cpp tokenizes a SentencePiece vocabulary as its own tokenizer does.
+
+llama.cpp's converter trusts a vocabulary it recognises by hash. edgekit instead writes the
+vocabulary into a GGUF without weights, loads it in llama.cpp, and tokenizes probe texts
+with both llama.cpp and the checkpoint's tokenizer: HF ``tokenizers`` for a tokenizer.json,
+``sentencepiece`` for a tokenizer.model. The probes cover what tends to break: spaces at the
+start and in runs, newlines, digits, emoji, characters missing from the vocabulary (byte
+fallback), the special tokens, and a sample of the vocabulary itself. The first text that
+tokenizes differently refuses the conversion, named in the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+
+from edgekit.convert.vocab import Vocab
+from edgekit.errors import ModelLoadError, UnsupportedModel
+
+PROBES = (
+    "Hello world", " Hello world", "   three leading spaces", "several    spaces   between  words",
+    "trailing spaces   ", "line one\nline two\n\n\nthree\n", "\ttabs\tand\r\nCRLF\r\n", " \n \n",
+    "digits 0123456789 3.14159 1,000,000 and 2026-12-06", "emoji 🦙🙂👍🏽 and 🇫🇷 flags",
+    "accents: café naïve Ünïcödé façade", "CJK 你好世界 日本語のテキスト 한국어", "Привет, мир! Γειά σου Κόσμε",
+    "code: def f(x):\n    return x ** 2  # comment\n", "punctuation!!! ... ??? --- (brackets) [x] {y} <z>",
+    "rare characters: \U0001d518\U0001d51e\U0001d52c \u16a0\u16a2\u16a6 \u2c00\u2c01 \U00010348 \U0001f9ec\U0001fab8",
+    "", " ", "\n", "a",
+)
+SAMPLE_TOKENS = 1500  # vocabulary tokens joined into texts, in chunks of CHUNK
+CHUNK = 40
+MAX_SPECIALS = 24
+
+
+def probe_texts(vocab: Vocab, control: bool) -> list[str]:
+    """The texts to compare llama.cpp and the reference tokenizer on.
+
+    User-defined tokens are always among them (llama.cpp and SentencePiece both read them from
+    text); control tokens only with ``control`` (HF reads them, SentencePiece never does).
+    """
+    texts = list(PROBES)
+    kinds = (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED) if control else (gguf.TokenType.USER_DEFINED,)
+    named = [vocab.tokens[i] for i in vocab.special_ids.values() if vocab.types[i] in kinds]
+    added = [t for t, k in zip(vocab.tokens, vocab.types, strict=True) if k in kinds and not t.startswith("[PAD")]
+    for tok in dict.fromkeys(named + added[:MAX_SPECIALS]):
+        texts.append(f"{tok}Hello{tok} world {tok}\n{tok} {tok}")
+    normal = [i for i, k in enumerate(vocab.types) if k == gguf.TokenType.NORMAL]
+    step = max(1, len(normal) // SAMPLE_TOKENS)
+    sample = [vocab.tokens[i].replace("\u2581", " ") for i in normal[::step]]
+    texts += ["".join(sample[i:i + CHUNK]) for i in range(0, len(sample), CHUNK)]
+    return texts
+
+
+def _reference(path: Path) -> tuple[Callable[[str], list[int]], bool, str]:
+    """(tokenize, parse_special, name) of the checkpoint's own tokenizer."""
+    if path.name == "tokenizer.model":
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        # SentencePiece never reads control tokens from text; llama.cpp doesn't either without parse_special.
+        return (lambda text: list(sp.encode(text))), False, "SentencePiece tokenizer"
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(path))
+    return (lambda text: hf.encode(text, add_special_tokens=False).ids), True, "HF tokenizer"
+
+
+def check_tokenization(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -> None:
+    """Refuse a vocabulary llama.cpp would tokenize differently from ``vocab.reference``.
+
+    ``write_vocab_gguf(path)`` writes a GGUF with the model's header and vocabulary and no tensors.
+    """
+    if vocab.reference is None:
+        return
+    from edgekit import _llama
+
+    try:
+        reference, parse_special, name = _reference(vocab.reference)
+    except Exception as exc:  # the tokenizer libraries raise their own exception types on a bad file
+        raise UnsupportedModel(f"{vocab.reference.name} can't be loaded by its tokenizer library ({exc})",
+                               f"Copy {vocab.reference.name} again from the base model.") from exc
+    with tempfile.TemporaryDirectory(prefix="edgekit-vocab-") as tmp:
+        path = Path(tmp) / "vocab.gguf"
+        write_vocab_gguf(path)
+        with contextlib.ExitStack() as stack:
+            try:
+                llama_vocab = stack.enter_context(_llama.vocab_only(path))
+            except ModelLoadError as exc:
+                raise UnsupportedModel(f"llama.cpp can't load the converted vocabulary ({exc.message}: "
+                                       f"{exc.hint})") from exc
+            for text in probe_texts(vocab, control=parse_special):
+                ours = _llama.tokenize(llama_vocab, text, False, parse_special)
+                theirs = reference(text)
+                if ours != theirs:
+                    first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
+                    shown = text if len(text) <= 80 else text[:80] + "..."
+                    raise UnsupportedModel(
+                        f"llama.cpp would tokenize {shown!r} differently from the {name} "
+                        f"(token {first}: {ours[first:first + 4]} instead of {theirs[first:first + 4]})",
+                        "edgekit converts a SentencePiece vocabulary only when llama.cpp reproduces its tokenizer "
+                        "exactly; docs/models.md (Tokenizers) lists the known differences.",
+                    )

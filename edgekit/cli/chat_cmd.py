@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli.options import Draft, KvCache, Speculative, Threads
+from edgekit.cli.options import Draft, KvCache, PromptCache, Speculative, Threads
 
 _SAMPLING = "Sampling"
 _OUTPUT = "Output"
@@ -29,6 +29,7 @@ def chat(
     speculative: Speculative = "auto",
     draft: Draft = None,
     threads: Threads = None,
+    prompt_cache: PromptCache = None,
     chat_template: Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "
                                                        "instead of the model's own.", show_default=False)] = None,
     temp: Annotated[float | None, typer.Option("--temp", "-t", min=0.0, help="Temperature (0 = greedy).",
@@ -66,7 +67,7 @@ def chat(
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens}
     opts = ChatOptions(model=model, system=system, n_ctx=ctx, kv_cache=kv_cache, speculative=speculative,
-                       draft=draft, threads=threads, chat_template=template, sampling=sampling, prompt=prompt, json=json_out,
+                       draft=draft, threads=threads, prompt_cache=prompt_cache, chat_template=template, sampling=sampling, prompt=prompt, json=json_out,
                        quiet=quiet)
     code = run(opts)
     if code:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgekit.cli.options import Draft, KvCache, Speculative, Threads
+from edgekit.cli.options import Draft, KvCache, PromptCache, Speculative, Threads
 from edgekit.errors import EdgekitError
 
 INSTALL_HINT = "pip install 'edgekit[serve]'"
@@ -42,6 +42,7 @@ def serve(
     threads: Threads = None,
     speculative: Speculative = "auto",
     draft: Draft = None,
+    prompt_cache: PromptCache = None,
 ) -> None:
     """Serve MODEL over the OpenAI HTTP API (/v1/chat/completions, /v1/completions, /v1/models).
 
@@ -64,7 +65,8 @@ def serve(
         import edgekit
 
         m = edgekit.load(model, n_ctx=ctx, kv_cache=kv_cache, progress=progress, slots=slots, threads=threads,
-                         speculative=speculative, draft=draft)
+                         speculative=speculative, draft=draft,
+                         prompt_cache=prompt_cache if prompt_cache is not None else "auto")
         print(f"plan: {m.plan.summary()}", file=sys.stderr, flush=True)
         return m
 

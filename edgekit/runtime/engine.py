@@ -623,10 +623,12 @@ class Engine:
         seq.completion = Completion(seq._stream.text, seq._out, reason, stats)
         seq._over = True
         self._release(seq)
-        seq._put(_END)
-        # After the answer went out: a long prompt's KV (with its answer) goes to the disk prompt cache.
+        # The answer's text is out: a long prompt's KV (with its answer) is copied for the disk prompt cache
+        # before the completion is handed over, so a caller that returns and exits has it queued (written
+        # by the cache's own thread, which the interpreter waits for).
         if self.prompt_cache is not None and slot is not None and reason != "cancelled":
             self.prompt_cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
+        seq._put(_END)
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:
         if not seq._over:

@@ -100,12 +100,16 @@ class Model:
             self.draft.close()
         self.draft = engine.draft = draft
 
-    def attach_prompt_cache(self, cache: PromptCache) -> None:
+    def attach_prompt_cache(self, cache: PromptCache | None) -> None:
         """Restore long prompts from, and keep them in, the persistent prompt cache ``cache``
-        (docs/prompt-cache.md). Sliding-window and recurrent memory use exact snapshots only."""
-        engine = self._check_open()
-        cache.trimmable = self._rewindable and self._L.llama_model_n_swa(self._model) == 0
-        self.prompt_cache = engine.prompt_cache = cache
+        (docs/prompt-cache.md); None turns it off. Sliding-window and recurrent memory use exact
+        snapshots only. Waits until no sequence runs."""
+        with self._check_open().exclusive() as engine:
+            if self.prompt_cache is not None and self.prompt_cache is not cache:
+                self.prompt_cache.close()
+            if cache is not None:
+                cache.trimmable = self._rewindable and self._L.llama_model_n_swa(self._model) == 0
+            self.prompt_cache = engine.prompt_cache = cache
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

@@ -473,9 +473,10 @@ class PromptCache:
         kept snapshot covers. Copies the state out of llama.cpp here (the caller's thread owns the
         context); the file is written by the writer thread. Returns whether a snapshot was queued.
 
-        The engine calls this when a sequence has ended, after its last event went to the consumer:
-        the copy never delays a first token, and the snapshot holds the answer too, so a follow-up turn
-        in a new process extends it. A later prompt that shares only the system prompt cuts it back.
+        The engine calls this when a sequence has ended, after its last token went to the consumer and
+        before its completion does: the copy (a memcpy) never delays a first token or the stream, and
+        the file is written by a thread of its own. The snapshot holds the answer too, so a follow-up
+        turn in a new process extends it; a later prompt sharing only the system prompt cuts it back.
         """
         if not self.enabled or prompt_len < MIN_TOKENS or len(tokens) < prompt_len:
             return False
@@ -490,8 +491,8 @@ class PromptCache:
         if prompt_len - self.covered(tokens[:prompt_len], n_ctx) < MIN_TOKENS:
             return False
         with self._lock:
-            if len(self._pending) >= MAX_PENDING:
-                return False
+            if len(self._pending) >= MAX_PENDING or file_name(self.key, tokens) in self._skip:
+                return False  # the writer is behind, or a bad file we couldn't delete holds the name
         from edgekit import _llama
 
         L = _llama.lib()

@@ -27,10 +27,15 @@ def _directory(directory: Path | None) -> Path:
 
 
 @cache_app.callback()
-def cache_list(ctx: typer.Context, directory: Dir = None) -> None:
+def cache_default(ctx: typer.Context) -> None:
+    """``edgekit cache`` alone lists the default directory."""
+    if ctx.invoked_subcommand is None:
+        cache_list(None)
+
+
+@cache_app.command("list")
+def cache_list(directory: Dir = None) -> None:
     """List the snapshots (model file, tokens, size, last use), most recent first."""
-    if ctx.invoked_subcommand is not None:
-        return
     from edgekit.runtime.prompt_cache import describe
 
     path = _directory(directory)

@@ -220,6 +220,8 @@ class Counters:
     evictions: int = 0
     restored_tokens: int = 0
     snapshots_written: int = 0
+    copy_s: float = 0.0  # engine thread: copying states out of llama.cpp (the only cost a request sees)
+    write_s: float = 0.0  # writer thread: checksumming and writing files
 
 
 class PromptCache:
@@ -499,8 +501,10 @@ class PromptCache:
         size = L.llama_state_seq_get_size(ctx, seq_id)
         if size <= 0 or size > self.budget:
             return False
+        t0 = time.perf_counter()
         buf = (ctypes.c_uint8 * size)()
         n = L.llama_state_seq_get_data(ctx, buf, size, seq_id)
+        self.counters.copy_s += time.perf_counter() - t0
         if n == 0:
             return False
         with self._lock:
@@ -521,8 +525,10 @@ class PromptCache:
                     self._idle.set()
                     return
                 tokens, buf, n = self._pending[0]
+            t0 = time.perf_counter()
             try:
                 self._write(tokens, memoryview(buf)[:n])
+                self.counters.write_s += time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001 - a cache failure must never reach a request
                 self._off(f"a snapshot couldn't be written ({getattr(exc, 'strerror', None) or exc})")
             with self._lock:

@@ -382,3 +382,15 @@ def test_chat_turns_restore_across_processes():
         a2 = m.chat(msgs, max_tokens=16, temperature=0)
         assert a2.tokens == ref.chat(msgs, max_tokens=16, temperature=0).tokens
         assert a2.stats.disk_tokens >= len(m.chat_tokens(msgs[:2]))  # the first turn came from the disk
+
+
+def test_a_stream_stopped_after_its_prompt_still_keeps_it(tiny, tmp_path):
+    cache = cache_for(tiny, tmp_path / "pc")
+    tiny.reset()
+    stream = tiny.stream(prompt(400, salt=60), max_tokens=50, temperature=0)
+    next(stream)  # the prompt is prefilled and a token came out; then the client goes away
+    stream.close()
+    cache.flush()
+    (kept,) = snapshots(tmp_path / "pc")
+    assert pc.read_header(kept)[0]["tokens"][:400] == prompt(400, salt=60)
+    assert greedy(tiny, prompt(400, salt=60)).stats.disk_tokens == 399

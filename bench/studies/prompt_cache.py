@@ -113,14 +113,17 @@ def serve_ttft(a: argparse.Namespace, directory: Path, question: str) -> tuple[f
         if url is None:
             raise SystemExit("the server did not start")
         ready = time.perf_counter() - t0
-        body = {"model": "m", "prompt": f"{text}\n\nQuestion: {question}\nAnswer:", "max_tokens": 8,
+        body = {"model": Path(a.model).stem, "prompt": f"{text}\n\nQuestion: {question}\nAnswer:", "max_tokens": 8,
                 "temperature": 0, "stream": True}
         t1 = time.perf_counter()
+        first = None
         with httpx.stream("POST", f"{url}/completions", json=body, timeout=600) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: ") and '"text"' in line:
-                    return time.perf_counter() - t1, ready
-        raise SystemExit("no token came back")
+            for line in r.iter_lines():  # read to the end: a client that leaves early cancels the sequence
+                if first is None and line.startswith("data: ") and '"text"' in line:
+                    first = time.perf_counter() - t1
+        if first is None:
+            raise SystemExit("no token came back")
+        return first, ready
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)

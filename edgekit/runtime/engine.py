@@ -384,6 +384,9 @@ class Engine:
                 continue
             slot = seq._slot
             assert slot is not None
+            if self.prompt_cache is not None and not (seq._prefilling or seq._waiting):
+                # its prompt was prefilled (a client that left after the first tokens): keep it all the same
+                self.prompt_cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
             self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
             slot.tokens = []
             self._end(seq, "cancelled")

@@ -384,9 +384,10 @@ class Engine:
                 continue
             slot = seq._slot
             assert slot is not None
-            if self.prompt_cache is not None and not (seq._prefilling or seq._waiting):
+            cache = self.prompt_cache
+            if cache is not None and not (seq._prefilling or seq._waiting):
                 # its prompt was prefilled (a client that left after the first tokens): keep it all the same
-                self.prompt_cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
+                cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
             self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
             slot.tokens = []
             self._end(seq, "cancelled")
@@ -402,8 +403,9 @@ class Engine:
         if prefill is not None:
             slot = prefill._slot
             assert slot is not None
-            if self.prompt_cache is not None and not prefill._disk_checked:
-                self._restore(prefill, slot)
+            cache = self.prompt_cache  # read once: Model.attach_prompt_cache may swap it from another thread
+            if cache is not None and not prefill._disk_checked:
+                self._restore(cache, prefill, slot)
             cap = room if not generating else self._chunk_cap(room)
             done = len(slot.tokens)
             chunk = prefill.prompt_tokens[done : done + cap]
@@ -480,11 +482,11 @@ class Engine:
                 except BaseException as exc:
                     self._fail(member, exc)
 
-    def _restore(self, seq: Sequence, slot: _Slot) -> None:
+    def _restore(self, cache: Any, seq: Sequence, slot: _Slot) -> None:
         """Before a prompt's first chunk: take what the disk prompt cache holds beyond the slot's live KV."""
         seq._disk_checked = True
         t0, live = time.perf_counter(), len(slot.tokens)
-        n = self.prompt_cache.restore(self._ctx, slot.id, seq.prompt_tokens, live, self.n_ctx)
+        n = cache.restore(self._ctx, slot.id, seq.prompt_tokens, live, self.n_ctx)
         if n != live:  # the slot's KV was replaced (by a snapshot, or emptied when llama.cpp refused one)
             slot.tokens = list(seq.prompt_tokens[:n])
             seq._n_cached, seq._n_disk, seq._n_new = 0, n, len(seq.prompt_tokens) - n
@@ -629,8 +631,9 @@ class Engine:
         # The answer's text is out: a long prompt's KV (with its answer) is copied for the disk prompt cache
         # before the completion is handed over, so a caller that returns and exits has it queued (written
         # by the cache's own thread, which the interpreter waits for).
-        if self.prompt_cache is not None and slot is not None and reason != "cancelled":
-            self.prompt_cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
+        cache = self.prompt_cache
+        if cache is not None and slot is not None and reason != "cancelled":
+            cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
         seq._put(_END)
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:

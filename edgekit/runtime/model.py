@@ -103,13 +103,14 @@ class Model:
     def attach_prompt_cache(self, cache: PromptCache | None) -> None:
         """Restore long prompts from, and keep them in, the persistent prompt cache ``cache``
         (docs/prompt-cache.md); None turns it off. Sliding-window and recurrent memory use exact
-        snapshots only. Waits until no sequence runs."""
-        with self._check_open().exclusive() as engine:
-            if self.prompt_cache is not None and self.prompt_cache is not cache:
-                self.prompt_cache.close()
-            if cache is not None:
-                cache.trimmable = self._rewindable and self._L.llama_model_n_swa(self._model) == 0
-            self.prompt_cache = engine.prompt_cache = cache
+        snapshots only. The engine reads the reference once per prompt, so it may change at any time."""
+        engine = self._check_open()
+        if cache is not None:
+            cache.trimmable = self._rewindable and self._L.llama_model_n_swa(self._model) == 0
+        old, self.prompt_cache = self.prompt_cache, cache
+        engine.prompt_cache = cache
+        if old is not None and old is not cache:
+            old.close()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

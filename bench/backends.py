@@ -35,7 +35,8 @@ class Loaded:
 
             m = self.model = edgekit.load(model, n_ctx=n_ctx, kv_cache=f"{type_k}/{type_v}", threads=threads,
                                           flash_attn=flash_attn, n_batch=n_batch, n_ubatch=n_ubatch,
-                                          gpu_layers=gpu_layers, seed=1234)
+                                          gpu_layers=gpu_layers, seed=1234,
+                                          prompt_cache="off")  # measure prefill, not a restore from disk
             self.speculative = m.speculative  # the runtime's default: records say which
             ctx_ptr, model_ptr = m.llama_context, m.llama_model
             self.info: ModelInfo = m.info

@@ -39,7 +39,9 @@ def run_edgekit(model: str, n_ctx: int, kv_cache: str, n_gen: int, threads: int 
 
     n_prompt = _n_prompt(n_ctx, n_gen)
     # speculative="off": the prompt repeats one text, which prompt lookup would copy from, not decode
-    with edgekit.load(model, n_ctx=n_ctx, kv_cache=kv_cache, threads=threads, speculative="off") as m:
+    # The prompt cache is off: a second run would restore the prompt from disk instead of prefilling it.
+    with edgekit.load(model, n_ctx=n_ctx, kv_cache=kv_cache, threads=threads, speculative="off",
+                      prompt_cache="off") as m:
         ids = m.tokenize(default_text(), add_special=False)
         prompt = (ids * (n_prompt // len(ids) + 1))[:n_prompt]
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 __all__ = [
     "EdgekitError", "SourceError", "HubUnreachable", "UnsupportedModel", "MissingFiles", "CorruptFile",
     "OutputExists", "DiskFull", "QuantizeError", "ModelLoadError", "ContextOverflow", "OutOfMemory",
-    "EvalError", "BenchError", "InvalidParam",
+    "EvalError", "BenchError", "InvalidParam", "PromptCacheWarning",
 ]
 
 
@@ -90,3 +90,7 @@ class EvalError(EdgekitError):
 
 class BenchError(EdgekitError):
     """A benchmark can't be run or its results can't be read."""
+
+
+class PromptCacheWarning(UserWarning):
+    """The persistent prompt cache skipped a bad snapshot or turned itself off; the answer is unaffected."""

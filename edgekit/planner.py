@@ -84,6 +84,8 @@ class Plan:
     # Settings taken from the model's tuned profile (edgekit tune), as Settings.as_dict(); None = the static rule.
     tuned: dict | None = None
     note: str = ""  # e.g. why a tuned profile was ignored or a tuned KV type didn't fit
+    prompt_cache: str = ""  # the persistent prompt cache's directory ("" = off); set by edgekit.load
+    prompt_cache_bytes: int = 0  # its disk budget
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +113,13 @@ class Plan:
                 f"{'on' if self.flash_attn else 'off'}: weights {mib(self.weights_bytes)} + KV {mib(self.kv_bytes)}"
                 f" + compute {mib(self.compute_bytes)} + overhead {mib(self.overhead_bytes)} = "
                 f"{mib(self.total_bytes)} of {mib(self.available_bytes)} available; {verdict}; {self.tuning()}"
-                + (f" ({self.note})" if self.note else ""))
+                + (f" ({self.note})" if self.note else "") + f"; {self.cache_summary()}")
+
+    def cache_summary(self) -> str:
+        """``prompt cache DIR (budget N MiB)`` or ``prompt cache off``."""
+        if not self.prompt_cache:
+            return "prompt cache off"
+        return f"prompt cache {self.prompt_cache} (budget {self.prompt_cache_bytes / MiB:,.0f} MiB)"
 
 
 def parse_kv_cache(kv_cache: str) -> list[tuple[str, str]]:

@@ -39,8 +39,8 @@ class Stats:
 
     load_s: float = 0.0
     prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens whose KV was reused from the previous evaluation
-    new_prompt_tokens: int = 0  # prompt tokens actually prefilled
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from the previous evaluation (the slot's live KV)
+    new_prompt_tokens: int = 0  # prompt tokens actually prefilled (prompt = cached + disk + new)
     ttft_s: float = 0.0  # call start -> first token sampled
     prefill_tps: float = 0.0
     gen_tokens: int = 0
@@ -52,6 +52,8 @@ class Stats:
     finish_reason: str = ""
     drafted_tokens: int = 0  # speculative decoding: drafted tokens the model evaluated (0 when off)
     accepted_tokens: int = 0  # of them, those the model's own sample confirmed (each saved a decode step)
+    disk_tokens: int = 0  # prompt tokens whose KV was restored from the disk prompt cache (docs/prompt-cache.md)
+    disk_restore_s: float = 0.0  # time spent finding, reading and restoring that snapshot
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -34,11 +34,26 @@ def _extra_buffers_verdict():
     os.environ.pop("EDGEKIT_EXTRA_BUFFERS", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_prompt_cache(tmp_path_factory):
+    """Models that module- and session-scoped fixtures load (before a test's own EDGEKIT_HOME exists) keep
+    their persistent prompt cache in a temporary dir of the session, never in the user's cache dir."""
+    old = os.environ.get("EDGEKIT_PROMPT_CACHE")
+    os.environ["EDGEKIT_PROMPT_CACHE"] = str(tmp_path_factory.mktemp("prompt-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEKIT_PROMPT_CACHE", None)
+    else:
+        os.environ["EDGEKIT_PROMPT_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Keep every test away from the real user's data and cache dirs."""
+    """Keep every test away from the real user's data and cache dirs (the prompt cache's "auto" dir
+    is then under the test's EDGEKIT_HOME)."""
     home = tmp_path_factory.mktemp("edgekit-home")
     monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    monkeypatch.delenv("EDGEKIT_PROMPT_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 

@@ -30,6 +30,7 @@ class ChatOptions:
     speculative: str = "auto"
     draft: str | None = None  # a draft model for speculative decoding
     threads: int | None = None
+    prompt_cache: str | None = None  # a directory or "off"; None = load()'s "auto"
     chat_template: str | None = None  # template text overriding the model's own
     sampling: dict[str, Any] = field(default_factory=dict)  # None values: keep the default
     prompt: str | None = None
@@ -55,6 +56,8 @@ def load_model(opts: ChatOptions) -> Any:
         kwargs["draft"] = opts.draft
     if opts.threads is not None:
         kwargs["threads"] = opts.threads
+    if opts.prompt_cache is not None:
+        kwargs["prompt_cache"] = opts.prompt_cache
     if opts.chat_template is not None:
         kwargs["chat_template"] = opts.chat_template
     if quant is not None and "quant" in inspect.signature(edgekit.load).parameters:

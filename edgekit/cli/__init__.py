@@ -14,7 +14,17 @@ import sys
 
 import typer
 
-from edgekit.cli import bench_cmd, chat_cmd, convert_cmd, demo_cmd, eval_cmd, models_cmd, serve_cmd, tune_cmd
+from edgekit.cli import (
+    bench_cmd,
+    cache_cmd,
+    chat_cmd,
+    convert_cmd,
+    demo_cmd,
+    eval_cmd,
+    models_cmd,
+    serve_cmd,
+    tune_cmd,
+)
 from edgekit.errors import EdgekitError
 
 app = typer.Typer(
@@ -34,6 +44,7 @@ app.command("models")(models_cmd.models)
 app.command("serve")(serve_cmd.serve)
 app.command("tune")(tune_cmd.tune)
 app.add_typer(bench_cmd.bench_app, name="bench")
+app.add_typer(cache_cmd.cache_app, name="cache")
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -10,7 +10,15 @@ from typing import Annotated
 
 import typer
 
-from edgekit.cli.options import ChatTemplate, Draft, KvCache, Speculative, Threads, read_chat_template
+from edgekit.cli.options import (
+    ChatTemplate,
+    Draft,
+    KvCache,
+    PromptCache,
+    Speculative,
+    Threads,
+    read_chat_template,
+)
 
 _SAMPLING = "Sampling"
 _OUTPUT = "Output"
@@ -28,6 +36,7 @@ def chat(
     speculative: Speculative = "auto",
     draft: Draft = None,
     threads: Threads = None,
+    prompt_cache: PromptCache = None,
     chat_template: ChatTemplate = None,
     temp: Annotated[float | None, typer.Option("--temp", "-t", min=0.0, help="Temperature (0 = greedy).",
                                                rich_help_panel=_SAMPLING)] = None,
@@ -64,7 +73,7 @@ def chat(
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens}
     opts = ChatOptions(model=model, system=system, n_ctx=ctx, kv_cache=kv_cache, speculative=speculative,
-                       draft=draft, threads=threads, chat_template=template, sampling=sampling, prompt=prompt, json=json_out,
+                       draft=draft, threads=threads, prompt_cache=prompt_cache, chat_template=template, sampling=sampling, prompt=prompt, json=json_out,
                        quiet=quiet)
     code = run(opts)
     if code:

@@ -17,6 +17,9 @@ Speculative = Annotated[str, typer.Option("--speculative", help="Speculative dec
 Draft = Annotated[str | None, typer.Option("--draft", help="A draft model (GGUF, checkpoint, store name) with the "
                                            "same vocabulary, to propose tokens the model verifies.",
                                            show_default=False)]
+PromptCache = Annotated[str | None, typer.Option("--prompt-cache", metavar="DIR|off", help=(
+    "Keep long prompts' KV cache on disk so a new process doesn't prefill them again: a directory, or off "
+    "(default: EDGEKIT_PROMPT_CACHE, else the user cache dir). See docs/prompt-cache.md."), show_default=False)]
 Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: the tuned profile's, else physical cores).",
                                              show_default=False)]
 ChatTemplate = Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "

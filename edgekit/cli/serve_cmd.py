@@ -12,7 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
-from edgekit.cli.options import ChatTemplate, Draft, KvCache, Speculative, Threads, read_chat_template
+from edgekit.cli.options import (
+    ChatTemplate,
+    Draft,
+    KvCache,
+    PromptCache,
+    Speculative,
+    Threads,
+    read_chat_template,
+)
 from edgekit.errors import EdgekitError
 
 INSTALL_HINT = "pip install 'edgekit[serve]'"
@@ -43,6 +51,7 @@ def serve(
     speculative: Speculative = "auto",
     draft: Draft = None,
     chat_template: ChatTemplate = None,
+    prompt_cache: PromptCache = None,
 ) -> None:
     """Serve MODEL over the OpenAI HTTP API (/v1/chat/completions, /v1/completions, /v1/models).
 
@@ -66,7 +75,8 @@ def serve(
         import edgekit
 
         m = edgekit.load(model, n_ctx=ctx, kv_cache=kv_cache, progress=progress, slots=slots, threads=threads,
-                         speculative=speculative, draft=draft, chat_template=template)
+                         speculative=speculative, draft=draft, chat_template=template,
+                         prompt_cache=prompt_cache if prompt_cache is not None else "auto")
         print(f"plan: {m.plan.summary()}", file=sys.stderr, flush=True)
         if m.template_note:  # no chat template in the model: say which one is used, once
             print(f"warning: {m.template_note}", file=sys.stderr, flush=True)

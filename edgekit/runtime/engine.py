@@ -136,6 +136,9 @@ class Sequence:
         self._t_admit = self._t_prefill = self._t_first = 0.0
         self._n_cached = 0
         self._n_new = 0
+        self._n_disk = 0  # prompt tokens restored from the disk prompt cache
+        self._restore_s = 0.0
+        self._disk_checked = False
         self._n_sampled = 0
         self.prefill_steps = 0  # steps its prompt's prefill took (chunks)
 
@@ -219,6 +222,7 @@ class Engine:
         self.load_s = 0.0  # the model's, copied into every Stats
         self.rewindable = rewindable
         self.draft: Any = None  # an edgekit.runtime.draft.DraftModel with a sequence per slot (Model.attach_draft)
+        self.prompt_cache: Any = None  # an edgekit.runtime.prompt_cache.PromptCache (Model.attach_prompt_cache)
         self._pieces = pieces
         self.slots = [_Slot(i, []) for i in range(slots)]
         self.recent: _Slot = self.slots[0]  # the slot of the most recent sequence
@@ -380,6 +384,10 @@ class Engine:
                 continue
             slot = seq._slot
             assert slot is not None
+            cache = self.prompt_cache
+            if cache is not None and not (seq._prefilling or seq._waiting):
+                # its prompt was prefilled (a client that left after the first tokens): keep it all the same
+                cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
             self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
             slot.tokens = []
             self._end(seq, "cancelled")
@@ -395,6 +403,9 @@ class Engine:
         if prefill is not None:
             slot = prefill._slot
             assert slot is not None
+            cache = self.prompt_cache  # read once: Model.attach_prompt_cache may swap it from another thread
+            if cache is not None and not prefill._disk_checked:
+                self._restore(cache, prefill, slot)
             cap = room if not generating else self._chunk_cap(room)
             done = len(slot.tokens)
             chunk = prefill.prompt_tokens[done : done + cap]
@@ -470,6 +481,16 @@ class Engine:
                     self._sample(member, row)
                 except BaseException as exc:
                     self._fail(member, exc)
+
+    def _restore(self, cache: Any, seq: Sequence, slot: _Slot) -> None:
+        """Before a prompt's first chunk: take what the disk prompt cache holds beyond the slot's live KV."""
+        seq._disk_checked = True
+        t0, live = time.perf_counter(), len(slot.tokens)
+        n = cache.restore(self._ctx, slot.id, seq.prompt_tokens, live, self.n_ctx)
+        if n != live:  # the slot's KV was replaced (by a snapshot, or emptied when llama.cpp refused one)
+            slot.tokens = list(seq.prompt_tokens[:n])
+            seq._n_cached, seq._n_disk, seq._n_new = 0, n, len(seq.prompt_tokens) - n
+            seq._restore_s = time.perf_counter() - t0
 
     def _chunk_cap(self, room: int) -> int:
         """Prompt tokens a prefill may add to a step of generating sequences (see STALL)."""
@@ -602,10 +623,17 @@ class Engine:
             decode_tps=(seq._n_sampled - 1) / decode_s if seq._n_sampled > 1 and decode_s > 0 else 0.0,
             peak_rss=peak_rss(), n_ctx=self.n_ctx, ctx_used=len(slot.tokens) if slot else 0, finish_reason=reason,
             drafted_tokens=spec.drafted if spec else 0, accepted_tokens=spec.accepted if spec else 0,
+            disk_tokens=seq._n_disk, disk_restore_s=seq._restore_s,
         )
         seq.completion = Completion(seq._stream.text, seq._out, reason, stats)
         seq._over = True
         self._release(seq)
+        # The answer's text is out: a long prompt's KV (with its answer) is copied for the disk prompt cache
+        # before the completion is handed over, so a caller that returns and exits has it queued (written
+        # by the cache's own thread, which the interpreter waits for).
+        cache = self.prompt_cache
+        if cache is not None and slot is not None and reason != "cancelled":
+            cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
         seq._put(_END)
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:

@@ -18,6 +18,7 @@ from edgekit.runtime.speculative import check_mode
 
 if TYPE_CHECKING:
     from edgekit.runtime.model import Model
+    from edgekit.runtime.prompt_cache import PromptCache
 
 # llama.cpp's LLAMA_MAX_SEQ: the most sequences one context can hold.
 MAX_SLOTS = 256
@@ -30,7 +31,8 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
          gpu_layers: int | str = "auto", flash_attn: bool | str = "auto", mmap: bool = True, mlock: bool = False,
          seed: int | None = None, n_batch: int = DEFAULT_N_BATCH, n_ubatch: int | None = None, rope_scaling: str | None = None,
          quant: str | None = None, progress: ProgressFn | None = None, chat_template: str | None = None,
-         speculative: str = "auto", slots: int = 1, draft: str | Path | None = None) -> Model:
+         speculative: str = "auto", slots: int = 1, draft: str | Path | None = None,
+         prompt_cache: str | Path | None = "auto", prompt_cache_size: int | str | None = None) -> Model:
     """Load a model for generation, planned to fit memory.
 
     Args:
@@ -66,6 +68,12 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
             proposes tokens for ``speculative="auto"``. It gets its own f16 KV cache of n_ctx tokens.
         slots: sequences decoded at once (:meth:`Model.start`, or generate/stream from several
             threads): each has its own ``n_ctx`` of KV cache, so the cache is ``slots`` x ``n_ctx``.
+        prompt_cache: the persistent prompt cache (docs/prompt-cache.md): long prompts' KV kept on
+            disk, so a new process doesn't prefill them again. "auto" = ``EDGEKIT_PROMPT_CACHE``
+            (``off`` or a directory) if set, else ``prompts/`` in the user cache dir; a directory;
+            or "off"/None. A directory that can't be used turns it off with a warning.
+        prompt_cache_size: its disk budget (bytes, or "500M", "2G"); None = 2 GiB or a tenth of
+            the free space, whichever is smaller. The least recently used snapshots go first.
 
     Raises:
         SourceError, CorruptFile, UnsupportedModel: the model can't be found or read.
@@ -92,6 +100,7 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
     p, n_threads, threads_batch, n_ubatch = _resolve_settings(info, n_ctx, kv_cache, flash_attn, threads, n_batch,
                                                               n_ubatch, slots)
     require_fit(p)
+    cache, p = _prompt_cache(path, p, prompt_cache, prompt_cache_size, rope_scaling)
     from edgekit.runtime.model import Model
 
     draft_path = resolve_model(draft, quant=quant or DEFAULT_QUANT, progress=progress) if draft is not None else None
@@ -101,6 +110,8 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
               speculative=speculative)
     if threads_batch != n_threads:  # the Model sets one count for both phases; the profile picked each
         _llama.lib().llama_set_n_threads(m.llama_context, n_threads, threads_batch)
+    if cache is not None:
+        m.attach_prompt_cache(cache)
     if draft_path is not None:
         from edgekit.runtime.draft import DraftModel
 
@@ -113,6 +124,29 @@ def load(model: str | Path, *, n_ctx: int | None = None, kv_cache: str = "auto",
             m.close()
             raise
     return m
+
+
+def _prompt_cache(path: Path, p: Plan, setting: str | Path | None, size: int | str | None,
+                  rope_scaling: str | None) -> tuple[PromptCache | None, Plan]:
+    """The model's persistent prompt cache (None when off or unusable: one warning) and the plan naming it."""
+    import warnings
+    from dataclasses import replace
+
+    from edgekit.errors import PromptCacheWarning
+    from edgekit.runtime.prompt_cache import PromptCache, identity_key, parse_size, resolve_dir
+
+    directory = resolve_dir(setting)
+    if directory is None:
+        return None, p
+    budget = parse_size(size, directory)
+    rope = {"scaling": rope_scaling, "n_ctx": p.n_ctx} if rope_scaling else None
+    try:
+        key = identity_key(path, type_k=p.type_k, type_v=p.type_v, flash_attn=p.flash_attn, rope=rope)
+        cache = PromptCache(directory, budget, key, model_file=path.name)
+    except EdgekitError as exc:
+        warnings.warn(f"prompt cache turned off: {exc}", PromptCacheWarning, stacklevel=3)
+        return None, p
+    return cache, replace(p, prompt_cache=str(directory), prompt_cache_bytes=budget)
 
 
 def static_settings(info: ModelInfo, n_ctx: int | None = None, threads: int | None = None) -> Settings:

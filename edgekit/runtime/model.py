@@ -35,6 +35,7 @@ from edgekit.stats import Completion, Stats
 
 if TYPE_CHECKING:
     from edgekit.runtime.draft import DraftModel
+    from edgekit.runtime.prompt_cache import PromptCache
 
 
 class Model:
@@ -65,6 +66,7 @@ class Model:
         self._model = self._ctx = None
         self._engine: Engine | None = None
         self.draft: DraftModel | None = None  # see attach_draft
+        self.prompt_cache: PromptCache | None = None  # see attach_prompt_cache
         t0 = time.perf_counter()
 
         buffers = _llama.weight_buffers(info.path, info.tensor_types, info.matrices)
@@ -106,6 +108,18 @@ class Model:
             self.draft.close()
         self.draft = engine.draft = draft
 
+    def attach_prompt_cache(self, cache: PromptCache | None) -> None:
+        """Restore long prompts from, and keep them in, the persistent prompt cache ``cache``
+        (docs/prompt-cache.md); None turns it off. Sliding-window and recurrent memory use exact
+        snapshots only. The engine reads the reference once per prompt, so it may change at any time."""
+        engine = self._check_open()
+        if cache is not None:
+            cache.trimmable = self._rewindable and self._L.llama_model_n_swa(self._model) == 0
+        old, self.prompt_cache = self.prompt_cache, cache
+        engine.prompt_cache = cache
+        if old is not None and old is not cache:
+            old.close()
+
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -114,6 +128,8 @@ class Model:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        if getattr(self, "prompt_cache", None) is not None:
+            self.prompt_cache.close()  # the snapshots taken so far are written
         if getattr(self, "draft", None) is not None:  # also a Model whose __init__ failed early
             self.draft.close()
             self.draft = None

@@ -56,6 +56,7 @@ class State:
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.slots, self.queue)
         self.metrics.running = self._running
+        self.metrics.prompt_cache = lambda: getattr(self.model, "prompt_cache", None)
         self.executor = ThreadPoolExecutor(max_workers=self.slots + self.queue, thread_name_prefix="edgekit-seq")
 
     def ready_model(self) -> Any:

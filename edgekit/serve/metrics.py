@@ -46,6 +46,7 @@ class Metrics:
             self.sequences -= n
 
     running: Callable[[], int] | None = None  # sequences holding a slot now (the engine's view), if known
+    prompt_cache: Callable[[], object] | None = None  # the model's PromptCache (None until loaded, or off)
 
     @property
     def slots_busy(self) -> int:
@@ -126,4 +127,14 @@ class Metrics:
                    self.decode_tokens)
             metric("edgekit_decode_tokens_per_second", "gauge", "Decode speed of the last finished sequence.",
                    self.last_decode_tps)
+            cache = getattr(self.prompt_cache(), "counters", None) if self.prompt_cache is not None else None
+            if cache is not None:
+                for name, help_, value in (
+                        ("hits", "Prompts restored from the disk prompt cache.", cache.hits),
+                        ("misses", "Long prompts the disk prompt cache had nothing for.", cache.misses),
+                        ("read_bytes", "Bytes of snapshots read from the prompt cache.", cache.bytes_read),
+                        ("written_bytes", "Bytes of snapshots written to the prompt cache.", cache.bytes_written),
+                        ("evictions", "Snapshots evicted to keep the prompt cache in its budget.", cache.evictions),
+                        ("restored_tokens", "Prompt tokens restored from the prompt cache.", cache.restored_tokens)):
+                    metric(f"edgekit_prompt_cache_{name}_total", "counter", help_, value)
         return "\n".join(lines) + "\n"

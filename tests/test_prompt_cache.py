@@ -1,0 +1,396 @@
+"""The persistent prompt cache (edgekit/runtime/prompt_cache.py, docs/prompt-cache.md).
+
+A "new process" is simulated in the fast tests by ``Model.reset()`` (the live KV is gone, only the
+disk has the prompt) and done for real in the slow ones (a subprocess). Greedy identity is checked
+against the same model with the cache off, token for token; speculation is off so that only the
+cache differs between the two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from loaded_models import tiny_qwen2_gguf
+
+from edgekit.errors import PromptCacheWarning
+from edgekit.runtime import prompt_cache as pc
+
+N_OUT = 4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny Qwen2, loaded once for the module with the cache off (tests attach their own)."""
+    import edgekit
+
+    _, path = tiny_qwen2_gguf()
+    m = edgekit.load(path, n_ctx=1024, seed=1, speculative="off", prompt_cache="off")
+    yield m
+    m.close()
+
+
+def prompt(n: int, salt: int = 0) -> list[int]:
+    """``n`` ordinary token ids, different for each ``salt``."""
+    return [1000 + (i * 7 + salt * 131) % 5000 for i in range(n)]
+
+
+def greedy(m, tokens: list[int]):
+    m.reset()  # a new process: nothing of the prompt is in the live KV
+    return m.generate(tokens, max_tokens=N_OUT, temperature=0, speculative="off")
+
+
+def cache_for(m, directory: Path, budget: int = 1 << 30) -> pc.PromptCache:
+    from edgekit.runtime.prompt_cache import PromptCache, identity_key
+
+    cache = PromptCache(directory, budget, identity_key(m.path, type_k=m.type_k, type_v=m.type_v,
+                                                        flash_attn=m.flash_attn), model_file=m.path.name)
+    m.attach_prompt_cache(cache)
+    return cache
+
+
+def reference(m, tokens: list[int]) -> list[int]:
+    saved = m.prompt_cache
+    m.attach_prompt_cache(None)
+    try:
+        return greedy(m, tokens).tokens
+    finally:
+        m.attach_prompt_cache(saved)
+
+
+def snapshots(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"*{pc.SUFFIX}"))
+
+
+def test_restore_equal_longer_and_shorter_prompts_give_the_same_tokens(tiny, tmp_path):
+    base = prompt(400)
+    cache = cache_for(tiny, tmp_path / "pc")
+    first = greedy(tiny, base)
+    assert first.stats.disk_tokens == 0
+    cache.flush()
+    assert len(snapshots(tmp_path / "pc")) == 1
+    cases = {"equal": base, "longer": base + prompt(100, salt=1), "shorter": base[:300]}
+    for name, tokens in cases.items():
+        want = reference(tiny, tokens)
+        got = greedy(tiny, tokens)
+        assert got.tokens == want, name
+        s = got.stats
+        # a snapshot longer than the prompt is cut back to it; one token is always prefilled for its logits
+        assert s.disk_tokens == min(len(tokens), len(base)) - (name != "longer"), name
+        assert s.disk_tokens + s.new_prompt_tokens + s.cached_tokens == len(tokens)
+        assert s.disk_restore_s > 0
+    assert cache.counters.hits == 3 and cache.counters.bytes_read > 0
+    cache.flush()
+    assert len(snapshots(tmp_path / "pc")) == 1  # every later prompt was covered: nothing new kept
+
+
+def test_short_prompts_are_not_kept_and_the_live_kv_is_preferred(tiny, tmp_path):
+    cache = cache_for(tiny, tmp_path / "pc")
+    tiny.generate(prompt(pc.MIN_TOKENS - 1), max_tokens=4, temperature=0)
+    cache.flush()
+    assert snapshots(tmp_path / "pc") == []
+    long = prompt(400, salt=2)
+    greedy(tiny, long)
+    again = tiny.generate(long, max_tokens=4, temperature=0)  # same process: the slot's live KV covers it
+    assert again.stats.disk_tokens == 0 and again.stats.cached_tokens == len(long) - 1
+
+
+@pytest.mark.slow
+def test_exact_only_memory_restores_only_whole_snapshots(tiny, tmp_path):
+    base = prompt(400, salt=3)
+    cache = cache_for(tiny, tmp_path / "pc")
+    greedy(tiny, base)
+    cache.flush()
+    held = tiny.cached_tokens  # the snapshot holds the prompt and its answer
+    cache.trimmable = False  # as for sliding-window or recurrent memory
+    assert greedy(tiny, base[:300]).stats.disk_tokens == 0  # it would need the snapshot cut back
+    follow = held + prompt(50, salt=5)  # a follow-up turn extends the snapshot exactly
+    want = reference(tiny, follow)
+    got = greedy(tiny, follow)
+    assert got.tokens == want and got.stats.disk_tokens == len(held)
+
+
+def _rewrite(path: Path, change) -> None:
+    """Rewrite a snapshot with ``change(header)`` applied and a valid checksum (a well-formed foreign file)."""
+    raw = path.read_bytes()
+    magic, hlen, plen, _ = pc._PREFIX.unpack_from(raw)
+    header = json.loads(raw[pc._PREFIX.size : pc._PREFIX.size + hlen])
+    change(header)
+    new = json.dumps(header).encode()
+    payload = raw[pc._PREFIX.size + hlen :]
+    digest = hashlib.sha256(new + payload).digest()
+    path.write_bytes(pc._PREFIX.pack(magic, len(new), plen, digest) + new + payload)
+
+
+def _flip_payload_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def _directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+DAMAGE = {
+    "flipped payload byte": _flip_payload_byte,
+    "truncated": lambda p: os.truncate(p, p.stat().st_size // 2),
+    "another model": lambda p: _rewrite(p, lambda h: h["key"]["model"].update(size=h["key"]["model"]["size"] + 1)),
+    "another KV type": lambda p: _rewrite(p, lambda h: h["key"].update(type_k="q8_0", type_v="q8_0")),
+    "empty": lambda p: p.write_bytes(b""),
+    "a directory": _directory,
+}
+
+
+@pytest.mark.parametrize("damage", [d if d == "flipped payload byte" else pytest.param(d, marks=pytest.mark.slow)
+                                    for d in DAMAGE])
+def test_a_bad_snapshot_is_never_used_and_warns_once(tiny, tmp_path, damage):
+    base = prompt(400, salt=6)
+    cache = cache_for(tiny, tmp_path / "pc")
+    greedy(tiny, base)
+    cache.flush()
+    (path,) = snapshots(tmp_path / "pc")
+    DAMAGE[damage](path)
+    want = reference(tiny, base)
+    cache2 = cache_for(tiny, tmp_path / "pc")  # a new process: an empty index
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = greedy(tiny, base)
+        again = greedy(tiny, base)
+    cache2.flush()
+    assert got.tokens == want and again.tokens == want
+    assert got.stats.disk_tokens == 0
+    ours = [w for w in caught if issubclass(w.category, PromptCacheWarning)]
+    assert len(ours) == 1, [str(w.message) for w in ours]
+    assert path.name in str(ours[0].message)
+    if damage == "a directory":
+        assert path.is_dir()  # skipped, not removed: it isn't ours to delete
+    else:
+        # deleted; the second run kept a good snapshot under the same name
+        assert path.is_file() and pc.read_header(path)[0]["key"] == cache2.key
+    assert cache2.enabled
+
+
+@pytest.mark.slow
+def test_budget_evicts_the_least_recently_used(tiny, tmp_path):
+    d = tmp_path / "pc"
+    cache = cache_for(tiny, d)
+    greedy(tiny, prompt(400, salt=10))
+    cache.flush()
+    size = snapshots(d)[0].stat().st_size
+    cache.budget = int(2.5 * size)  # two snapshots fit
+
+    def kept() -> list[list[int]]:
+        assert sum(p.stat().st_size for p in snapshots(d)) <= cache.budget
+        return sorted(pc.read_header(p)[0]["tokens"][:400] for p in snapshots(d))
+
+    greedy(tiny, prompt(400, salt=11))
+    cache.flush()
+    assert kept() == sorted([prompt(400, salt=10), prompt(400, salt=11)])
+    assert greedy(tiny, prompt(400, salt=10)).stats.disk_tokens > 0  # used again: now the most recent
+    greedy(tiny, prompt(400, salt=12))
+    cache.flush()
+    assert kept() == sorted([prompt(400, salt=10), prompt(400, salt=12)])  # 11 was the least recently used
+    greedy(tiny, prompt(400, salt=13))
+    cache.flush()
+    assert kept() == sorted([prompt(400, salt=12), prompt(400, salt=13)])
+    assert cache.counters.evictions == 2
+
+
+def test_off_writes_nothing_and_auto_lives_under_edgekit_home(tmp_path, monkeypatch):
+    import edgekit
+    from edgekit.paths import cache_dir
+
+    _, path = tiny_qwen2_gguf()
+    home = Path(os.environ["EDGEKIT_HOME"])
+    auto = pc.resolve_dir("auto")
+    assert auto == cache_dir() / "prompts" and home in auto.parents
+    with edgekit.load(path, n_ctx=1024, prompt_cache="off") as m:
+        assert m.prompt_cache is None and "prompt cache off" in m.plan.summary()
+        m.generate(prompt(400), max_tokens=4, temperature=0)
+    monkeypatch.setenv("EDGEKIT_PROMPT_CACHE", "off")
+    with edgekit.load(path, n_ctx=1024) as m:
+        assert m.prompt_cache is None
+        m.generate(prompt(400), max_tokens=4, temperature=0)
+    assert not auto.exists() or not any(auto.iterdir())
+    monkeypatch.setenv("EDGEKIT_PROMPT_CACHE", str(tmp_path / "env"))
+    with edgekit.load(path, n_ctx=1024, prompt_cache_size="300M") as m:
+        assert m.prompt_cache is not None and m.prompt_cache.directory == tmp_path / "env"
+        assert f"prompt cache {tmp_path / 'env'} (budget 300 MiB)" in m.plan.summary()
+        m.generate(prompt(400), max_tokens=4, temperature=0)
+    (kept,) = snapshots(tmp_path / "env")  # written by close() at the latest
+    assert kept.stat().st_mode & 0o777 == 0o600 and (tmp_path / "env").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_directory_others_can_write_is_refused(tmp_path):
+    import edgekit
+
+    _, path = tiny_qwen2_gguf()
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+    with pytest.warns(PromptCacheWarning, match="can be written by other users") as caught:
+        m = edgekit.load(path, n_ctx=1024, prompt_cache=d)
+    with m:
+        assert len(caught) == 1 and m.prompt_cache is None
+        m.generate(prompt(400), max_tokens=4, temperature=0)
+    assert not any(d.iterdir())
+
+
+@pytest.mark.slow
+def test_a_failing_write_turns_the_cache_off_once(tiny, tmp_path):
+    d = tmp_path / "pc"
+    cache = cache_for(tiny, d)
+    d.rmdir()
+    d.write_bytes(b"")  # writes now fail (as on a read-only or full disk); root can't bypass this one
+    want = reference(tiny, prompt(400, salt=20))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for salt in (20, 21):
+            got = greedy(tiny, prompt(400, salt=salt))
+            cache.flush()
+            if salt == 20:
+                assert got.tokens == want
+    ours = [w for w in caught if issubclass(w.category, PromptCacheWarning)]
+    assert len(ours) == 1 and "turned off" in str(ours[0].message)
+    assert not cache.enabled
+
+
+def test_the_index_finds_the_longest_shared_block_prefix(tmp_path):
+    cache = pc.PromptCache(tmp_path / "pc", 1 << 20, {"k": 1})
+    a, b = prompt(300), prompt(300)[:200] + prompt(100, salt=1)
+    with cache._lock:
+        cache._add(pc.Entry("a", a, 10))
+        cache._add(pc.Entry("b", b, 5))
+    found = cache._candidates(prompt(300) + [7], 300, n_ctx=4096)
+    assert [(n, e.name) for n, e in found] == [(300, "a")]
+    found = cache._candidates(b[:250] + prompt(60, salt=9), 310, n_ctx=4096)
+    assert [(n, e.name) for n, e in found] == [(250, "b"), (200, "a")]  # found through the 3 blocks both share
+    assert cache._candidates(prompt(300), 299, n_ctx=300) == []  # doesn't fit the context
+    assert pc.block_hashes(a)[:3] == pc.block_hashes(b)[:3] and pc.block_hashes(a)[3] != pc.block_hashes(b)[3]
+
+
+def test_metrics_and_cli_show_the_cache(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+    from edgekit.serve.metrics import Metrics
+
+    d = tmp_path / "pc"
+    cache = cache_for(tiny, d)
+    greedy(tiny, prompt(400, salt=30))
+    cache.flush()
+    greedy(tiny, prompt(400, salt=30))
+    cache.flush()
+    metrics = Metrics(1, 0)
+    metrics.prompt_cache = lambda: cache
+    text = metrics.render()
+    assert "edgekit_prompt_cache_hits_total 1" in text and "edgekit_prompt_cache_misses_total 1" in text
+    assert f"edgekit_prompt_cache_written_bytes_total {cache.counters.bytes_written}" in text
+    runner = CliRunner()
+    out = runner.invoke(app, ["cache", "list", "--dir", str(d)])
+    assert out.exit_code == 0 and tiny.path.name in out.output and "1 snapshot," in out.output
+    (d / f"0-bad{pc.SUFFIX}").write_bytes(b"junk")
+    out = runner.invoke(app, ["cache", "prune", "--dir", str(d), "--size", "1G"])
+    assert out.exit_code == 0 and "Deleted 1 unreadable and 0" in out.output
+    out = runner.invoke(app, ["cache", "clear", "--dir", str(d)])
+    assert out.exit_code == 0 and snapshots(d) == []
+
+
+CHILD = """
+import json, sys, warnings
+import edgekit
+warnings.simplefilter("always")
+path, directory, prompts, size = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+out = []
+with edgekit.load(path, n_ctx=1024, seed=1, speculative="off", prompt_cache=directory,
+                  prompt_cache_size=None if size == "default" else size) as m:
+    for p in prompts:
+        m.reset()
+        c = m.generate(p, max_tokens=N_OUT, temperature=0)
+        out.append({"tokens": c.tokens, "disk": c.stats.disk_tokens})
+print(json.dumps(out))
+""".replace("N_OUT", str(N_OUT))
+
+
+def _child(path: Path, directory: Path, prompts: list[list[int]], size: str = "default") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(directory), json.dumps(prompts), size],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen) -> tuple[list[dict], str]:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+@pytest.mark.slow
+def test_a_new_process_restores_and_answers_the_same(tiny, tmp_path):
+    d = tmp_path / "pc"
+    base = prompt(400, salt=40)
+    cases = [base, base + prompt(80, salt=41), base[:320]]
+    want = [reference(tiny, p) for p in cases]
+    first, _ = _result(_child(tiny.path, d, [base]))
+    assert first[0]["disk"] == 0 and first[0]["tokens"] == want[0]
+    second, err = _result(_child(tiny.path, d, cases))
+    assert [r["tokens"] for r in second] == want
+    assert [r["disk"] for r in second] == [399, 400, 319]
+    assert "PromptCacheWarning" not in err
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_directory(tiny, tmp_path):
+    d = tmp_path / "pc"
+    prompts = [prompt(400, salt=s) for s in (50, 51, 52, 50, 53, 51, 52, 50)]
+    want = [reference(tiny, p) for p in prompts]
+    # a budget of about three snapshots: the processes also evict files the other may be reading
+    one = _child(tiny.path, d, prompts, "650K")
+    two = _child(tiny.path, d, prompts[::-1], "650K")
+    (r1, e1), (r2, e2) = _result(one), _result(two)
+    assert [r["tokens"] for r in r1] == want and [r["tokens"] for r in r2] == want[::-1]
+    assert "PromptCacheWarning" not in e1 + e2  # no torn or foreign file was ever seen
+    assert sum(r["disk"] > 0 for r in r1 + r2) >= 2  # prompts seen before came from the disk
+    for p in snapshots(d):
+        pc.read_header(p)  # every file left is whole
+
+
+@pytest.mark.slow
+def test_chat_turns_restore_across_processes():
+    """A SmolLM2 chat: turn 2 in a "new process" comes from the snapshot turn 1 left, with the same answer."""
+    import edgekit
+    from edgekit.samples.assets import smollm2_gguf
+
+    system = " ".join(f"Rule {i}: be kind to the number {i}." for i in range(40))
+    d = Path(os.environ["EDGEKIT_HOME"]) / "turns"
+    with edgekit.load(smollm2_gguf(), n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as m, \
+            edgekit.load(smollm2_gguf(), n_ctx=2048, seed=1, speculative="off", prompt_cache="off") as ref:
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": "What is rule 3?"}]
+        a1 = m.chat(msgs, max_tokens=16, temperature=0)
+        assert a1.tokens == ref.chat(msgs, max_tokens=16, temperature=0).tokens
+        m.prompt_cache.flush()
+        m.reset()
+        ref.reset()
+        msgs += [{"role": "assistant", "content": a1.text}, {"role": "user", "content": "And rule 7?"}]
+        a2 = m.chat(msgs, max_tokens=16, temperature=0)
+        assert a2.tokens == ref.chat(msgs, max_tokens=16, temperature=0).tokens
+        assert a2.stats.disk_tokens >= len(m.chat_tokens(msgs[:2]))  # the first turn came from the disk
+
+
+def test_a_stream_stopped_after_its_prompt_still_keeps_it(tiny, tmp_path):
+    cache = cache_for(tiny, tmp_path / "pc")
+    tiny.reset()
+    stream = tiny.stream(prompt(400, salt=60), max_tokens=50, temperature=0)
+    next(stream)  # the prompt is prefilled and a token came out; then the client goes away
+    stream.close()
+    cache.flush()
+    (kept,) = snapshots(tmp_path / "pc")
+    assert pc.read_header(kept)[0]["tokens"][:400] == prompt(400, salt=60)
+    assert greedy(tiny, prompt(400, salt=60)).stats.disk_tokens == 399

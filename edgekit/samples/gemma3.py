@@ -118,8 +118,8 @@ def gemma3_config(kv: dict) -> dict:
 def gemma3_checkpoint(out_dir: str | Path, gemma3_gguf: str | Path) -> Path:
     """Dequantize a gemma3 GGUF into a ``Gemma3ForCausalLM`` checkpoint (float32 safetensors, tokenizer files).
 
-    Unsupported metadata (rope scaling, softcapping other than the file says) is not guessed:
-    the GGUF's own keys become config.json fields, llama.cpp's defaults fill the rest.
+    The GGUF's own keys become config.json fields and llama.cpp's gemma3 defaults fill the rest;
+    a file with rope scaling is refused rather than carried over approximately.
     """
     from gguf import GGUFReader
     from gguf.quants import dequantize

@@ -152,7 +152,7 @@ class DraftModel:
                 b.logits[i] = 0
             b.logits[len(chunk) - 1] = 1
             b.n_tokens = len(chunk)
-            if self._L.llama_decode(self._ctx, b) != 0:
+            if _llama.decode(self._ctx, b) != 0:
                 return False
         return True
 

@@ -663,4 +663,4 @@ def new_spec(mode: str, tokens: list[int], engine: Engine, slot: int) -> Any:
     """The drafting for one sequence in ``slot``, or None (off, a recurrent model, or a batch of one token)."""
     if not engine.rewindable or engine.n_batch <= 1:
         return None
-    return speculative.start(mode, tokens, draft=engine.draft, seq_id=slot, cost=engine.draft_cost)
+    return speculative.start(mode, tokens, draft=engine.draft, seq_id=slot, cost=engine.cost_curve)

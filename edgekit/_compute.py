@@ -64,15 +64,16 @@ class _Worker:
         self.calls = 0  # calls run on the compute thread (for tests and studies)
 
     def ensure(self) -> bool:
-        """Start the thread if needed; False where it can't run (the interpreter is finalizing)."""
+        """Start the thread if needed; False if it can't be started (Python refuses new threads at exit)."""
         if self.thread is not None:
             return True
-        if sys.is_finalizing():
-            return False
         with self.lock:
             if self.thread is None:
                 thread = threading.Thread(target=self._loop, name="edgekit-compute", daemon=True)
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                    return False
                 self.ident = thread.ident
                 self.thread = thread
         return True
@@ -111,7 +112,8 @@ def run(fn: Callable[..., T], *args: Any) -> T:
     :func:`last_seconds` then tells how long the call itself took (without the wait for its turn).
     """
     worker = _worker
-    if threading.get_ident() == worker.ident or not worker.ensure():
+    # While the interpreter finalizes, the daemon compute thread may never run again: run inline.
+    if threading.get_ident() == worker.ident or sys.is_finalizing() or not worker.ensure():
         t0 = time.perf_counter()
         try:
             return fn(*args)

@@ -243,6 +243,7 @@ class ModelDrafter:
         self._model = model
         self._seq_id = seq_id
         self._text: list[int] = list(prompt)
+        self._prompt_len = len(self._text)
         self.cost = model.cost
         self.rates = model.costs.rates  # the pair's acceptance, kept across calls
         self._dropped = False
@@ -253,7 +254,7 @@ class ModelDrafter:
         if self._dropped:
             return 0
         k = draft_cost.plan(self._model.costs, self._model.pending(self._text, self._seq_id), limit, p_first,
-                            p_next, cost)
+                            p_next, cost, emitted=len(self._text) - self._prompt_len)
         self._dropped = k < 0
         return max(k, 0)
 

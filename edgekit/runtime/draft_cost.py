@@ -13,7 +13,10 @@ one target step:
   since its last draft), from the timed single step plus the timed cost of each further token in a
   batch;
 - a draft of k tokens costs ``cost(k + 1)`` target steps to verify, ``catch_up(m)`` for the first
-  guess and ``step`` for each further one.
+  guess and ``step`` for each further one. While it drafts every step, m is 1 or 2; a long catch-up
+  (a new prompt, or a long pause) is paid once and serves every draft after it, so it is made when the
+  target steps that drafting saves per token, over the tokens still expected (as many as the call has
+  emitted so far, and at least :data:`HORIZON`), cover it.
 
 The draft model's first draft (once per draft model) is a probe of two guesses, which times its
 catching up and a single step. From then on a drafter that can't pay even if every guess were right
@@ -31,11 +34,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekit.runtime.speculative import MAX_DRAFT, QUIET, best_length
+from edgekit.runtime.speculative import MAX_DRAFT, QUIET, best_length, expected_tokens
 from edgekit.stats import running_average
 
 # Probes of a drafter whose drafts don't pay may cost at most this share of the decoding time.
 PROBE_BUDGET = 0.02
+# A long catch-up (a new prompt) is paid once and serves the drafts after it: it must pay back within
+# the tokens still expected, taken as the tokens the call has emitted so far, and at least this many.
+HORIZON = 64
 # Prior cost of each further token of a batch, relative to one step (the prior curve's slope at 16
 # tokens: 82 ms / 16 tokens against 11.7 ms for one, speculative.SMOLLM2_COST).
 PRIOR_BATCH_TOKEN = 82 / 11.7 / 16
@@ -101,10 +107,12 @@ class DraftCosts:
         return step + (m - 1) * per_token
 
 
-def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: float, cost: Any) -> int:
+def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: float, cost: Any,
+         emitted: int = 0) -> int:
     """How many tokens a draft model should draft now: 0 to decode one token, -1 to drop it for the call.
 
-    ``pending``: tokens it must evaluate before its first guess; ``limit``: the room for a draft;
+    ``pending``: tokens it must evaluate before its first guess; ``emitted``: tokens the call has
+    generated so far; ``limit``: the room for a draft;
     ``p_first``/``p_next``: the measured acceptance; ``cost``: the target's verification cost
     (n -> relative time; a :class:`~edgekit.runtime.speculative.CostCurve` also gives its step time).
     """
@@ -115,11 +123,13 @@ def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: fl
     step = costs.step(unit)
     if best_length(MAX_DRAFT, 1.0, 1.0, cost, step) == 0:
         return -1  # even if every guess were right
-    setup = costs.catch_up(pending, unit) - step
-    k = best_length(limit, p_first, p_next, cost, step, setup)
+    k = best_length(limit, p_first, p_next, cost, step)  # as when drafting every step (catching up 1 token)
     if k:
-        costs.quiet = 0
-        return k
+        extra = costs.catch_up(pending, unit) - step  # catching up beyond the step that gives the first guess
+        saved = 1.0 - (cost(k + 1) + step * k) / expected_tokens(k, p_first, p_next)  # target steps per token
+        if extra <= saved * max(HORIZON, emitted):
+            costs.quiet = 0
+            return k
     costs.quiet += 1
     probe = costs.catch_up(pending, unit) + cost(2) - 1.0
     if costs.quiet >= QUIET and probe <= PROBE_BUDGET * costs.quiet:

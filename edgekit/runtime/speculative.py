@@ -276,16 +276,14 @@ def expected_tokens(k: int, p_first: float, p_next: float) -> float:
 
 
 def best_length(limit: int, p_first: float, p_next: float, cost: Callable[[int], float],
-                draft_cost: float = 0.0, setup: float = 0.0) -> int:
+                draft_cost: float = 0.0) -> int:
     """The draft length up to ``limit`` with the most expected tokens per unit of time (0 = don't draft).
 
-    A draft of k costs ``cost(k + 1)`` to verify, ``draft_cost`` per drafted token and ``setup``
-    once (a draft model catching up on the text). Drafting must beat plain decoding (1 token per
-    step) by ``MARGIN``.
+    Drafting must beat plain decoding (1 token per step) by ``MARGIN``.
     """
     best, best_rate = 0, MARGIN
     for k in range(1, limit + 1):
-        rate = expected_tokens(k, p_first, p_next) / (cost(k + 1) + draft_cost * k + setup)
+        rate = expected_tokens(k, p_first, p_next) / (cost(k + 1) + draft_cost * k)
         if rate > best_rate:
             best, best_rate = k, rate
     return best

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit import _llama
+from edgekit import _compute, _llama
 from edgekit.gguf_check import ModelInfo, check
 from edgekit.llama_facts import ggml_type_id, resolve_gpu_layers
 
@@ -106,8 +106,11 @@ class _RawChat:
 
     def stream_chat(self, messages: list[dict], **sampling: Any) -> Iterator[Any]:
         n = 0
-        for chunk in self.llama.create_chat_completion(messages, stream=True, temperature=sampling["temperature"],
-                                                        max_tokens=sampling["max_tokens"], seed=sampling.get("seed")):
+        chunks = self.llama.create_chat_completion(messages, stream=True, temperature=sampling["temperature"],
+                                                   max_tokens=sampling["max_tokens"], seed=sampling.get("seed"))
+        # llama-cpp-python decodes on the thread that steps its stream: step it on edgekit's compute thread,
+        # so the process keeps one OpenMP team (edgekit._compute).
+        while (chunk := _compute.run(next, chunks, None)) is not None:
             text = chunk["choices"][0]["delta"].get("content")
             if text:
                 n += 1

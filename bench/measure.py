@@ -96,7 +96,9 @@ class Context:
     def _decode(self, tokens: list[int]) -> None:
         arr = (self._lib.llama_token * len(tokens))(*tokens)
         batch = self._lib.llama_batch_get_one(arr, len(tokens))
-        rc = self._lib.llama_decode(self.ctx, batch)
+        from edgekit import _llama
+
+        rc = _llama.decode(self.ctx, batch)
         if rc != 0:
             raise BenchError(f"llama.cpp failed to decode a batch of {len(tokens)} tokens (code {rc})",
                              "The context is probably too small for this depth; lower -d or -p.")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from edgekit import _compute
 from edgekit.errors import InvalidParam, ModelLoadError
 
 _LOG: collections.deque[str] = collections.deque(maxlen=200)
@@ -53,6 +54,18 @@ def lib() -> Any:
             L.llama_backend_init()
             _L = L
     return _L
+
+
+def decode(ctx: Any, batch: Any) -> int:
+    """``llama_decode(ctx, batch)`` on the process's one compute thread (:mod:`edgekit._compute`: one
+    OpenMP team for every model), waiting for it; llama.cpp's return code. Every decode edgekit makes
+    goes through here."""
+    return _compute.run(lib().llama_decode, ctx, batch)
+
+
+def decode_seconds() -> float:
+    """How long this thread's last :func:`decode` took to compute (not counting its wait for its turn)."""
+    return _compute.last_seconds()
 
 
 def log_tail(n: int = 5, contains: str = "") -> str:

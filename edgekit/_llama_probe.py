@@ -34,7 +34,7 @@ def main(path: str, repack: bool = False) -> int:
     n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
     tokens = [i % n_vocab for i in range(1, 17)]  # a batch: the matmul path that crashed, not the vector one
     arr = (L.llama_token * len(tokens))(*tokens)
-    rc = L.llama_decode(ctx, L.llama_batch_get_one(arr, len(tokens)))
+    rc = _llama.decode(ctx, L.llama_batch_get_one(arr, len(tokens)))
     L.llama_free(ctx)
     L.llama_model_free(model)
     return 0 if rc == 0 else 3

@@ -127,7 +127,9 @@ class _Runner:
             b.seq_id[k][0] = 0
             b.logits[k] = 1 if first <= k < n - 1 else 0
         b.n_tokens = n
-        rc = ll.llama_decode(self.ctx, b)
+        from edgekit import _llama
+
+        rc = _llama.decode(self.ctx, b)
         if rc != 0:
             raise EvalError(f"llama.cpp failed to evaluate a chunk (code {rc}).", "Try a smaller --ctx.")
         n_out = n - 1 - first

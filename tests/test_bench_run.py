@@ -216,3 +216,33 @@ def test_raw_llama_cpp_python_engine(smollm2_gguf):
     assert [(r["engine"], r["name"]) for r in recs] == [("llama-cpp-python", "pp16"), ("llama-cpp-python", "tg4"),
                                                         ("llama-cpp-python", "chat4")]
     assert all(r["avg_ts"] > 0 for r in recs) and recs[2]["ttft_p50_ms"] <= recs[2]["e2e_p50_ms"]
+
+
+@pytest.mark.slow
+def test_several_models_are_measured_each_as_if_alone(smollm2_gguf, tmp_path, monkeypatch):
+    """Two models in one run: each is loaded only after the one before was closed (its engine thread stopped),
+    and measuring the second starts no thread the first didn't have: every decode runs on edgekit's one
+    compute thread, so no OpenMP team is left behind to slow the next model (docs/architecture.md)."""
+    from edgekit.runtime import engine as engine_mod
+
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    grid = suite_grid([str(smollm2_gguf), str(smollm2_gguf)], "quick", n_prompt=(8,), n_gen=(4,), depths=(0,), reps=1,
+                      chat=False)
+    before = set(engine_mod._ENGINES)
+    linux = sys.platform.startswith("linux")
+    live: list[int] = []
+    threads: list[set[str]] = []
+
+    def tick(stage, done, total):
+        live.append(sum(1 for e in engine_mod._ENGINES if e not in before and not e._closing))
+        if linux:
+            import threading
+
+            threads.append(set(os.listdir("/proc/self/task")) - {str(t.native_id) for t in threading.enumerate()})
+
+    recs = list(run(grid, progress=tick, bandwidth=30e9))
+    assert [r["name"] for r in recs] == ["pp8", "tg4"] * 2
+    assert max(live) == 1 and live.count(1) == len(live) - 1  # one model at a time (none before the first tick)
+    if linux:
+        first, second = threads[: len(threads) // 2], threads[len(threads) // 2 :]
+        assert set().union(*second) <= set().union(*first)

@@ -176,7 +176,7 @@ def test_logprobs_match_the_models_log_softmax(m4):
     m4.reset()
     tokens = m4.tokenize(prompt)
     arr = (L.llama_token * len(tokens))(*tokens)
-    assert L.llama_decode(m4.llama_context, L.llama_batch_get_one(arr, len(tokens))) == 0
+    assert _llama.decode(m4.llama_context, L.llama_batch_get_one(arr, len(tokens))) == 0
     x = np.ctypeslib.as_array(L.llama_get_logits_ith(m4.llama_context, -1), shape=(m4.n_vocab,)).astype(np.float64)
     m4.reset()
     lp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))

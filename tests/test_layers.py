@@ -18,7 +18,7 @@ PACKAGE_DIRS = {"edgekit": ROOT / "edgekit", "edgekit.convert": ROOT / "convert"
 # Lowest first. A module may import its own layer and the ones before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("edgekit", "edgekit.errors", "edgekit.paths", "edgekit.progress", "edgekit.stats", "edgekit.atomic",
-                "edgekit._llama", "edgekit._llama_probe", "edgekit.llama_facts", "edgekit.llama_handles",
+                "edgekit._compute", "edgekit._llama", "edgekit._llama_probe", "edgekit.llama_facts", "edgekit.llama_handles",
                 "edgekit.gguf_meta", "edgekit.gguf_check", "edgekit.profile", "edgekit.device")),
     ("converter", ("edgekit.convert",)),
     ("model resolution", ("edgekit.store", "edgekit.planner")),

@@ -65,7 +65,7 @@ def draft_guesses(draft: Any, tokens: list[int], first: int) -> tuple[list[int],
     try:
         for start in range(0, len(tokens) - 1, draft.n_batch):
             chunk = tokens[start : min(start + draft.n_batch, len(tokens) - 1)]
-            if L.llama_decode(ctx, batch.fill(chunk, start)) != 0:
+            if _llama.decode(ctx, batch.fill(chunk, start)) != 0:
                 raise RuntimeError("the draft model could not evaluate the trace")
             for i in range(len(chunk)):
                 if start + i + 1 < first:

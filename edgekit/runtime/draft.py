@@ -19,6 +19,7 @@ distribution.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from edgekit import _llama, llama_handles
 from edgekit.errors import EdgekitError
 from edgekit.gguf_check import check
 from edgekit.planner import plan_info, require_fit
+from edgekit.runtime import draft_cost
 
 # Stop a draft when the draft model's top token has less probability than this.
 P_MIN = 0.5
@@ -104,9 +106,27 @@ class DraftModel:
         self.n_seq_max = n_seq_max
         self.n_vocab = L.llama_vocab_n_tokens(vocab)
         self._usable = min(self.n_vocab, L.llama_vocab_n_tokens(target_vocab))  # ids both models know
-        self.cost = float(L.llama_model_size(self._model)) / max(1, target_size)
+        # its own work, timed, for the drafting rule; the prior step cost is the weights' size ratio
+        self.costs = draft_cost.DraftCosts(float(L.llama_model_size(self._model)) / max(1, target_size))
         self._cached: dict[int, list[int]] = {}  # per sequence: exactly the tokens whose KV is in the cache
         self._batch = L.llama_batch_init(n_batch, 0, 1)
+
+    @property
+    def cost(self) -> float:
+        """One draft step relative to a target step before any is timed: a price set by hand (studies and
+        tests: then it is always used), else the weights' size ratio. The rule prices by the timed step once
+        it has one (:class:`edgekit.runtime.draft_cost.DraftCosts`)."""
+        c = self.costs
+        return c.fixed if c.fixed is not None else c.prior
+
+    @cost.setter
+    def cost(self, value: float) -> None:
+        self.costs.fixed = value
+
+    @property
+    def decode_calls(self) -> int:
+        """How many times the draft model has called ``llama_decode`` (its probes and drafts)."""
+        return self.costs.decodes
 
     def close(self) -> None:
         """Free the context and the weights."""
@@ -152,17 +172,31 @@ class DraftModel:
                 b.logits[i] = 0
             b.logits[len(chunk) - 1] = 1
             b.n_tokens = len(chunk)
-            if self._L.llama_decode(self._ctx, b) != 0:
+            if _llama.decode(self._ctx, b) != 0:
                 return False
+            self.costs.observe(len(chunk), _llama.decode_seconds())
         return True
+
+    def pending(self, text: list[int], seq_id: int = 0) -> int:
+        """How many tokens of ``text`` the draft would evaluate before its first guess (at least 1)."""
+        cached = self._cached.get(seq_id, [])
+        if len(cached) < len(text) and text[: len(cached)] == cached:
+            return len(text) - len(cached)
+        n, limit = 0, min(len(cached), len(text) - 1)
+        while n < limit and cached[n] == text[n]:
+            n += 1
+        return max(1, len(text) - n)
 
     def _top(self) -> tuple[int, float]:
         """The most likely next token after the last evaluated one, and its probability."""
         import numpy as np
 
+        t0 = time.perf_counter()
         row = np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
         top = int(row.argmax())
-        return top, float(1.0 / np.exp(row - row[top]).sum())
+        p = float(1.0 / np.exp(row - row[top]).sum())
+        self.costs.pick(time.perf_counter() - t0)
+        return top, p
 
     def draft(self, text: list[int], k: int, seq_id: int = 0) -> list[int]:
         """Up to ``k`` greedy guesses to follow ``text`` on sequence ``seq_id`` ([] if the draft can't help)."""
@@ -209,7 +243,20 @@ class ModelDrafter:
         self._model = model
         self._seq_id = seq_id
         self._text: list[int] = list(prompt)
+        self._prompt_len = len(self._text)
         self.cost = model.cost
+        self.rates = model.costs.rates  # the pair's acceptance, kept across calls
+        self._dropped = False
+
+    def plan(self, limit: int, p_first: float, p_next: float, cost: Any) -> int:
+        """Tokens to draft now, pricing the draft model's own work (:func:`draft_cost.plan`); 0 = none.
+        A draft that can't pay even with every guess right is dropped for the call (it evaluates nothing)."""
+        if self._dropped:
+            return 0
+        k = draft_cost.plan(self._model.costs, self._model.pending(self._text, self._seq_id), limit, p_first,
+                            p_next, cost, emitted=len(self._text) - self._prompt_len)
+        self._dropped = k < 0
+        return max(k, 0)
 
     def __len__(self) -> int:
         return len(self._text)

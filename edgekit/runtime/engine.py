@@ -446,12 +446,11 @@ class Engine:
             return
         batch_seqs = generating + ([prefill] if prefill is not None else [])
         try:
-            t0 = time.perf_counter()
-            rc = self._L.llama_decode(self._ctx, b)
+            rc = _llama.decode(self._ctx, b)  # on the process's compute thread (edgekit._compute)
             if rc != 0:
                 raise EdgekitError(f"llama.cpp failed to evaluate a batch (llama_decode returned {rc})",
                                    "The context may be full; use a larger n_ctx.")
-            self._time_step(time.perf_counter() - t0, generating, len(chunk), n)
+            self._time_step(_llama.decode_seconds(), generating, len(chunk), n)
         except BaseException as exc:  # also a KeyboardInterrupt raised around the call: fail this batch only
             for seq in batch_seqs:
                 slot = seq._slot
@@ -692,4 +691,4 @@ def new_spec(mode: str, tokens: list[int], engine: Engine, slot: int) -> Any:
     """The drafting for one sequence in ``slot``, or None (off, a recurrent model, or a batch of one token)."""
     if not engine.rewindable or engine.n_batch <= 1:
         return None
-    return speculative.start(mode, tokens, draft=engine.draft, seq_id=slot, cost=engine.draft_cost)
+    return speculative.start(mode, tokens, draft=engine.draft, seq_id=slot, cost=engine.cost_curve)

@@ -23,8 +23,9 @@ matches, and whether the last token was guessed right). The length with the best
 unit of time wins; k = 0 (plain decoding) wins whenever drafting doesn't pay. A prompt-lookup
 guess costs nothing, so guesses that were not verified are still scored against the tokens
 that come: the rates stay current while speculation rests, and drafting resumes when the text
-starts repeating its prompt. A draft model's guesses cost time, so it probes with one token at
-the start of a call and after a quiet stretch instead.
+starts repeating its prompt. A draft model's guesses, and its catching up on the text, cost time:
+it prices them itself (:mod:`edgekit.runtime.draft_cost`), drafts only when that pays, is dropped
+for the call when it never can, and otherwise probes within a small budget to keep its rates measured.
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class CostCurve:
         if self._one is not None and self._since_one <= _STALE_STEPS:
             old = self._ratio.get(n, self._prior(n))
             self._ratio[n] = running_average(old, seconds / self._one, _COST_EMA)
+
+    def __call__(self, n: int) -> float:
+        """The same as :meth:`ratio`: a curve is a cost function for the drafting rule."""
+        return self.ratio(n)
 
     def ratio(self, n: int) -> float:
         """The estimated time of a batch of ``n`` tokens relative to one token."""
@@ -300,7 +305,10 @@ class Speculation:
         self.cost = cost or verify_cost
         self.drafted = 0
         self.accepted = 0
-        self._rates: dict[tuple[int, bool], tuple[Rate, Rate]] = {}
+        # A drafter may keep its rates across calls (a draft model: the pair's acceptance outlives a call).
+        self._rates: dict[tuple[int, bool], tuple[Rate, Rate]] = getattr(drafter, "rates", None)
+        if self._rates is None:
+            self._rates = {}
         self._hot = False  # the latest emitted token was guessed right (by a draft or a free guess)
         self._key = (0, False)  # the situation of the guess being checked, and the position in it
         self._pos = 0
@@ -351,7 +359,13 @@ class Speculation:
             limit = len(guess)
         key = (self.drafter.level, self._hot)
         first, following = self.rates(*key)
-        k = best_length(limit, first.value, following.value, self.cost, self.drafter.cost)
+        plan = getattr(self.drafter, "plan", None)  # a drafter that prices its own work (a draft model)
+        if plan is not None:
+            k = plan(limit, first.value, following.value, self.cost)
+            if k <= 0:
+                return []
+        else:
+            k = best_length(limit, first.value, following.value, self.cost, self.drafter.cost)
         if k == 0:
             if guess is not None:
                 if not self._shadow:

@@ -1,0 +1,139 @@
+"""What a draft model's own work costs, measured as it runs, and the drafting rule that prices it.
+
+The verification side of speculative decoding is priced by the target's :class:`CostCurve`
+(:mod:`edgekit.runtime.speculative`). A draft model also spends time of its own, on the one compute
+thread every model shares: it evaluates each prompt before its first guess, catches up on every
+token the target emitted since it last drafted, and evaluates each guess to make the next one. A
+pair whose drafts don't pay used to cost 21% of the decode speed in that work alone (probes that
+prefilled every prompt and caught up every 24 tokens). So this rule prices all of it, in units of
+one target step:
+
+- ``step``: one draft step (a one-token decode and the pick of its top token), timed;
+- ``catch_up(m)``: evaluating the ``m`` tokens the draft hasn't seen (a prompt, or what was emitted
+  since its last draft), from the timed single step plus the timed cost of each further token in a
+  batch;
+- a draft of k tokens costs ``cost(k + 1)`` target steps to verify, ``catch_up(m)`` for the first
+  guess and ``step`` for each further one. While it drafts every step, m is 1 or 2; a long catch-up
+  (a new prompt, or a long pause) is paid once and serves every draft after it, so it is made when the
+  target steps that drafting saves per token, over the tokens still expected (as many as the call has
+  emitted so far, and at least :data:`HORIZON`), cover it.
+
+The draft model's first draft (once per draft model) is a probe of two guesses, which times its
+catching up and a single step. From then on a drafter that can't pay even if every guess were right
+(its step too dear for this target on this device) is dropped for the call: it evaluates nothing.
+Otherwise it drafts when
+the measured acceptance pays, and else probes, as before, to keep the acceptance measured; but a
+probe is priced too (catching up, and verifying two tokens instead of one), and only made when it
+costs at most :data:`PROBE_BUDGET` of the target steps decoded since the last draft. The acceptance
+rates and the quiet count live on the draft model, not the call, so what one call learned about the
+pair holds for the next one. The draft stays lazy: it evaluates only when a draft is about to be
+asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgekit.runtime.speculative import MAX_DRAFT, QUIET, best_length, expected_tokens
+from edgekit.stats import running_average
+
+# Probes of a drafter whose drafts don't pay may cost at most this share of the decoding time.
+PROBE_BUDGET = 0.02
+# A long catch-up (a new prompt) is paid once and serves the drafts after it: it must pay back within
+# the tokens still expected, taken as the tokens the call has emitted so far, and at least this many.
+HORIZON = 64
+# Prior cost of each further token of a batch, relative to one step (the prior curve's slope at 16
+# tokens: 82 ms / 16 tokens against 11.7 ms for one, speculative.SMOLLM2_COST).
+PRIOR_BATCH_TOKEN = 82 / 11.7 / 16
+_EMA = 0.2
+
+
+class DraftCosts:
+    """A draft model's measured costs, its acceptance rates and its quiet count, shared by the calls.
+
+    ``prior`` is the draft's step relative to a target step before anything was timed (the
+    weights' size ratio: decoding a token reads all weights once). ``fixed``, when set, replaces
+    the measured step (for studies and tests that want the same pricing on every machine).
+    """
+
+    def __init__(self, prior: float) -> None:
+        self.prior = prior
+        self.fixed: float | None = None
+        self.step_s: float | None = None  # running average of a one-token decode
+        self.pick_s = 0.0  # running average of picking the top token from a logits row
+        self.token_s: float | None = None  # running average of each further token of a batch
+        self._early: tuple[int, float] | None = None  # a batch timed before any single step
+        self.rates: dict[Any, Any] = {}  # Speculation's acceptance rates, kept across calls
+        self.quiet = 0  # target tokens since this draft model last drafted
+        self.probes = 0
+        self.decodes = 0  # llama_decode calls of the draft model
+        self.tokens = 0  # tokens they evaluated
+
+    def observe(self, n: int, seconds: float) -> None:
+        """The draft evaluated a batch of ``n`` tokens in ``seconds``."""
+        self.decodes += 1
+        self.tokens += n
+        if n == 1:
+            self.step_s = running_average(self.step_s, seconds, _EMA)
+            if self._early is not None:
+                n, seconds = self._early
+                self._early = None
+        if n > 1 and self.step_s is None:
+            self._early = (n, seconds)  # priced once a single step is known
+        elif n > 1 and self.step_s is not None:
+            self.token_s = running_average(self.token_s, max(seconds - self.step_s, 0.0) / (n - 1), _EMA)
+
+    def pick(self, seconds: float) -> None:
+        """Picking a guess from the logits took ``seconds``."""
+        self.pick_s = running_average(self.pick_s or None, seconds, _EMA)
+
+    def step(self, unit_s: float | None) -> float:
+        """One draft step in target steps (``unit_s``: the target's one-token step in seconds, if timed)."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.step_s is None or not unit_s:
+            return self.prior
+        return (self.step_s + self.pick_s) / unit_s
+
+    def catch_up(self, m: int, unit_s: float | None) -> float:
+        """Evaluating ``m`` (>= 1) tokens the draft hasn't seen, in target steps."""
+        step = self.step(unit_s)
+        if m <= 1:
+            return step
+        if self.token_s is not None and self.step_s and unit_s and self.fixed is None:
+            per_token = self.token_s / unit_s
+        else:
+            per_token = step * PRIOR_BATCH_TOKEN
+        return step + (m - 1) * per_token
+
+
+def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: float, cost: Any,
+         emitted: int = 0) -> int:
+    """How many tokens a draft model should draft now: 0 to decode one token, -1 to drop it for the call.
+
+    ``pending``: tokens it must evaluate before its first guess; ``emitted``: tokens the call has
+    generated so far; ``limit``: the room for a draft;
+    ``p_first``/``p_next``: the measured acceptance; ``cost``: the target's verification cost
+    (n -> relative time; a :class:`~edgekit.runtime.speculative.CostCurve` also gives its step time).
+    """
+    if costs.probes == 0:  # the first draft ever: two guesses, so a single draft step gets timed
+        costs.probes, costs.quiet = 1, 0
+        return min(2, limit)
+    unit = getattr(cost, "one_token_s", None)
+    step = costs.step(unit)
+    if best_length(MAX_DRAFT, 1.0, 1.0, cost, step) == 0:
+        return -1  # even if every guess were right
+    k = best_length(limit, p_first, p_next, cost, step)  # as when drafting every step (catching up 1 token)
+    if k:
+        extra = costs.catch_up(pending, unit) - step  # catching up beyond the step that gives the first guess
+        saved = 1.0 - (cost(k + 1) + step * k) / expected_tokens(k, p_first, p_next)  # target steps per token
+        if extra <= saved * max(HORIZON, emitted):
+            costs.quiet = 0
+            return k
+    costs.quiet += 1
+    probe = costs.catch_up(pending, unit) + cost(2) - 1.0
+    if costs.quiet >= QUIET and probe <= PROBE_BUDGET * costs.quiet:
+        costs.probes += 1
+        costs.quiet = 0
+        return 1
+    return 0

@@ -5,7 +5,8 @@ with other kernels than a batch of one (other matmul shapes, so other rounding),
 stream may leave the solo path at a near-tie. Where a stream differs from its solo run, the
 test requires that the first differing position is such a tie: the solo run's two best
 log-probabilities there (log-softmax keeps logit differences) lie within NEAR_TIE
-(``test_runtime_support.assert_same_or_near_tie``).
+(``test_runtime_support.assert_same_or_near_tie``). The tests that run long streams, a 4-slot batch from
+solo runs, a long prefill or a real SIGINT are marked slow.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def run(seq) -> list:
     return list(seq)
 
 
+@pytest.mark.slow
 def test_concurrent_greedy_streams_equal_their_solo_runs(m4):
     kw = dict(temperature=0, max_tokens=24, logprobs=2)
     solo = []
@@ -86,6 +88,7 @@ def test_n_answers_prefill_once_and_repeat_with_the_seed(m4):
         m4.start(prompt, n=5)
 
 
+@pytest.mark.slow
 def test_cancel_frees_the_cells_and_the_slot(m4):
     L = _llama.lib()
     mem = L.llama_get_memory(m4.llama_context)
@@ -108,6 +111,7 @@ def test_cancel_frees_the_cells_and_the_slot(m4):
         assert seq.completion.finish_reason == "cancelled"
 
 
+@pytest.mark.slow
 def test_a_long_prompt_is_prefilled_in_chunks_between_running_tokens(m4):
     m4.reset()
     running = m4.start("Once upon a time", temperature=0, max_tokens=300, logit_bias=no_eog(m4))[0]
@@ -170,6 +174,7 @@ def test_logprobs_match_the_models_log_softmax(m4):
     assert [t for t, _ in steps[0].top_logprobs[:1]] == [int(np.argmax(x))]
 
 
+@pytest.mark.slow
 def test_context_limits_are_per_sequence():
     from edgekit.samples.assets import smollm2_gguf
 
@@ -182,6 +187,7 @@ def test_context_limits_are_per_sequence():
         assert c.finish_reason == "length" and c.stats.ctx_used == 256
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_consuming_leaves_the_model_usable(m4):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach only the main thread")

@@ -78,6 +78,16 @@ class Consumer(threading.Thread):
             self.started.set()
 
 
+def reading(seqs) -> list[Consumer]:
+    """A started Consumer per sequence, returned once each has its first Step (the streams are mid-answer)."""
+    readers = [Consumer(s) for s in seqs]
+    for r in readers:
+        r.start()
+    for r in readers:
+        assert r.started.wait(WAIT_S)
+    return readers
+
+
 def ended_well(steps, completion, error, solo_steps, *, complete: bool) -> None:
     """The stream ended with its text (``complete``: it must have) or an EdgekitError, and its tokens are
     the solo run's (a prefix of them when it was cut short)."""
@@ -101,12 +111,7 @@ def test_attach_draft_while_streams_draft_on_two_slots(smollm2_gguf):
         solo = solo_runs(m, TOKENS)
         olds = []
         for _ in range(3):
-            seqs = [m.start(p, temperature=0, max_tokens=TOKENS)[0] for p in PROMPTS]
-            readers = [Consumer(s) for s in seqs]
-            for r in readers:
-                r.start()
-            for r in readers:
-                assert r.started.wait(WAIT_S)
+            readers = reading(m.start(p, temperature=0, max_tokens=TOKENS)[0] for p in PROMPTS)
             olds.append(m.draft)
             m.attach_draft(new_draft(m, smollm2_gguf))  # both streams are mid-answer, drafting
             for r in readers:
@@ -140,11 +145,7 @@ def test_close_while_streams_run(smollm2_gguf):
     before = engine_threads()  # other tests' models may still run theirs
     m = load(smollm2_gguf)
     solo = solo_runs(m, LONG, logit_bias=no_eog(m))
-    readers = [Consumer(m.start(p, temperature=0, max_tokens=LONG, logit_bias=no_eog(m))[0]) for p in PROMPTS]
-    for r in readers:
-        r.start()
-    for r in readers:
-        assert r.started.wait(WAIT_S)
+    readers = reading(m.start(p, temperature=0, max_tokens=LONG, logit_bias=no_eog(m))[0] for p in PROMPTS)
     (thread,) = engine_threads() - before
     draft = m.draft
     m.close()
@@ -209,11 +210,7 @@ def test_a_model_dropped_mid_answer_is_collected_on_another_thread(smollm2_gguf)
     before = engine_threads()
     m = load(smollm2_gguf)
     solo = solo_runs(m, LONG, logit_bias=no_eog(m))
-    readers = [Consumer(m.start(p, temperature=0, max_tokens=LONG, logit_bias=no_eog(m))[0]) for p in PROMPTS]
-    for r in readers:
-        r.start()
-    for r in readers:
-        assert r.started.wait(WAIT_S)
+    readers = reading(m.start(p, temperature=0, max_tokens=LONG, logit_bias=no_eog(m))[0] for p in PROMPTS)
     ref = weakref.ref(m)
     box = [m]
     box.append(box)

@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 
 class _Job:
-    __slots__ = ("fn", "args", "result", "error", "done", "seconds")
+    __slots__ = ("fn", "args", "result", "error", "done", "seconds", "finished")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], done: Any) -> None:
         self.fn = fn
@@ -51,6 +51,7 @@ class _Job:
         self.error: BaseException | None = None
         self.done = done  # a held lock the compute thread releases when the call has returned
         self.seconds = 0.0
+        self.finished = False  # set before ``done`` is released
 
 
 class _Worker:
@@ -89,6 +90,7 @@ class _Worker:
                 job.error = exc
             job.seconds = clock() - t0
             self.calls += 1
+            job.finished = True
             job.done.release()
 
 
@@ -133,6 +135,11 @@ def run(fn: Callable[..., T], *args: Any) -> T:
         except BaseException as exc:  # Ctrl-C while waiting: the call still uses our batch; wait it out
             if pending is None:
                 pending = exc
+            if job.finished:
+                # The signal may have landed just after the acquire returned: the lock is then ours already
+                # (acquiring it again would wait forever); otherwise it is free now. Either way, take it.
+                done.acquire(blocking=False)
+                break
     done.release()  # ready for this thread's next call
     _local.seconds = job.seconds
     if pending is not None:

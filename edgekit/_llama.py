@@ -18,7 +18,7 @@ import platform
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -399,30 +399,83 @@ class Pieces:
         return piece
 
 
-class TokenBatch:
-    """A reusable ``llama_batch`` for sequence 0 that asks for logits at every position
-    (speculative verification samples the target at each one). Free it with :meth:`free`."""
+class Batch:
+    """A reusable ``llama_batch`` with one sequence id per token, filled by :meth:`add` (the one filler
+    of every decode loop: the engine's, the draft model's, evaluation's). Free it with :meth:`free`."""
 
     def __init__(self, capacity: int) -> None:
         self._L = lib()
         self.capacity = capacity
-        self._batch: Any = self._L.llama_batch_init(capacity, 0, 1)
+        self.raw: Any = self._L.llama_batch_init(capacity, 0, 1)
+        for i in range(capacity):
+            self.raw.n_seq_id[i] = 1
+        self.raw.n_tokens = 0
 
-    def fill(self, tokens: list[int], first_pos: int) -> Any:
-        """The batch holding ``tokens`` at positions ``first_pos``, ``first_pos + 1``, ..."""
-        if len(tokens) > self.capacity:
-            raise ValueError(f"{len(tokens)} tokens in a batch of {self.capacity}")
-        b = self._batch
+    def __len__(self) -> int:
+        return self.raw.n_tokens
+
+    def clear(self) -> None:
+        self.raw.n_tokens = 0
+
+    def add(self, tokens: Sequence[int], first_pos: int, seq_id: int = 0, logits_from: int = 0,
+            logits_to: int | None = None) -> int:
+        """Append ``tokens`` at positions ``first_pos``, ``first_pos + 1``, ... of sequence ``seq_id``,
+        asking for logits at ``tokens[logits_from:logits_to]`` (by default at every one); returns the
+        batch row of the first."""
+        b, n = self.raw, self.raw.n_tokens
+        if n + len(tokens) > self.capacity:
+            raise ValueError(f"{n + len(tokens)} tokens in a batch of {self.capacity}")
+        end = len(tokens) if logits_to is None else logits_to
+        token, pos, seq, logits = b.token, b.pos, b.seq_id, b.logits
         for i, tok in enumerate(tokens):
-            b.token[i] = tok
-            b.pos[i] = first_pos + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1
-        b.n_tokens = len(tokens)
-        return b
+            token[n + i] = tok
+            pos[n + i] = first_pos + i
+            seq[n + i][0] = seq_id
+            logits[n + i] = logits_from <= i < end
+        b.n_tokens = n + len(tokens)
+        return n
+
+    def fill(self, tokens: Sequence[int], first_pos: int, seq_id: int = 0, logits_from: int = 0,
+             logits_to: int | None = None) -> Any:
+        """The batch holding just ``tokens`` (as :meth:`add`), ready for ``llama_decode``."""
+        self.clear()
+        self.add(tokens, first_pos, seq_id, logits_from, logits_to)
+        return self.raw
 
     def free(self) -> None:
-        if self._batch is not None:
-            self._L.llama_batch_free(self._batch)
-            self._batch = None
+        if self.raw is not None:
+            self._L.llama_batch_free(self.raw)
+            self.raw = None
+
+
+def shared_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading tokens of ``tokens`` a sequence holding ``cached`` can keep: their common
+    prefix, short of the last token of ``tokens`` (evaluated again for its logits)."""
+    n, limit = 0, min(len(cached), len(tokens) - 1)
+    while n < limit and cached[n] == tokens[n]:
+        n += 1
+    return n
+
+
+def keep_prefix(mem: Any, seq_id: int, cached: list[int], n: int) -> int:
+    """Drop sequence ``seq_id``'s KV cells from position ``n`` on (and ``cached[n:]``, the list of its
+    tokens); returns how many are kept. Where llama.cpp can't cut a sequence in the middle (a recurrent
+    state), the whole sequence goes and 0 are kept. Always trim: a failed or interrupted decode may have
+    left cells past the list."""
+    L = lib()
+    if not L.llama_memory_seq_rm(mem, seq_id, n, -1):
+        L.llama_memory_seq_rm(mem, seq_id, -1, -1)
+        n = 0
+    del cached[n:]
+    return n
+
+
+def log_normalizer(x: Any) -> tuple[Any, Any]:
+    """Each logits row's log-sum-exp, as ``(max, rest)`` with ``max + rest`` the log-sum-exp of
+    ``x[..., :]``: the log-softmax is ``x - (max + rest)``. The sum runs in float64 and ``rest`` comes
+    back in ``x``'s dtype (llama-perplexity's arithmetic, which edgekit eval's scores reproduce)."""
+    import numpy as np
+
+    mx = x.max(axis=-1)
+    rest = np.log(np.exp(x - mx[..., None]).sum(axis=-1, dtype=np.float64)).astype(x.dtype)
+    return mx, rest

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit import _llama
 from edgekit.errors import EvalError
 from edgekit.progress import ProgressFn, report
 
@@ -105,9 +106,8 @@ class _Runner:
         self.bos = int(ll.llama_vocab_bos(vocab))
         self.add_bos = bool(ll.llama_vocab_get_add_bos(vocab)) and self.bos >= 0
         self.n_ctx = n_ctx
-        # Model decodes prompts with llama_batch_get_one (logits for the last token only);
-        # scoring needs logits at every position of the second half, so keep our own batch.
-        self.batch = ll.llama_batch_init(n_ctx, 0, 1)
+        # The whole chunk in one batch, with logits at the scored positions (the second half).
+        self.batch = _llama.Batch(n_ctx)
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of ``text`` as llama-perplexity makes them (special tokens added, not parsed)."""
@@ -119,17 +119,12 @@ class _Runner:
 
         ll, n, first = self._ll, self.n_ctx, self.n_ctx // 2
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
-        b = self.batch
-        for k in range(n):
-            b.token[k] = self.bos if (k == 0 and self.add_bos) else chunk[k]
-            b.pos[k] = k
-            b.n_seq_id[k] = 1
-            b.seq_id[k][0] = 0
-            b.logits[k] = 1 if first <= k < n - 1 else 0
-        b.n_tokens = n
         from edgekit import _llama
 
-        rc = _llama.decode(self.ctx, b)
+        tokens = list(chunk)
+        if self.add_bos:
+            tokens[0] = self.bos
+        rc = _llama.decode(self.ctx, self.batch.fill(tokens, 0, logits_from=first, logits_to=n - 1))
         if rc != 0:
             raise EvalError(f"llama.cpp failed to evaluate a chunk (code {rc}).", "Try a smaller --ctx.")
         n_out = n - 1 - first
@@ -137,7 +132,7 @@ class _Runner:
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()
 
     def close(self) -> None:
-        self._ll.llama_batch_free(self.batch)
+        self.batch.free()
         self.model.close()
 
 
@@ -179,9 +174,8 @@ def _encode_rows(x, toks):
     """llama.cpp's base log-prob rows (uint16 codes over the top 16 nats) and each row's NLL."""
     import numpy as np
 
-    mx = x.max(axis=1)
+    mx, lse = _llama.log_normalizer(x)
     mn = np.maximum(x.min(axis=1), mx - 16)
-    lse = np.log(np.exp(x - mx[:, None]).sum(axis=1, dtype=np.float64)).astype(np.float32)
     min_lp = (mn - mx - lse).astype(np.float32)
     scale = ((mx - mn) / np.float32(65535)).astype(np.float32)
     inv = np.where(scale > 0, 1 / np.where(scale > 0, scale, 1), 0).astype(np.float32)
@@ -339,8 +333,7 @@ def _compare(path: Path, logits_file: Path, base: EvalResult | None, n_chunks: i
             scale, min_lp = hdr[:, 0:1], hdr[:, 1:2]
             codes = raw[:, 4:4 + n_vocab]
             idx = np.arange(k)
-            mx = x.max(axis=1)
-            lse = np.log(np.exp(x - mx[:, None]).sum(axis=1, dtype=np.float64)).astype(np.float32)
+            mx, lse = _llama.log_normalizer(x)
             nll = (mx + lse - x[idx, tok]).astype(np.float64)
             nll_base = -(scale[:, 0] * codes[idx, tok] + min_lp[:, 0]).astype(np.float64)
             lp_base = scale * codes + min_lp  # reference log-probs, float32

@@ -6,6 +6,9 @@ import functools
 
 SYSTEM = "You are a helpful AI assistant."
 QUESTION = "What is the capital of France?"
+# Two greedy streams may part at a position where the two best log-probabilities lie this close (see
+# assert_same_or_near_tie).
+NEAR_TIE = 0.1
 
 
 @functools.cache
@@ -31,3 +34,26 @@ def tiny_qwen2_gguf(quant: str = "q8_0"):
     ckpt = random_qwen2_checkpoint(root / "ckpt", qwen2_vocab(), layers=2, hidden=128, heads=4, kv_heads=2,
                                    intermediate=128)
     return ckpt, convert(ckpt, out=root / "gguf", quant=(quant,))[0].path
+
+
+def no_eog(m) -> dict[int, float]:
+    """A logit_bias that bans the end-of-generation tokens, so a stream runs until max_tokens."""
+    return {t: -100.0 for t in range(m.n_vocab) if m.is_eog(t)}
+
+
+def assert_same_or_near_tie(solo_steps, steps) -> None:
+    """``steps`` (a greedy stream's Steps) are ``solo_steps`` (the same call run alone, with ``logprobs=2``),
+    or a prefix of them, up to a near-tie.
+
+    llama.cpp computes a batch of several sequences with other kernels than a batch of one (other matmul
+    shapes, so other rounding), so a stream may leave the solo path where the solo run's two best
+    log-probabilities lie within NEAR_TIE; from there on the two are not compared.
+    """
+    solo = [s.token for s in solo_steps if s.token >= 0]
+    got = [s.token for s in steps if s.token >= 0]
+    i = next((i for i, (a, b) in enumerate(zip(solo, got, strict=False)) if a != b), None)
+    if i is None:
+        assert len(got) <= len(solo), f"{len(got)} tokens, but the solo run ended after {len(solo)}"
+        return
+    top = solo_steps[i].top_logprobs
+    assert top[0][1] - top[1][1] < NEAR_TIE, f"streams differ at token {i}, which is no near-tie: {top[:2]}"

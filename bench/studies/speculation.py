@@ -61,7 +61,7 @@ def draft_guesses(draft: Any, tokens: list[int], first: int) -> tuple[list[int],
     n_vocab = draft.n_vocab
     guesses: list[int] = []
     probs: list[float] = []
-    batch = _llama.TokenBatch(draft.n_batch)
+    batch = _llama.Batch(draft.n_batch)
     try:
         for start in range(0, len(tokens) - 1, draft.n_batch):
             chunk = tokens[start : min(start + draft.n_batch, len(tokens) - 1)]

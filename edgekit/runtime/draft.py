@@ -109,7 +109,7 @@ class DraftModel:
         # its own work, timed, for the drafting rule; the prior step cost is the weights' size ratio
         self.costs = draft_cost.DraftCosts(float(L.llama_model_size(self._model)) / max(1, target_size))
         self._cached: dict[int, list[int]] = {}  # per sequence: exactly the tokens whose KV is in the cache
-        self._batch = L.llama_batch_init(n_batch, 0, 1)
+        self._batch = _llama.Batch(n_batch)
 
     @property
     def cost(self) -> float:
@@ -129,10 +129,9 @@ class DraftModel:
         return self.costs.decodes
 
     def close(self) -> None:
-        """Free the context and the weights."""
-        L = self._L
+        """Free the context and the weights (the model it drafts for closes it once no step uses it)."""
         if getattr(self, "_batch", None) is not None:
-            L.llama_batch_free(self._batch)
+            self._batch.free()
             self._batch = None
         llama_handles.free(self)
 
@@ -161,17 +160,9 @@ class DraftModel:
 
     def _decode(self, tokens: list[int], first_pos: int, seq_id: int) -> bool:
         """Evaluate ``tokens`` at ``first_pos``... on ``seq_id`` in n_batch chunks (logits for the last one)."""
-        b = self._batch
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
-            for i, tok in enumerate(chunk):
-                b.token[i] = tok
-                b.pos[i] = first_pos + start + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = seq_id
-                b.logits[i] = 0
-            b.logits[len(chunk) - 1] = 1
-            b.n_tokens = len(chunk)
+            b = self._batch.fill(chunk, first_pos + start, seq_id, logits_from=len(chunk) - 1)
             if _llama.decode(self._ctx, b) != 0:
                 return False
             self.costs.observe(len(chunk), _llama.decode_seconds())
@@ -206,13 +197,7 @@ class DraftModel:
         if k < 1 or not text:
             return []
         cached = self._cached.setdefault(seq_id, [])
-        n, limit = 0, min(len(cached), len(text) - 1)  # the last token is evaluated again for its logits
-        while n < limit and cached[n] == text[n]:
-            n += 1
-        if not self._L.llama_memory_seq_rm(self._mem, seq_id, n, -1):
-            self._L.llama_memory_seq_rm(self._mem, seq_id, 0, -1)
-            n = 0
-        del cached[n:]
+        n = _llama.keep_prefix(self._mem, seq_id, cached, _llama.shared_prefix(cached, text))
         if not self._decode(text[n:], n, seq_id):
             self.reset(seq_id)
             return []
@@ -240,10 +225,10 @@ class ModelDrafter:
     priors = ((0.6, 0.7),)  # a draft model is chosen because it mostly agrees with the target
 
     def __init__(self, model: DraftModel, prompt: Iterable[int], seq_id: int) -> None:
-        self._model = model
-        self._seq_id = seq_id
-        self._text: list[int] = list(prompt)
-        self._prompt_len = len(self._text)
+        self.model = model
+        self.seq_id = seq_id
+        self.text: list[int] = list(prompt)  # the target's text so far
+        self._prompt_len = len(self.text)
         self.cost = model.cost
         self.rates = model.costs.rates  # the pair's acceptance, kept across calls
         self._dropped = False
@@ -253,20 +238,20 @@ class ModelDrafter:
         A draft that can't pay even with every guess right is dropped for the call (it evaluates nothing)."""
         if self._dropped:
             return 0
-        k = draft_cost.plan(self._model.costs, self._model.pending(self._text, self._seq_id), limit, p_first,
-                            p_next, cost, emitted=len(self._text) - self._prompt_len)
+        k = draft_cost.plan(self.model.costs, self.model.pending(self.text, self.seq_id), limit, p_first,
+                            p_next, cost, emitted=len(self.text) - self._prompt_len)
         self._dropped = k < 0
         return max(k, 0)
 
     def __len__(self) -> int:
-        return len(self._text)
+        return len(self.text)
 
     def extend(self, tokens: Iterable[int]) -> None:
-        self._text.extend(tokens)
+        self.text.extend(tokens)
 
     def append(self, tok: int) -> None:
-        self._text.append(tok)
+        self.text.append(tok)
 
     def draft(self, k: int) -> list[int]:
         """Up to ``k`` tokens the draft model expects next."""
-        return self._model.draft(self._text, k, self._seq_id)
+        return self.model.draft(self.text, k, self.seq_id)

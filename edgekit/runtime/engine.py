@@ -15,6 +15,17 @@ Why a thread: a served client that reads slowly must not stall the others, and
 thread holds no reference to the :class:`~edgekit.Model`, only to the engine, so an
 unclosed model is still collected (and its ``__del__`` stops the thread).
 
+Who frees what, and when: the engine owns the llama.cpp handles its thread uses (its batch,
+the draft model, and through ``release`` the model's context and weights). :meth:`Engine.close`
+only asks the thread to stop; the handles are freed once the thread has exited and no caller
+is inside :meth:`Engine.use` (tokenizing, building a sampler chain). So ``close`` may be reached
+from anywhere, any number of times: from the engine thread itself (``Model.__del__`` in a GC
+pass that thread's allocations started), from another thread while streams run, or while the
+interpreter finalizes (then a daemon thread can't run again, and nothing is freed: the process
+is ending). ``_stepping`` is held for a whole step (and by an :meth:`Engine.exclusive` holder),
+``_cv`` while sequences are admitted; holding both stops the engine between two steps: that is
+how :meth:`Engine.set_draft` swaps the draft and :meth:`Engine.cached_tokens` reads a slot.
+
 Speculation per sequence is exact, as in plain decoding: a drafted token is kept only while
 the sequence's own sample at the previous position equals it (see :mod:`edgekit.runtime.speculative`).
 
@@ -31,12 +42,14 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import itertools
 import queue
 import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -49,7 +62,7 @@ from edgekit.runtime.textstream import TextStream
 from edgekit.stats import Completion, FinishReason, Stats, peak_rss, running_average
 
 # While other sequences generate, a prefill chunk may make a step at most STALL times as long
-# as a step without one. The chunk size follows from measured times (Engine._chunk_cap): on a
+# as a step without one. The chunk size follows from measured times (PrefillChunks): on a
 # CPU, where batch cost grows with its tokens, that is a few dozen tokens; where a batch costs
 # little more than one token (a GPU), it grows to the whole batch.
 STALL = 2.5
@@ -81,6 +94,11 @@ class Step(NamedTuple):
 
 _END = object()  # the last item of a Sequence's queue
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def closed_error() -> EdgekitError:
+    """What every call on a closed model raises."""
+    return EdgekitError("the model is closed", "Load it again with edgekit.load().")
 
 
 @atexit.register
@@ -204,10 +222,14 @@ class _Exclusive:
 
 
 class Engine:
-    """Owns a context's slots and decodes them on one background thread. One per :class:`~edgekit.Model`."""
+    """Owns a context's slots and decodes them on one background thread. One per :class:`~edgekit.Model`.
+
+    ``release`` frees the context and the weights; the engine calls it once, when no thread uses them
+    any more (see the module docstring).
+    """
 
     def __init__(self, ctx: Any, vocab: Any, *, slots: int, n_ctx: int, n_batch: int, n_vocab: int,
-                 pieces: _llama.Pieces, rewindable: bool) -> None:
+                 pieces: _llama.Pieces, rewindable: bool, release: Callable[[], None]) -> None:
         L = _llama.lib()
         self._L = L
         self._ctx = ctx
@@ -216,8 +238,7 @@ class Engine:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.n_vocab = n_vocab
-        self._decode_s: float | None = None  # average step time without a prefill chunk
-        self._prompt_token_s: float | None = None  # average added time of one chunk token in a mixed step
+        self.chunks = PrefillChunks()  # how much prompt a step of running sequences may take
         self.cost_curve = speculative.CostCurve()  # what one sequence's batch of n tokens costs here
         self.load_s = 0.0  # the model's, copied into every Stats
         self.rewindable = rewindable
@@ -232,12 +253,20 @@ class Engine:
         self._active: list[Sequence] = []  # admitted, in admission order (engine thread only)
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._batch = L.llama_batch_init(n_batch, 0, 1)
-        for i in range(n_batch):
-            self._batch.n_seq_id[i] = 1
+        self._exited = False  # the thread has left its loop and touches no handle any more
+        self._users = 0  # callers inside use()
+        self._freed = False
+        self._free_handles = release
+        self._stepping = threading.RLock()  # held for a whole step, or an exclusive hold (module docstring)
+        self._batch = _llama.Batch(n_batch)
         _ENGINES.add(self)
 
     # -- API (any thread) ----------------------------------------------------------------------------
+
+    @property
+    def ctx(self) -> Any:
+        """The ``llama_context*``: for :meth:`exclusive` holders (valid while they hold the engine)."""
+        return self._ctx
 
     def submit(self, group: list[Sequence]) -> None:
         """Queue the sequences of one request (FIFO); they start when len(group) slots are free."""
@@ -245,7 +274,7 @@ class Engine:
             seq._group = group
         with self._cv:
             if self._closing:
-                raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+                raise closed_error()
             self._queue.append(group)
             self._ensure_thread()
             self._cv.notify()
@@ -260,18 +289,69 @@ class Engine:
         """``with engine.exclusive():`` the caller alone uses the context (waits for running sequences)."""
         return _ExclusiveHold(self)
 
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        """``with engine.use():`` the caller uses the model's handles (the vocabulary, to tokenize or build
+        a sampler chain) outside the engine thread: they are not freed before it leaves the block.
+        Raises EdgekitError once the model is closed."""
+        with self._cv:
+            if self._closing:
+                raise closed_error()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._users -= 1
+            self._free_when_unused()
+
+    def set_draft(self, draft: Any) -> Any:
+        """Draft with ``draft`` from the next step on and return the draft it replaces, which no step and
+        no sequence uses any more (the caller closes it). Waits for the step in progress, not for the
+        running sequences: those drafting with the old draft go on with the new one."""
+        with self._stepping, self._cv:
+            if self._closing:
+                raise closed_error()
+            old, self.draft = self.draft, draft
+            if old is None or old is draft:
+                return None
+            for seq in self._active:
+                drafter = seq._spec.drafter if seq._spec is not None else None
+                if drafter is not None and getattr(drafter, "model", None) is old:
+                    seq._spec.drafter = draft.drafter(drafter.text, seq_id=drafter.seq_id)
+            return old
+
+    def cached_tokens(self) -> list[int]:
+        """The tokens whose KV is in the most recent sequence's slot, read between two steps."""
+        with self._stepping, self._cv:
+            if self._closing:
+                raise closed_error()
+            return list(self.recent.tokens)
+
     def close(self) -> None:
-        """Stop the thread (running and queued sequences end with an error) and free the batch."""
+        """Stop the thread: running and queued sequences end with an error. Returns once the thread has
+        exited, unless called on that thread itself or while the interpreter finalizes; the handles are
+        freed when the thread is done with them (see the module docstring). Safe to call again."""
         with self._cv:
             self._closing = True
-            self._cv.notify()
+            self._cv.notify_all()
             thread = self._thread
         # While the interpreter finalizes, a daemon thread can't run again, so joining it would hang.
         if thread is not None and thread is not threading.current_thread() and not sys.is_finalizing():
             thread.join()
-        if self._batch is not None:
-            self._L.llama_batch_free(self._batch)
-            self._batch = None
+        self._free_when_unused()
+
+    def _free_when_unused(self) -> None:
+        """Free the handles once: closed, the thread gone (or never started), no caller inside use()."""
+        with self._cv:
+            if self._freed or not self._closing or self._users or (self._thread is not None and not self._exited):
+                return
+            self._freed = True
+            draft, self.draft = self.draft, None
+        if draft is not None:
+            draft.close()
+        self._batch.free()
+        self._free_handles()
 
     def touch(self, slot: _Slot) -> None:
         """Make ``slot`` the most recently used (and :attr:`recent`); for exclusive holders."""
@@ -299,17 +379,18 @@ class Engine:
                     exclusive.granted.set()
                     exclusive.released.wait()
                     continue
-                try:
-                    self._reap()
-                    if self._active:
-                        self._step()
-                except Exception as exc:  # a bug must not kill the thread: fail what ran, keep serving
-                    for seq in list(self._active):
-                        slot = seq._slot
-                        if slot is not None:
-                            self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
-                            slot.tokens = []
-                        self._fail(seq, exc)
+                with self._stepping:
+                    try:
+                        self._reap()
+                        if self._active:
+                            self._step()
+                    except Exception as exc:  # a bug must not kill the thread: fail what ran, keep serving
+                        for seq in list(self._active):
+                            slot = seq._slot
+                            if slot is not None:
+                                self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+                                slot.tokens = []
+                            self._fail(seq, exc)
         finally:
             with self._cv:
                 pending = [s for g in self._queue if isinstance(g, list) for s in g]
@@ -320,6 +401,9 @@ class Engine:
             for seq in self._active + pending:
                 self._fail(seq, closed)
             self._active = []
+            with self._cv:
+                self._exited = True
+            self._free_when_unused()
 
     def _admit(self) -> _Exclusive | None:
         """Start queued requests while slots are free (FIFO). Called with the lock held."""
@@ -346,21 +430,9 @@ class Engine:
     def _start(self, group: list[Sequence], free: list[_Slot]) -> None:
         L, now = self._L, time.perf_counter()
         leader, tokens = group[0], group[0].prompt_tokens
-
-        def shared(slot: _Slot) -> int:
-            n, cached, limit = 0, slot.tokens, min(len(slot.tokens), len(tokens) - 1)
-            while n < limit and cached[n] == tokens[n]:
-                n += 1
-            return n
-
         # The free slot sharing the longest prefix (ties and no match: least recently used).
-        best = max(free, key=lambda slot: (shared(slot), -slot.last_used))
-        n = shared(best)
-        # Always trim: a failed or interrupted decode may have left cells past our list.
-        if not L.llama_memory_seq_rm(self._mem, best.id, n, -1):
-            L.llama_memory_seq_rm(self._mem, best.id, -1, -1)
-            n = 0
-        del best.tokens[n:]
+        best = max(free, key=lambda slot: (_llama.shared_prefix(slot.tokens, tokens), -slot.last_used))
+        n = _llama.keep_prefix(self._mem, best.id, best.tokens, _llama.shared_prefix(best.tokens, tokens))
         others = sorted((s for s in free if s is not best), key=lambda slot: slot.last_used)
         for seq, slot in zip(group, [best, *others], strict=False):
             slot.seq, seq._slot = seq, slot
@@ -406,7 +478,7 @@ class Engine:
             cache = self.prompt_cache  # read once: Model.attach_prompt_cache may swap it from another thread
             if cache is not None and not prefill._disk_checked:
                 self._restore(cache, prefill, slot)
-            cap = room if not generating else self._chunk_cap(room)
+            cap = room if not generating else self.chunks.cap(room)
             done = len(slot.tokens)
             chunk = prefill.prompt_tokens[done : done + cap]
             room -= len(chunk)
@@ -420,38 +492,31 @@ class Engine:
                 room -= len(seq._draft)
         # Fill in slot order (see the module docstring).
         rows: list[tuple[Sequence, int]] = []  # (sequence, its first output row)
-        n = 0
+        b.clear()
         for slot in self.slots:
             seq = slot.seq
             if seq is None:
                 continue
             if seq is prefill:
-                pos, last = len(slot.tokens), len(slot.tokens) + len(chunk) == len(seq.prompt_tokens)
-                for i, tok in enumerate(chunk):
-                    b.token[n], b.pos[n], b.seq_id[n][0] = tok, pos + i, slot.id
-                    b.logits[n] = last and i == len(chunk) - 1
-                    n += 1
+                last = len(slot.tokens) + len(chunk) == len(seq.prompt_tokens)
+                row = b.add(chunk, len(slot.tokens), slot.id, logits_from=len(chunk) - 1 if last else len(chunk))
                 if last:
-                    rows.append((seq, n - 1))
+                    rows.append((seq, row + len(chunk) - 1))
             elif seq._next is not None:
-                rows.append((seq, n))
-                pos = len(slot.tokens)
-                for i, tok in enumerate([seq._next, *seq._draft]):
-                    b.token[n], b.pos[n], b.seq_id[n][0], b.logits[n] = tok, pos + i, slot.id, 1
-                    n += 1
-        b.n_tokens = n
+                rows.append((seq, b.add([seq._next, *seq._draft], len(slot.tokens), slot.id)))
+        n = len(b)
         if n == 0:  # only sequences waiting for a prefill that is gone: never spin on them
             for seq in list(self._active):
                 self._fail(seq, EdgekitError("the sequence lost the prompt it was waiting for"))
             return
         batch_seqs = generating + ([prefill] if prefill is not None else [])
         try:
-            rc = _llama.decode(self._ctx, b)  # on the process's compute thread (edgekit._compute)
+            rc = _llama.decode(self._ctx, b.raw)  # on the process's compute thread (edgekit._compute)
             if rc != 0:
                 raise EdgekitError(f"llama.cpp failed to evaluate a batch (llama_decode returned {rc})",
                                    "The context may be full; use a larger n_ctx.")
             self._time_step(_llama.decode_seconds(), generating, len(chunk), n)
-        except BaseException as exc:  # also a KeyboardInterrupt raised around the call: fail this batch only
+        except Exception as exc:  # a failed decode fails the sequences of this batch only
             for seq in batch_seqs:
                 slot = seq._slot
                 assert slot is not None
@@ -491,22 +556,11 @@ class Engine:
             seq._n_cached, seq._n_disk, seq._n_new = 0, n, len(seq.prompt_tokens) - n
             seq._restore_s = time.perf_counter() - t0
 
-    def _chunk_cap(self, room: int) -> int:
-        """Prompt tokens a prefill may add to a step of generating sequences (see STALL)."""
-        if self._decode_s is None or self._prompt_token_s is None:
-            return min(room, FIRST_CHUNK)
-        fits = int((STALL - 1) * self._decode_s / max(self._prompt_token_s, 1e-9))
-        return max(1, min(room, max(MIN_CHUNK, fits)))
-
     def _time_step(self, seconds: float, generating: list[Sequence], chunk: int, n: int) -> None:
-        """Fold one decode of ``n`` tokens into the averages _chunk_cap and the drafting rule use."""
-        if generating and not chunk:
-            self._decode_s = running_average(self._decode_s, seconds, _EMA)
-            if len(generating) == 1:  # one sequence's tokens, one ubatch: what the drafting rule prices
-                self.cost_curve.observe(n, seconds)
-        elif generating and self._decode_s is not None:
-            added = max(seconds - self._decode_s, 0.0) / chunk
-            self._prompt_token_s = running_average(self._prompt_token_s, added, _EMA)
+        """Fold one decode of ``n`` tokens into the averages the chunk size and the drafting rule use."""
+        self.chunks.observe(seconds, len(generating), chunk)
+        if len(generating) == 1 and not chunk:  # one sequence's tokens, one ubatch: what the drafting rule prices
+            self.cost_curve.observe(n, seconds)
 
     def draft_cost(self, n: int) -> float:
         """What a batch of ``n`` tokens of one sequence costs relative to one token, as measured here
@@ -580,8 +634,8 @@ class Engine:
 
         ptr = self._L.llama_get_logits_ith(self._ctx, row)
         x = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
-        m = x.max()
-        lp = x - (m + np.log(np.exp(x - m).sum()))
+        m, rest = _llama.log_normalizer(x)
+        lp = x - (m + rest)
         top: list[tuple[int, float]] = []
         if k > 0:
             best = np.argpartition(-lp, min(k, lp.size - 1))[:k]
@@ -658,6 +712,31 @@ class Engine:
             seq._sampler = None
 
 
+class PrefillChunks:
+    """How many prompt tokens a prefill may add to a step of generating sequences: a step may take at
+    most :data:`STALL` times as long as a step without them, by the running averages of the steps timed
+    so far (:meth:`observe`)."""
+
+    def __init__(self) -> None:
+        self.decode_s: float | None = None  # average step time without a prefill chunk
+        self.prompt_token_s: float | None = None  # average added time of one chunk token in a mixed step
+
+    def observe(self, seconds: float, generating: int, chunk: int) -> None:
+        """A step of ``generating`` sequences' tokens and ``chunk`` prompt tokens took ``seconds``."""
+        if generating and not chunk:
+            self.decode_s = running_average(self.decode_s, seconds, _EMA)
+        elif generating and self.decode_s is not None:
+            added = max(seconds - self.decode_s, 0.0) / chunk
+            self.prompt_token_s = running_average(self.prompt_token_s, added, _EMA)
+
+    def cap(self, room: int) -> int:
+        """The chunk for a step with ``room`` tokens left in its batch."""
+        if self.decode_s is None or self.prompt_token_s is None:
+            return min(room, FIRST_CHUNK)
+        fits = int((STALL - 1) * self.decode_s / max(self.prompt_token_s, 1e-9))
+        return max(1, min(room, max(MIN_CHUNK, fits)))
+
+
 class _ExclusiveHold:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -667,7 +746,7 @@ class _ExclusiveHold:
         e = self._engine
         with e._cv:
             if e._closing:
-                raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+                raise closed_error()
             self._request = request = _Exclusive()
             e._queue.append(request)
             e._ensure_thread()
@@ -679,11 +758,13 @@ class _ExclusiveHold:
             raise
         if e._closing:
             request.released.set()
-            raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+            raise closed_error()
+        e._stepping.acquire()  # so readers between steps (cached_tokens) wait for the holder too
         return e
 
     def __exit__(self, *exc: object) -> None:
         if self._request is not None:
+            self._engine._stepping.release()
             self._request.released.set()
 
 

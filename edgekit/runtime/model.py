@@ -8,9 +8,11 @@ returns its :class:`~edgekit.runtime.engine.Sequence` (n of them for n answers t
 together (with ``load(slots=N)``) or queue for the one slot, and each request reuses the KV
 prefix its slot shares with it (a chat follow-up prefills only its new tokens).
 
-Thread safety: any thread may call any method. Starting a second stream from the thread that
-is consuming one, with no slot left for it, raises :class:`~edgekit.EdgekitError` instead of
-quietly waiting for the first stream to run to its end.
+Thread safety: any thread may call any method, :meth:`Model.close` too (streams still running
+end with an :class:`~edgekit.EdgekitError`; llama.cpp's handles are freed once no thread uses
+them, see :mod:`edgekit.runtime.engine`). Starting a second stream from the thread that is consuming
+one, with no slot left for it, raises :class:`~edgekit.EdgekitError` instead of quietly
+waiting for the first stream to run to its end.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from edgekit.gguf_check import ModelInfo
 from edgekit.planner import Plan
 from edgekit.progress import ProgressFn
 from edgekit.runtime import kv_file
-from edgekit.runtime.engine import Engine, Sequence, Step
+from edgekit.runtime.engine import Engine, Sequence, Step, closed_error
 from edgekit.runtime.sampling import Sampling, build_sampler, resolve
 from edgekit.runtime.speculative import check_mode
 from edgekit.stats import Completion, Stats
@@ -36,6 +38,18 @@ from edgekit.stats import Completion, Stats
 if TYPE_CHECKING:
     from edgekit.runtime.draft import DraftModel
     from edgekit.runtime.prompt_cache import PromptCache
+
+
+class _Handles:
+    """The model's llama.cpp weights and context: freed together, once, by the engine when no thread
+    uses them (it holds this, never the Model, so an unclosed Model is still collected)."""
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._ctx: Any = None
+
+    def free(self) -> None:
+        llama_handles.free(self)
 
 
 class Model:
@@ -64,6 +78,7 @@ class Model:
         self._live: dict[int, int] = {}  # thread id -> its streams of generation() not yet finished
         self._live_lock = threading.Lock()
         self._model = self._ctx = None
+        self._handles = _Handles()
         self._engine: Engine | None = None
         self.draft: DraftModel | None = None  # see attach_draft
         self.prompt_cache: PromptCache | None = None  # see attach_prompt_cache
@@ -71,15 +86,17 @@ class Model:
 
         buffers = _llama.weight_buffers(info.path, info.tensor_types, info.matrices)
         self.extra_buffers = buffers.extra
-        self._model = llama_handles.load_weights(info, gpu_layers=gpu_layers, mmap=mmap, mlock=mlock, buffers=buffers,
-                                           progress=progress)
+        self._model = self._handles._model = llama_handles.load_weights(info, gpu_layers=gpu_layers, mmap=mmap,
+                                                                        mlock=mlock, buffers=buffers,
+                                                                        progress=progress)
         self._vocab = L.llama_model_get_vocab(self._model)
         # Speculation drops rejected draft tokens from the cache; a recurrent state can't be rewound.
         self._rewindable = not (L.llama_model_is_recurrent(self._model) or L.llama_model_is_hybrid(self._model))
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         try:
-            self._ctx = llama_handles.new_context(self._model, info, plan, threads=threads, n_batch=n_batch,
-                                            n_ubatch=n_ubatch, rope_scaling=rope_scaling)
+            self._ctx = self._handles._ctx = llama_handles.new_context(self._model, info, plan, threads=threads,
+                                                                       n_batch=n_batch, n_ubatch=n_ubatch,
+                                                                       rope_scaling=rope_scaling)
         except BaseException:
             self.close()
             raise
@@ -96,17 +113,31 @@ class Model:
             names = [str(info.metadata.get(k) or "") for k in ("general.name", "general.finetune")] + [info.path.stem]
             _, self.chat_template, self.template_note = fallback(self._is_control, names)
         self._engine = Engine(self._ctx, self._vocab, slots=self.slots, n_ctx=self.n_ctx, n_batch=n_batch,
-                              n_vocab=self.n_vocab, pieces=self._pieces, rewindable=self._rewindable)
+                              n_vocab=self.n_vocab, pieces=self._pieces, rewindable=self._rewindable,
+                              release=self._handles.free)
         self.load_s = self._engine.load_s = time.perf_counter() - t0
 
     def attach_draft(self, draft: DraftModel) -> None:
-        """Draft with ``draft`` (one sequence per slot) for ``speculative="auto"``; the model closes it."""
-        engine = self._check_open()
-        if draft.n_seq_max < self.slots:
-            raise EdgekitError(f"the draft model holds {draft.n_seq_max} sequences but the model has {self.slots} slots")
-        if self.draft is not None:
-            self.draft.close()
-        self.draft = engine.draft = draft
+        """Draft with ``draft`` (one sequence per slot) for ``speculative="auto"``; the model closes it,
+        and the draft it replaces.
+
+        Any thread may call it while streams run: the swap waits for the engine's step in progress (not
+        for the streams), and streams that drafted with the old draft go on drafting with the new one
+        (their output stays the same: a draft never changes what is sampled). The old draft is closed
+        once no step uses it.
+        """
+        try:
+            engine = self._check_open()
+            if draft.n_seq_max < self.slots:
+                raise EdgekitError(f"the draft model holds {draft.n_seq_max} sequences but the model has "
+                                   f"{self.slots} slots")
+            old = engine.set_draft(draft)
+        except BaseException:
+            draft.close()
+            raise
+        self.draft = draft
+        if old is not None:
+            old.close()
 
     def attach_prompt_cache(self, cache: PromptCache | None) -> None:
         """Restore long prompts from, and keep them in, the persistent prompt cache ``cache``
@@ -123,17 +154,20 @@ class Model:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the engine thread (running streams end with an error), free the context and the weights.
-        The model can't be used afterwards."""
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-        if getattr(self, "prompt_cache", None) is not None:
-            self.prompt_cache.close()  # the snapshots taken so far are written
-        if getattr(self, "draft", None) is not None:  # also a Model whose __init__ failed early
-            self.draft.close()
-            self.draft = None
-        llama_handles.free(self)
+        """Stop the engine thread (running streams end with an error), free the context, the weights and
+        the draft model. The model can't be used afterwards. Safe to call again, and from any thread;
+        called on the engine thread itself (``__del__`` in a GC pass there), it returns at once and the
+        thread frees the handles when it exits."""
+        engine, self._engine = getattr(self, "_engine", None), None
+        self._model = self._ctx = None
+        self.draft = None
+        if engine is not None:
+            engine.close()  # the engine frees the handles and the draft when its thread is done with them
+        elif getattr(self, "_handles", None) is not None:  # a Model whose __init__ failed before the engine
+            self._handles.free()
+        cache, self.prompt_cache = getattr(self, "prompt_cache", None), None
+        if cache is not None:
+            cache.close()  # the snapshots taken so far are written
 
     def __enter__(self) -> Model:
         return self
@@ -154,7 +188,7 @@ class Model:
 
     def _check_open(self) -> Engine:
         if not self._ctx or self._engine is None:
-            raise EdgekitError("the model is closed", "Load it again with edgekit.load().")
+            raise closed_error()
         return self._engine
 
     # -- tokens ------------------------------------------------------------------------------------------
@@ -171,20 +205,21 @@ class Model:
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of ``text`` (``add_special`` adds BOS where the model wants it)."""
-        self._check_open()
-        return _llama.tokenize(self._vocab, text, add_special, parse_special)
+        with self._check_open().use():
+            return _llama.tokenize(self._vocab, text, add_special, parse_special)
 
     def detokenize(self, tokens: list[int]) -> str:
         """Text of ``tokens`` (special tokens rendered as their text)."""
-        self._check_open()
-        return _llama.detokenize(self._vocab, list(tokens), render_special=True)
+        with self._check_open().use():
+            return _llama.detokenize(self._vocab, list(tokens), render_special=True)
 
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` takes (without BOS)."""
         return len(self.tokenize(text, add_special=False))
 
     def is_eog(self, token: int) -> bool:
-        return bool(self._L.llama_vocab_is_eog(self._vocab, token))
+        with self._check_open().use():
+            return bool(self._L.llama_vocab_is_eog(self._vocab, token))
 
     # -- chat --------------------------------------------------------------------------------------------
 
@@ -208,9 +243,10 @@ class Model:
         """Prompt tokens for ``messages`` (and ``tools``); BOS is added only if the template didn't write it."""
         text = self.render_chat(messages, add_generation_prompt, tools)
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        tokens = self.tokenize(text, add_special=False)
-        if add_bos:
-            tokens.insert(0, self._L.llama_vocab_bos(self._vocab))
+        with self._check_open().use():
+            tokens = _llama.tokenize(self._vocab, text, False, True)
+            if add_bos:
+                tokens.insert(0, self._L.llama_vocab_bos(self._vocab))
         return tokens
 
     def chat(self, messages: list[dict], sampling: Sampling | None = None, **kwargs: Any) -> Completion:
@@ -279,16 +315,17 @@ class Model:
         self.check_prompt(tokens)
         seed = s.seed if s.seed is not None else self.seed
         group: list[Sequence] = []
-        try:
-            for i in range(n):
-                si = s if seed is None or n == 1 else s.replace(seed=seed + i)
-                sampler = build_sampler(si, self._vocab, self.n_vocab, default_seed=self.seed, history=tokens)
-                group.append(Sequence(engine, tokens, si, sampler, s.speculative or self.speculative, i))
-        except BaseException:
-            for seq in group:
-                self._L.llama_sampler_free(seq._sampler)
-            raise
-        engine.submit(group)
+        with engine.use():  # the sampler chains (a grammar's too) read the vocabulary
+            try:
+                for i in range(n):
+                    si = s if seed is None or n == 1 else s.replace(seed=seed + i)
+                    sampler = build_sampler(si, self._vocab, self.n_vocab, default_seed=self.seed, history=tokens)
+                    group.append(Sequence(engine, tokens, si, sampler, s.speculative or self.speculative, i))
+                engine.submit(group)
+            except BaseException:
+                for seq in group:
+                    self._L.llama_sampler_free(seq._sampler)
+                raise
         return group
 
     def check_prompt(self, tokens: list[int]) -> None:
@@ -341,7 +378,7 @@ class Model:
         Waits until no sequence runs.
         """
         with self._check_open().exclusive() as engine:
-            self._L.llama_memory_clear(self._L.llama_get_memory(self._ctx), True)
+            self._L.llama_memory_clear(self._L.llama_get_memory(engine.ctx), True)
             for slot in engine.slots:
                 slot.tokens = []
 
@@ -360,8 +397,9 @@ class Model:
 
     @property
     def cached_tokens(self) -> list[int]:
-        """The tokens whose KV is in the cache of the most recent sequence's slot (a copy)."""
-        return list(self._check_open().recent.tokens)
+        """The tokens whose KV is in the cache of the most recent sequence's slot: a copy taken between
+        two engine steps, so it matches the cache (never a list the engine is changing)."""
+        return self._check_open().cached_tokens()
 
     def save_state(self, path: str | Path) -> Path:
         """Write the KV cache of the most recent sequence's slot and its tokens to ``path``;
@@ -371,9 +409,9 @@ class Model:
         """
         with self._check_open().exclusive() as engine:
             L, slot = self._L, engine.recent
-            size = L.llama_state_seq_get_size(self._ctx, slot.id)
+            size = L.llama_state_seq_get_size(engine.ctx, slot.id)
             buf = (ctypes.c_uint8 * size)()
-            n = L.llama_state_seq_get_data(self._ctx, buf, size, slot.id)
+            n = L.llama_state_seq_get_data(engine.ctx, buf, size, slot.id)
             if n == 0 and slot.tokens:
                 raise EdgekitError("llama.cpp could not copy the KV cache state")
             return kv_file.write(self, Path(path), list(slot.tokens), memoryview(buf)[:n])
@@ -386,10 +424,10 @@ class Model:
         with self._check_open().exclusive() as engine:
             L = self._L
             slot = min(engine.slots, key=lambda sl: sl.last_used)
-            mem = L.llama_get_memory(self._ctx)
+            mem = L.llama_get_memory(engine.ctx)
             L.llama_memory_seq_rm(mem, slot.id, -1, -1)
             slot.tokens = []
-            if tokens and L.llama_state_seq_set_data(self._ctx, data, len(data), slot.id) == 0:
+            if tokens and L.llama_state_seq_set_data(engine.ctx, data, len(data), slot.id) == 0:
                 L.llama_memory_seq_rm(mem, slot.id, -1, -1)
                 raise CorruptFile(f"llama.cpp rejected the state in {path.name}")
             slot.tokens = tokens

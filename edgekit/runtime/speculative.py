@@ -8,9 +8,10 @@ whether to draft and how many tokens, by weighing the acceptance it has measured
 against what verifying a batch costs on this device (:class:`CostCurve`, timed as the model
 runs; :func:`verify_cost` is the prior it starts from).
 
-The model verifies a draft in one batch and samples the target at every position with
-its usual sampler chain; a drafted token is kept only while the target's own sample
-equals it, so the output is what plain decoding would give (see :meth:`Model.generation`).
+The engine verifies a draft in the sequence's batch and samples the target at every position
+with its usual sampler chain; a drafted token is kept only while the target's own sample
+equals it, so the output is what plain decoding would give (see ``Engine._sample`` in
+:mod:`edgekit.runtime.engine`).
 Because a draft is a fixed guess (a one-hot proposal), "sample from the target, keep it if
 it equals the guess" is the speculative-sampling acceptance rule: sampling stays exact.
 
@@ -127,6 +128,9 @@ class CostCurve:
         self._one: float | None = None  # running average of a single-token step, in seconds
         self._since_one = 0  # steps since the last single-token step
         self._ratio: dict[int, float] = {1: 1.0}  # per batch size: running average of time / one token's
+        # interpolate(self._ratio) and its largest size, built once per change instead of on every call
+        # of the draft-length loop
+        self._measured: tuple[Callable[[int], float], int] | None = None
 
     @property
     def one_token_s(self) -> float | None:
@@ -147,6 +151,7 @@ class CostCurve:
         if self._one is not None and self._since_one <= _STALE_STEPS:
             old = self._ratio.get(n, self._prior(n))
             self._ratio[n] = running_average(old, seconds / self._one, _COST_EMA)
+            self._measured = None
 
     def __call__(self, n: int) -> float:
         """The same as :meth:`ratio`: a curve is a cost function for the drafting rule."""
@@ -154,11 +159,13 @@ class CostCurve:
 
     def ratio(self, n: int) -> float:
         """The estimated time of a batch of ``n`` tokens relative to one token."""
-        ratios = self._ratio
-        top = max(ratios)  # ratios always holds 1, so only sizes past the largest lack a measured neighbour
+        if self._measured is None:
+            # ratios always holds 1, so only sizes past the largest lack a measured neighbour
+            self._measured = interpolate(dict(self._ratio)), max(self._ratio)
+        measured, top = self._measured
         if n <= top:
-            return interpolate(ratios)(n)
-        return self._prior(n) * ratios[top] / self._prior(top)
+            return measured(n)
+        return self._prior(n) * self._ratio[top] / self._prior(top)
 
 
 class Drafter(Protocol):
@@ -315,11 +322,6 @@ class Speculation:
         self._shadow: list[int] = []  # a free guess not verified, scored against the tokens that come
         self._quiet = QUIET  # tokens since the last draft; a costly drafter probes at once, starting short
 
-    @property
-    def active(self) -> bool:
-        """Speculation never switches off for a whole call; kept for callers that ask."""
-        return True
-
     def rates(self, level: int, hot: bool) -> tuple[Rate, Rate]:
         """(first token, next token) acceptance in a situation; after a correct guess the first is like a next."""
         key = (level, hot)
@@ -393,7 +395,7 @@ class Speculation:
 
 
 def simulate(spec: Speculation, output: Sequence[int], room: int = MAX_DRAFT) -> tuple[float, int]:
-    """Replay greedy decoding of ``output`` with ``spec`` as :meth:`Model.generation` drives it.
+    """Replay greedy decoding of ``output`` with ``spec`` as the engine drives it (:mod:`edgekit.runtime.engine`).
 
     Returns (time in single-token target steps, steps taken); plain decoding takes
     ``len(output) - 1`` steps (the last token is never evaluated). For offline studies.

@@ -130,7 +130,7 @@ def serve_ttft(a: argparse.Namespace, directory: Path, question: str) -> tuple[f
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m edgekit.bench.studies.prompt_cache", description=__doc__.splitlines()[0])
     p.add_argument("model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, default=3000, help="length of the long prompt")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -11,3 +13,15 @@ def tiny_qwen2_dir(tmp_path_factory, qwen2_vocab_gguf):
     from edgekit.samples.checkpoints import random_qwen2_checkpoint
 
     return random_qwen2_checkpoint(tmp_path_factory.mktemp("tiny-qwen2") / "tiny-qwen2", qwen2_vocab_gguf)
+
+
+def with_config(src, dst, **changes):
+    """A copy of checkpoint ``src`` (weights symlinked) whose config.json has ``changes``."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != "config.json":
+            (dst / f.name).symlink_to(f)
+    config = json.loads((src / "config.json").read_text())
+    config.update(changes)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst

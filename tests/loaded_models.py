@@ -57,3 +57,17 @@ def assert_same_or_near_tie(solo_steps, steps) -> None:
         return
     top = solo_steps[i].top_logprobs
     assert top[0][1] - top[1][1] < NEAR_TIE, f"streams differ at token {i}, which is no near-tie: {top[:2]}"
+
+
+def llama_cpp_python_greedy(llm, prompt_ids: list[int], n: int) -> list[int]:
+    """Greedy tokens llama-cpp-python's ``Llama`` generates after ``prompt_ids``: at most ``n``, stopping
+    before an end-of-generation token (the like-for-like anchor of the runtime tests)."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    out: list[int] = []
+    for token in llm.generate(prompt_ids, temp=0.0):
+        if llama_cpp.llama_vocab_is_eog(vocab, token) or len(out) == n:
+            break
+        out.append(token)
+    return out

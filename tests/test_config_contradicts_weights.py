@@ -6,27 +6,15 @@ names for minutes; now the counts are compared with the safetensors headers firs
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from fixtures_checkpoints import with_config
 
 from edgekit.convert import convert
 from edgekit.errors import CorruptFile, UnsupportedModel
-
-
-def _with_config(src, dst, **changes):
-    """A copy of checkpoint ``src`` (weights symlinked) whose config.json has ``changes``."""
-    dst.mkdir()
-    for f in src.iterdir():
-        if f.name != "config.json":
-            (dst / f.name).symlink_to(f)
-    config = json.loads((src / "config.json").read_text())
-    config.update(changes)
-    (dst / "config.json").write_text(json.dumps(config))
-    return dst
 
 
 @pytest.mark.parametrize(
@@ -43,7 +31,7 @@ def _with_config(src, dst, **changes):
     ],
 )
 def test_contradicting_count_is_refused_before_any_output(tiny_qwen2_dir, tmp_path, changes, message):
-    bad = _with_config(tiny_qwen2_dir, tmp_path / "bad", **changes)
+    bad = with_config(tiny_qwen2_dir, tmp_path / "bad", **changes)
     with pytest.raises(CorruptFile, match=message) as err:
         convert(bad, out=tmp_path / "out", quant="f16")
     assert "config.json says" in err.value.message and err.value.hint
@@ -64,14 +52,14 @@ def test_contradicting_count_is_refused_before_any_output(tiny_qwen2_dir, tmp_pa
     ],
 )
 def test_impossible_value_is_refused_naming_the_key(tiny_qwen2_dir, tmp_path, changes, message):
-    bad = _with_config(tiny_qwen2_dir, tmp_path / "bad", **changes)
+    bad = with_config(tiny_qwen2_dir, tmp_path / "bad", **changes)
     with pytest.raises(UnsupportedModel, match=message):
         convert(bad, out=tmp_path / "out", quant="f16")
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_prints_one_line_for_a_layer_count_the_weights_lack(tiny_qwen2_dir, tmp_path):
-    bad = _with_config(tiny_qwen2_dir, tmp_path / "bad", num_hidden_layers=100000)
+    bad = with_config(tiny_qwen2_dir, tmp_path / "bad", num_hidden_layers=100000)
     env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
     result = subprocess.run([sys.executable, "-m", "edgekit", "convert", str(bad), "-o", str(tmp_path / "out")],
                             capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=300)

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from loaded_models import llama_cpp_python_greedy
 from reference import ReferenceModel
 from test_fidelity import compare
 from test_models import _logits
@@ -118,7 +119,6 @@ def _load(path):
 
 
 def test_greedy_equals_llama_cpp_python_and_speculation_is_lossless(gemma3_real):
-    import llama_cpp
     from llama_cpp import Llama
 
     _, f16, _ = gemma3_real
@@ -135,12 +135,7 @@ def test_greedy_equals_llama_cpp_python_and_speculation_is_lossless(gemma3_real)
     llm = Llama(str(f16), n_ctx=512, n_batch=512, n_ubatch=512, n_threads=2, flash_attn=True, verbose=False, seed=1)
     try:
         assert llm.tokenize(PROMPT.encode(), add_bos=True, special=True) == prompt_ids
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        theirs = []
-        for token in llm.generate(prompt_ids, temp=0.0):
-            if llama_cpp.llama_vocab_is_eog(vocab, token) or len(theirs) == 16:
-                break
-            theirs.append(token)
+        theirs = llama_cpp_python_greedy(llm, prompt_ids, 16)
     finally:
         llm.close()
     assert ours.tokens == theirs

@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from fixtures_checkpoints import with_config
 from reference import ReferenceModel
 from test_fidelity import PROMPTS, compare
 
@@ -155,18 +156,6 @@ def test_phi3_long_factors_past_the_original_context(converted):
     assert np.abs(short.logits(ids) - reference.logits(ids)).max() > 0.1
 
 
-def _with_config(src, dst, **changes):
-    """A copy of checkpoint ``src`` (weights symlinked) whose config.json has ``changes``."""
-    dst.mkdir()
-    for f in src.iterdir():
-        if f.name != "config.json":
-            (dst / f.name).symlink_to(f)
-    config = json.loads((src / "config.json").read_text())
-    config.update(changes)
-    (dst / "config.json").write_text(json.dumps(config))
-    return dst
-
-
 @pytest.mark.parametrize(
     "arch, changes, error, message",
     [
@@ -201,7 +190,7 @@ def _with_config(src, dst, **changes):
     ],
 )
 def test_bad_config_is_refused_naming_the_field(tmp_path, arch, changes, error, message):
-    bad = _with_config(cached_random_checkpoint(arch), tmp_path / "bad", **changes)
+    bad = with_config(cached_random_checkpoint(arch), tmp_path / "bad", **changes)
     with pytest.raises(error, match=message) as err:
         convert(bad, out=tmp_path / "out", quant="f16")
     assert err.value.hint
@@ -215,7 +204,7 @@ def test_tied_output_is_read_from_the_weights_when_the_config_leaves_it_out(tmp_
 
     config = json.loads((cached_random_checkpoint("gemma3") / "config.json").read_text())
     del config["tie_word_embeddings"]
-    ck = _with_config(cached_random_checkpoint("gemma3"), tmp_path / "ck", **{})
+    ck = with_config(cached_random_checkpoint("gemma3"), tmp_path / "ck", **{})
     (ck / "config.json").write_text(json.dumps(config))
     [f16] = convert(ck, out=tmp_path / "out", quant="f16")
     types = tensor_types(f16.path)
@@ -231,7 +220,7 @@ def test_phi3_su_is_longrope(tmp_path):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
-    bad = _with_config(cached_random_checkpoint("qwen3"), tmp_path / "bad", architectures=["Lfm2ForCausalLM"])
+    bad = with_config(cached_random_checkpoint("qwen3"), tmp_path / "bad", architectures=["Lfm2ForCausalLM"])
     with pytest.raises(UnsupportedModel, match="Lfm2ForCausalLM is not supported") as err:
         convert(bad, out=tmp_path / "out", quant="f16")
     for name in ("Qwen3ForCausalLM", "SmolLM3ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import pytest
+from loaded_models import llama_cpp_python_greedy
 
 import edgekit
 from edgekit.runtime import speculative
@@ -47,7 +48,6 @@ def _load(arch: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_equals_llama_cpp_python(arch):
-    import llama_cpp
     from llama_cpp import Llama
 
     with _load(arch) as m:
@@ -57,12 +57,7 @@ def test_greedy_equals_llama_cpp_python(arch):
                 verbose=False, seed=1)
     try:
         assert llm.tokenize(PROMPT.encode(), add_bos=True, special=True) == prompt_ids
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        theirs = []
-        for token in llm.generate(prompt_ids, temp=0.0):
-            if llama_cpp.llama_vocab_is_eog(vocab, token) or len(theirs) == 32:
-                break
-            theirs.append(token)
+        theirs = llama_cpp_python_greedy(llm, prompt_ids, 32)
     finally:
         llm.close()
     assert len(ours.tokens) > 8

@@ -59,13 +59,9 @@ NOTE = ("Gemma 3 270M dequantized from the Q4_K_M GGUF of the gemma3-270m-q4-k-m
 
 def hf_name_from_gguf(name: str) -> str:
     """Map a gemma3 GGUF tensor name back to its Hugging Face name."""
-    base, _, suffix = name.rpartition(".")
-    parts = base.split(".")
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{suffix}"
-    if base in _TOP_NAMES:
-        return f"{_TOP_NAMES[base]}.{suffix}"
-    raise ValueError(f"no Gemma3ForCausalLM name known for GGUF tensor {name!r}")
+    from edgekit.samples.smollm2 import hf_name_from_gguf as by_tables
+
+    return by_tables(name, _LAYER_NAMES, _TOP_NAMES)
 
 
 def _short_float(x: float) -> float:

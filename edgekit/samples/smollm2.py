@@ -37,14 +37,15 @@ _LLAMA_LAYER_NAMES = {
 _LLAMA_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
-def hf_name_from_gguf(name: str) -> str:
-    """Map a llama-architecture GGUF tensor name back to its Hugging Face name."""
+def hf_name_from_gguf(name: str, layer_names: dict[str, str] = _LLAMA_LAYER_NAMES,
+                      top_names: dict[str, str] = _LLAMA_TOP_NAMES) -> str:
+    """Map a GGUF tensor name back to its Hugging Face name by the tables (llama's by default)."""
     base, _, suffix = name.rpartition(".")
     parts = base.split(".")
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LLAMA_LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LLAMA_LAYER_NAMES[parts[2]]}.{suffix}"
-    if base in _LLAMA_TOP_NAMES:
-        return f"{_LLAMA_TOP_NAMES[base]}.{suffix}"
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in layer_names:
+        return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{suffix}"
+    if base in top_names:
+        return f"{top_names[base]}.{suffix}"
     raise ValueError(f"no Hugging Face name known for GGUF tensor {name!r}")
 
 

@@ -13,11 +13,14 @@ NEAR_TIE = 0.1
 
 @functools.cache
 def smol(n_ctx: int = 2048, kv_cache: str = "auto"):
-    """SmolLM2-135M-Instruct (real weights), loaded once per (n_ctx, kv_cache) for the whole session."""
+    """SmolLM2-135M-Instruct (real weights), loaded once per (n_ctx, kv_cache) for the whole session.
+
+    It keeps no persistent prompt cache: tests that count reused prompt tokens see the live KV cache only,
+    whatever earlier tests prefilled (tests/test_prompt_cache.py covers the disk cache)."""
     import edgekit
     from edgekit.samples.assets import smollm2_gguf
 
-    return edgekit.load(smollm2_gguf(), n_ctx=n_ctx, kv_cache=kv_cache, seed=1)
+    return edgekit.load(smollm2_gguf(), n_ctx=n_ctx, kv_cache=kv_cache, seed=1, prompt_cache="off")
 
 
 @functools.cache

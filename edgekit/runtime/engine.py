@@ -384,7 +384,7 @@ class Engine:
                         self._reap()
                         if self._active:
                             self._step()
-                    except Exception as exc:  # a bug must not kill the thread: fail what ran, keep serving
+                    except BaseException as exc:  # a bug must not kill the thread: fail what ran, keep serving
                         for seq in list(self._active):
                             slot = seq._slot
                             if slot is not None:
@@ -516,7 +516,7 @@ class Engine:
                 raise EdgekitError(f"llama.cpp failed to evaluate a batch (llama_decode returned {rc})",
                                    "The context may be full; use a larger n_ctx.")
             self._time_step(_llama.decode_seconds(), generating, len(chunk), n)
-        except Exception as exc:  # a failed decode fails the sequences of this batch only
+        except BaseException as exc:  # a failed decode (or a Ctrl-C raised around it) fails this batch only
             for seq in batch_seqs:
                 slot = seq._slot
                 assert slot is not None

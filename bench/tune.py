@@ -381,7 +381,7 @@ def _search(tuner: _Tuner, base: Settings, threads: list[int]) -> None:
         nonlocal best, best_entry
         for cfg in candidates:
             if not tuner.affordable():
-                tuner.not_measured.append(f"{name}: {cfg.label()}")
+                tuner.not_measured.append(f"{name}: {cfg.describe()}")
                 continue
             entry = tuner.measure(cfg)[0]
             if by_job(entry) < by_job(best_entry):

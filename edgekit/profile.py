@@ -38,6 +38,11 @@ class Settings:
     type_v: str
     n_ubatch: int
 
+    @property
+    def kv(self) -> str:
+        """The K/V cache types as ``"K/V"``, e.g. ``q8_0/f16``."""
+        return f"{self.type_k}/{self.type_v}"
+
     def describe(self) -> str:
         """Short text, e.g. ``threads 2 (prefill 2), flash attention on, KV f16/f16, ubatch 512``."""
         return (f"threads {self.threads} (prefill {self.threads_batch}), flash attention "

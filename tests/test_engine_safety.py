@@ -122,7 +122,10 @@ def test_attach_draft_while_streams_draft_on_two_slots(smollm2_gguf):
             assert any(r.seq.completion.stats.drafted_tokens for r in readers)
         assert all(d._ctx is None for d in olds)  # every replaced draft was freed
         c = m.generate(PROMPTS[0], temperature=0, max_tokens=TOKENS)
-        assert c.stats.drafted_tokens > 0 and c.tokens == [s.token for s in solo[0] if s.token >= 0]
+        # Whether this call drafts is the drafting rule's, by this CPU's measured costs; what must hold is
+        # that the last draft is the one attached, alive, and the text is unchanged.
+        assert m.draft is not None and m.draft._ctx is not None and m.draft not in olds
+        assert c.tokens == [s.token for s in solo[0] if s.token >= 0]
     finally:
         m.close()
 

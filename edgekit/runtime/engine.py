@@ -562,12 +562,6 @@ class Engine:
         if len(generating) == 1 and not chunk:  # one sequence's tokens, one ubatch: what the drafting rule prices
             self.cost_curve.observe(n, seconds)
 
-    def draft_cost(self, n: int) -> float:
-        """What a batch of ``n`` tokens of one sequence costs relative to one token, as measured here
-        (:meth:`speculative.CostCurve.ratio`). Beside other streams the same curve prices a draft: with
-        a KV stream per slot, llama.cpp evaluates a sequence's extra tokens in a ubatch of their own."""
-        return self.cost_curve.ratio(n)
-
     def _prefilled(self, leader: Sequence) -> None:
         """The leader's prompt is in its slot: copy it to the waiting siblings' slots."""
         L, now = self._L, time.perf_counter()

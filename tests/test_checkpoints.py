@@ -111,6 +111,7 @@ def test_yarn_config(tmp_path, qwen2_vocab_gguf, style):
     assert rope["original_max_position_embeddings"] == 4096
 
 
+@pytest.mark.slow
 def test_sharded_5x_checkpoint_same_values(tmp_path, tiny_qwen2_dir, qwen2_vocab_gguf):
     ck = random_qwen2_checkpoint(tmp_path / "m", qwen2_vocab_gguf, config_style="5.x", shards=3)
     cfg = json.loads((ck / "config.json").read_text())

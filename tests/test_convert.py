@@ -116,6 +116,7 @@ def test_metadata_and_hparams(all_types, ckpt):
     assert "output.weight" not in tensor_types(path)  # tied embeddings
 
 
+@pytest.mark.slow
 def test_name_license_and_default_filename(qwen2_vocab_gguf, tmp_path):
     ck = random_qwen2_checkpoint(tmp_path / "SmolThing-Chat", qwen2_vocab_gguf)
     (ck / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A model\n")
@@ -126,6 +127,7 @@ def test_name_license_and_default_filename(qwen2_vocab_gguf, tmp_path):
     assert f.path.name == f"SmolThing-{kv(f.path, 'general.size_label')}-Q8_0.gguf"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["4.x", "5.x"])
 def test_both_config_forms_and_yarn(qwen2_vocab_gguf, tmp_path, style):
     ck = random_qwen2_checkpoint(tmp_path / "m", qwen2_vocab_gguf, config_style=style, yarn=4.0, rope_theta=5e5)
@@ -136,6 +138,7 @@ def test_both_config_forms_and_yarn(qwen2_vocab_gguf, tmp_path, style):
     assert kv(f.path, "qwen2.rope.scaling.original_context_length") > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["f16", "f32"])
 def test_sharded_untied_and_other_dtypes(qwen2_vocab_gguf, tmp_path, dtype):
     ck = random_qwen2_checkpoint(tmp_path / "m", qwen2_vocab_gguf, dtype=dtype, tied=False, shards=3)
@@ -246,6 +249,7 @@ def test_corrupt_safetensors_names_file_and_tensor(ckpt, tmp_path, case, mutate,
     assert list((tmp_path / "o").glob("*")) == []  # nothing, not even a hidden partial file
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(ckpt, tmp_path):
     [f] = convert(ckpt, out=tmp_path, quant="q8_0")
     with pytest.raises(OutputExists):
@@ -321,6 +325,7 @@ def test_fast_bf16_to_f16_matches_numpy_for_every_bit_pattern():
     assert np.array_equal(got[~nan].view(np.uint16), expected[~nan].view(np.uint16))
 
 
+@pytest.mark.slow
 def test_chat_template_from_jinja_file(ckpt, tmp_path):
     src = tmp_path / "jinja"
     shutil.copytree(ckpt, src)

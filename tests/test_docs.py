@@ -137,6 +137,7 @@ def _all_options() -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_the_docs_show_edgekit_commands():
     lines = _command_lines()
     shown = {_resolve(_tokens(rest))[0] for _, rest in lines}

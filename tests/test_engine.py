@@ -211,6 +211,7 @@ def test_state_loads_into_a_slot_that_later_prompts_reuse(m4, tmp_path):
     assert c.stats.cached_tokens >= n - 4 > 0
 
 
+@pytest.mark.slow
 def test_close_joins_the_engine_thread_and_ends_open_streams():
     _, path = tiny_qwen2_gguf()
     m = edgekit.load(path, n_ctx=256, slots=2)
@@ -228,6 +229,7 @@ def test_close_joins_the_engine_thread_and_ends_open_streams():
         m.start("Hello")
 
 
+@pytest.mark.slow
 def test_tiny_qwen2_batched_streams_match_solo():
     _, path = tiny_qwen2_gguf()
     with edgekit.load(path, n_ctx=256, slots=3) as m:

@@ -169,6 +169,7 @@ def mutated(draw, seed):
                                                                 + pair[1][len(pair[1]) // 2:])))
 
 
+@pytest.mark.slow
 @fuzz_settings(300)
 @given(st.data())
 def test_mutated_gguf_is_read_or_refused(seed_gguf, tmp_path, data):
@@ -202,6 +203,7 @@ _values = st.one_of(
 @example(overrides={"general.alignment": (V.ARRAY, [64])})
 @example(overrides={"general.alignment": (V.UINT32, 48)})
 # ... and so were the counts check() plans with.
+@pytest.mark.slow
 @example(overrides={"qwen2.block_count": (V.STRING, "")})
 @example(overrides={"qwen2.embedding_length": (V.FLOAT32, float("nan"))})
 @example(overrides={"qwen2.attention.head_count_kv": (V.INT32, -1)})

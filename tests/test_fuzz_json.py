@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fuzzing import DEEP, dump_json, fuzz_settings, json_values, mutations, only_edgekit_errors
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -152,6 +153,7 @@ def test_the_seed_checkpoint_opens():
 @given(edited(CONFIG))
 # Found by this test: a config.json holding null or a list raised AttributeError, one nested thousands deep
 # RecursionError, and architectures of the wrong type TypeError.
+@pytest.mark.slow
 @example(b"null")
 @example(dump_json({**CONFIG, "rope_scaling": DEEP}, 5000))
 @example(_edited_config(architectures=[["Qwen2ForCausalLM"]]))
@@ -178,6 +180,7 @@ def _edited_tokenizer(path, value) -> bytes:
 @example(_edited_tokenizer(("added_tokens", 0), {"id": 260}))
 @example(_edited_tokenizer(("pre_tokenizer", "pretokenizers", 0), "Split"))
 # ... and a token id of 10^12 made the reader pad the vocabulary to 10^12 entries.
+@pytest.mark.slow
 @example(_edited_tokenizer(("added_tokens", 0, "id"), 10**12))
 def test_edited_tokenizer_is_read_or_refused(tokenizer):
     ckpt = _open({"tokenizer.json": tokenizer})
@@ -187,6 +190,7 @@ def test_edited_tokenizer_is_read_or_refused(tokenizer):
         assert all(0 <= i < len(vocab.tokens) for i in vocab.special_ids.values())
 
 
+@pytest.mark.slow
 @fuzz_settings(100)
 @given(edited(TOKENIZER_CONFIG))
 @example(b"[]")  # found by this test: AttributeError

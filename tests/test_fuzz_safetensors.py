@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fuzzing import (
     DEEP,
     INTERESTING_INTS,
@@ -121,6 +122,7 @@ def test_the_seed_file_reads(tmp_path):
 @example(_with(_entry("model.embed.weight", dtype=[])))
 @example(_with({**SEED_HEADER, "__metadata__": {"format": DEEP}}, depth=5000))
 # ... a __metadata__ that is not an object AttributeError, and a float dimension (1e400 is inf) OverflowError.
+@pytest.mark.slow
 @example(_with({**SEED_HEADER, "__metadata__": [1]}))
 @example(_with(_entry("model.norm.weight", shape=[float("inf")])))
 @example(_with(_entry("model.norm.weight", shape="8")))  # was read as shape [8]

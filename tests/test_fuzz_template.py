@@ -11,6 +11,7 @@ A longer run (examples per test; the default is a few hundred):
 
 from __future__ import annotations
 
+import pytest
 from fuzzing import fuzz_settings, only_edgekit_errors
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -84,6 +85,7 @@ messages = st.lists(
 @example("{% for message in range(10**6) %}{% endfor %}", [], False)
 @example("{% macro f(a) %}{{ f(a) }}{% endmacro %}{{ f(1) }}", [], False)
 # ... and a repetition or power allocated gigabytes.
+@pytest.mark.slow
 @example("{{ 'x' * 10**9 }}", [], False)
 @example("{{ 10 ** 10 ** 9 }}", [], False)
 def test_random_template_renders_or_is_refused(source, msgs, add_generation_prompt):

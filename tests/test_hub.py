@@ -250,6 +250,7 @@ def test_unreachable_hub_and_not_cached_fails_fast_with_alternatives(hub):
     assert "local checkpoint directory" in err.value.hint and "HF_HUB_OFFLINE=1" in err.value.hint
 
 
+@pytest.mark.slow
 def test_hub_that_never_answers_times_out_fast(hub, monkeypatch):
     # A socket that accepts connections (backlog) but never answers: a hung Hub or proxy.
     with socket.socket() as silent:
@@ -296,6 +297,7 @@ def test_interrupted_download_is_never_taken_as_complete(hub, ckpt_files, monkey
     assert (source.path / "model.safetensors").read_bytes() == ckpt_files["model.safetensors"]
 
 
+@pytest.mark.slow
 def test_dropped_connection_is_retried_and_the_file_is_intact(hub, ckpt_files):
     size = len(ckpt_files["model.safetensors"])
     hub.cut_after["model.safetensors"] = size * 2 // 3  # the first GET drops after 2/3 of the file

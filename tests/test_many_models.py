@@ -15,6 +15,8 @@ import edgekit
 from edgekit import _compute
 from edgekit.runtime import speculative
 
+pytestmark = pytest.mark.slow  # several models and threads per test: about 6 s in all on an idle 2-core machine
+
 PROMPTS = ("The capital of France is", "Counting: 1, 2, 3, 4, 5,", "Once upon a time")
 
 

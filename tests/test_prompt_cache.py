@@ -204,6 +204,7 @@ def test_budget_evicts_the_least_recently_used(tiny, tmp_path):
     assert cache.counters.evictions == 2
 
 
+@pytest.mark.slow
 def test_off_writes_nothing_and_auto_lives_under_edgekit_home(tmp_path, monkeypatch):
     import edgekit
     from edgekit.paths import cache_dir
@@ -229,6 +230,7 @@ def test_off_writes_nothing_and_auto_lives_under_edgekit_home(tmp_path, monkeypa
     assert kept.stat().st_mode & 0o777 == 0o600 and (tmp_path / "env").stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_a_directory_others_can_write_is_refused(tmp_path):
     import edgekit

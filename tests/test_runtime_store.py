@@ -45,6 +45,7 @@ def test_generation_stops_when_the_context_is_full(tiny):
         assert c.finish_reason == "length" and c.stats.ctx_used == 256
 
 
+@pytest.mark.slow
 def test_hf_dir_is_converted_once_into_the_cache(tiny, monkeypatch):
     ckpt, _gguf = tiny
     import edgekit.convert as conv

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import edgekit
 
 # Renders only the last message, so the prompt is exactly its text.
@@ -33,6 +35,7 @@ def _chat(*args: str) -> subprocess.CompletedProcess:
                           env={**env, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL, timeout=180)
 
 
+@pytest.mark.slow
 def test_chat_cli_reads_the_template_file(smollm2_gguf, tmp_path):
     template = tmp_path / "last-message.jinja"
     template.write_text(LAST_MESSAGE_ONLY)

@@ -164,6 +164,12 @@ def test_completions_prompt_forms(client, model_id, http):
     echo = client.completions.create(model=model_id, prompt="The capital of France is", max_tokens=6, temperature=0,
                                      echo=True)
     assert echo.choices[0].text == "The capital of France is" + one.choices[0].text
+    ids = http.post("/tokenize", json={"content": "The capital of France is", "add_special": False}).json()["tokens"]
+    echo_ids = client.completions.create(model=model_id, prompt=ids, max_tokens=6, temperature=0, echo=True)
+    assert echo_ids.choices[0].text.startswith("The capital of France is")
+    streamed_echo = client.completions.create(model=model_id, prompt=ids, max_tokens=2, temperature=0, echo=True,
+                                              stream=True)
+    assert next(iter(streamed_echo)).choices[0].text == "The capital of France is"
     streamed = client.completions.create(model=model_id, prompt="The capital of France is", max_tokens=6,
                                          temperature=0, stream=True, stream_options={"include_usage": True})
     chunks = list(streamed)

@@ -203,6 +203,7 @@ def _same(off: edgekit.Completion, on: edgekit.Completion) -> None:
     assert on.stats.gen_tokens == off.stats.gen_tokens and on.stats.ctx_used == off.stats.ctx_used
 
 
+@pytest.mark.slow
 def test_greedy_repeat_is_identical_and_drafts_are_accepted(m):
     off, on = _pair(m, _messages(GROUNDED["repeat"]), temperature=0, max_tokens=80)
     _same(off, on)

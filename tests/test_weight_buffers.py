@@ -43,6 +43,7 @@ def _last_logits(path, monkeypatch, repack: str) -> tuple[np.ndarray, str]:
     return logits, log
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not X86_AVX2, reason="llama.cpp repacks these types this way only on x86 with AVX2")
 def test_repacked_weights_give_the_same_logits(tiny_q4_0, monkeypatch):
     plain, plain_log = _last_logits(tiny_q4_0, monkeypatch, "0")

@@ -168,11 +168,19 @@ class TraceDrafter:
         return out
 
 
-def simulate(data: dict[str, Any], cost_name: str, draft_cost: float, p_min: float) -> dict[str, Any]:
-    """Per set: cost-model speed ratio vs plain, acceptance, drafted and accepted tokens."""
+def simulate(data: dict[str, Any], cost_name: str | dict[int, float], draft_cost: float,
+             p_min: float) -> dict[str, Any]:
+    """Per set: cost-model speed ratio vs plain, acceptance, drafted and accepted tokens.
+
+    ``cost_name``: "smollm2" or "qwen05b" (the curves in :mod:`edgekit.runtime.speculative`), or a
+    measured curve {batch size: time relative to one token}, such as the one ``run`` reports.
+    """
     from edgekit.runtime import speculative as sp
 
-    cost = sp.interpolate(sp.SMOLLM2_COST if cost_name == "smollm2" else sp.QWEN05B_COST)
+    if isinstance(cost_name, dict):
+        cost = sp.CostCurve(cost_name).ratio  # sizes past the measured ones scaled by the curve's own shape
+    else:
+        cost = sp.interpolate(sp.SMOLLM2_COST if cost_name == "smollm2" else sp.QWEN05B_COST)
     per_set: dict[str, dict[str, Any]] = {s: {"plain": 0.0, "spec": 0.0, "drafted": 0, "accepted": 0, "ratios": []}
                                           for s in SETS}
     for row in data["prompts"]:
@@ -232,8 +240,12 @@ def run(model: str, draft: str | None, mode: str, rounds: int, max_tokens: int, 
                         accepted[item["set"]] += c.stats.accepted_tokens
                 if texts["off"] != texts["spec"]:
                     mismatches.append(item["name"])
+        # what the rule priced with: to predict this run's ratio with ``simulate --measured`` on a trace
+        curve = {n: round(r, 3) for n, r in m.cost_curve.measured.items()}
+        step = m.draft.costs.step(m.cost_curve.one_token_s) if m.draft is not None else None
     result: dict[str, Any] = {"model": Path(model).name, "draft": Path(draft).name if draft else None, "mode": mode,
-                              "draft_cost": draft_cost,
+                              "draft_cost": draft_cost, "measured_curve": curve,
+                              "measured_draft_step": None if step is None else round(step, 3),
                               "rounds": rounds, "max_tokens": max_tokens, "identical": not mismatches,
                               "mismatches": sorted(set(mismatches))}
     for s in SETS:
@@ -265,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("simulate")
     p.add_argument("trace", help="a file written by the trace command")
     p.add_argument("--cost", choices=("smollm2", "qwen05b"), default="smollm2", help="verification cost curve")
+    p.add_argument("--measured", default=None,
+                   help="the JSON a `run` printed: price with the curve and draft step it measured")
     p.add_argument("--draft-cost", type=float, default=None,
                    help="draft time per token relative to one target step (default: 0.6 with a draft)")
     p.add_argument("--p-min", type=float, default=None, help="draft stops below this guess probability")
@@ -284,8 +298,14 @@ def main(argv: list[str] | None = None) -> None:
         from edgekit.runtime.draft import P_MIN
 
         data = json.loads(Path(a.trace).read_text(encoding="utf-8"))
+        cost: str | dict[int, float] = a.cost
         draft_cost = a.draft_cost if a.draft_cost is not None else 0.6
-        print(json.dumps(simulate(data, a.cost, draft_cost, a.p_min if a.p_min is not None else P_MIN)))
+        if a.measured:
+            measured = json.loads(Path(a.measured).read_text(encoding="utf-8"))
+            cost = {int(n): r for n, r in measured["measured_curve"].items()}
+            if a.draft_cost is None and measured.get("measured_draft_step") is not None:
+                draft_cost = measured["measured_draft_step"]
+        print(json.dumps(simulate(data, cost, draft_cost, a.p_min if a.p_min is not None else P_MIN)))
     else:
         print(json.dumps(run(a.model or _default_model(), a.draft, a.mode, a.rounds, a.max_tokens, a.threads,
                              a.draft_cost, a.limit)))

@@ -32,7 +32,7 @@ from edgekit.progress import ProgressFn
 from edgekit.runtime import kv_file
 from edgekit.runtime.engine import Engine, Sequence, Step, closed_error
 from edgekit.runtime.sampling import Sampling, build_sampler, resolve
-from edgekit.runtime.speculative import check_mode
+from edgekit.runtime.speculative import CostCurve, check_mode
 from edgekit.stats import Completion, Stats
 
 if TYPE_CHECKING:
@@ -185,6 +185,12 @@ class Model:
         slots = f", slots={self.slots}" if self.slots > 1 else ""
         return (f"Model({self.path.name}, n_ctx={self.n_ctx}{slots}, kv={self.type_k}/{self.type_v}, "
                 f"threads={self.threads})")
+
+    @property
+    def cost_curve(self) -> CostCurve:
+        """What evaluating one sequence's batch of n tokens costs on this device relative to one token,
+        as timed while this model ran: the curve the drafting rule prices verification with."""
+        return self._check_open().cost_curve
 
     def _check_open(self) -> Engine:
         if not self._ctx or self._engine is None:

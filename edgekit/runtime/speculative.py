@@ -142,6 +142,11 @@ class CostCurve:
         """The batch sizes with a timing of their own (1 always: the unit)."""
         return sorted(self._ratio)
 
+    @property
+    def measured(self) -> dict[int, float]:
+        """Each batch size with a timing of its own, and its running average time relative to one token."""
+        return dict(sorted(self._ratio.items()))
+
     def observe(self, n: int, seconds: float) -> None:
         """One sequence's batch of ``n`` tokens took ``seconds`` to evaluate."""
         if n == 1:

@@ -338,6 +338,8 @@ class _Choices:
         self.calls: list[list[dict]] = [[] for _ in range(count)]
         self._splitters = [treq.stream() for _ in range(count)] if treq is not None else None
         self.sent = [""] * count
+        # one token's piece per top logprob, on the event loop: a vocabulary lookup of microseconds, which a
+        # thread handoff per step would cost more than
         self.aligners = [responses.LogprobAligner(lambda t: model.detokenize([t])) for _ in range(count)]
         self.finish: list[str | None] = [None] * count
         self.completion_tokens = 0
@@ -470,18 +472,22 @@ async def _generate(request: HTTPRequest, chat: bool) -> Response:
     else:
         body["choices"] = []
         for i in range(n_choices):
-            echo = _echo_text(model, req, prompts, i)
+            echo = await _echo_text(model, req, prompts, i)
             body["choices"].append({
                 "index": i, "text": echo + choices.sent[i], "finish_reason": choices.finish[i],
                 "logprobs": responses.legacy_logprobs(logprobs[i]) if req.logprobs is not None else None})
     return JSONResponse(body)
 
 
-def _echo_text(model: Any, req: Request, prompts: list[list[int]], i: int) -> str:
+async def _echo_text(model: Any, req: Request, prompts: list[list[int]], i: int) -> str:
+    """The prompt of choice ``i`` to echo: as sent, or detokenized off the event loop (a prompt of
+    token ids may be thousands of tokens long)."""
     if not req.echo:
         return ""
     prompt = req.prompts[i // req.n]
-    return prompt if isinstance(prompt, str) else model.detokenize(prompts[i // req.n])
+    if isinstance(prompt, str):
+        return prompt
+    return await anyio.to_thread.run_sync(model.detokenize, prompts[i // req.n])
 
 
 def _sse(data: dict | str) -> bytes:
@@ -509,7 +515,7 @@ async def _stream(state: State, job: Job, req: Request, choices: _Choices, meta:
         if chat:
             yield chunk(i, "", [], role=True)
         elif req.echo:
-            yield chunk(i, _echo_text(model, req, prompts, i), [])
+            yield chunk(i, await _echo_text(model, req, prompts, i), [])
     try:
         async for i, text, entries in _events(state, job, req, choices):
             if text is None and choices.calls[i]:

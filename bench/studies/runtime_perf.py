@@ -1,7 +1,7 @@
 """Side-by-side: edgekit vs llama-cpp-python's Llama on the same GGUF, threads and KV settings.
 
 Run: python -m edgekit.bench.studies.runtime_perf [GGUF] [--rounds 3] [--threads N] [--gpu-layers auto]
-                                                  [--throughput-only]
+                                                  [--throughput-only] [--pp 512] [--tg 128]
 Prints JSON lines; interleaves the two so machine noise hits both alike. Then, unless
 --throughput-only, times a follow-up chat turn against a cold prefill, and a saved-state
 reload against re-prefilling about 8k tokens.
@@ -33,9 +33,9 @@ def _load_llama_cpp_python(gguf: str, threads: int, gpu_layers: int) -> Any:
                                n_gpu_layers=gpu_layers, verbose=False, n_batch=512, n_ubatch=512)
 
 
-def throughput(m: Any, ll: Any, text: str, rounds: int) -> dict[str, Any]:
-    """pp512 and tg128 of edgekit (``m``) and llama-cpp-python (``ll``), interleaved ``rounds`` times."""
-    pp_tokens = m.tokenize(text, add_special=False)[:512]
+def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int = 128) -> dict[str, Any]:
+    """pp512 and tg128 (or ``pp``, ``tg`` tokens) of edgekit (``m``) and llama-cpp-python (``ll``), interleaved ``rounds`` times."""
+    pp_tokens = m.tokenize(text, add_special=False)[:pp]
     tg_prompt = m.tokenize("Once upon a time", add_special=False)
 
     def ek_pp() -> float:
@@ -48,12 +48,12 @@ def throughput(m: Any, ll: Any, text: str, rounds: int) -> dict[str, Any]:
         ll.eval(pp_tokens)
         return len(pp_tokens) / (time.perf_counter() - t)
 
-    def ek_tg(n: int = 128) -> float:
+    def ek_tg(n: int = tg) -> float:
         m.reset()
         # greedy, at most n tokens; ek_tg_gen_tokens (in the result) shows an early stop at an end-of-generation token
         return m.generate(tg_prompt, max_tokens=n, temperature=0).stats.decode_tps
 
-    def ll_tg(n: int = 128) -> float:
+    def ll_tg(n: int = tg) -> float:
         ll.reset()
         t0 = None
         k = 0
@@ -79,13 +79,13 @@ def throughput(m: Any, ll: Any, text: str, rounds: int) -> dict[str, Any]:
             res[name].append(fn())
     med = {k: statistics.median(v) for k, v in res.items()}
     best = {k: max(v) for k, v in res.items()}  # best-of: least disturbed by other processes
-    return {"test": "throughput", "model": Path(m.path).name, "threads": m.threads,
+    return {"test": "throughput", "model": Path(m.path).name, "threads": m.threads, "pp": len(pp_tokens), "tg": tg,
             **{k: round(v, 1) for k, v in med.items()},
             "pp_ratio": round(med["ek_pp"] / med["ll_pp"], 3), "tg_ratio": round(med["ek_tg"] / med["ll_tg"], 3),
             "best_pp_ratio": round(best["ek_pp"] / best["ll_pp"], 3),
             "best_tg_ratio": round(best["ek_tg"] / best["ll_tg"], 3),
             "all": {k: [round(x, 1) for x in v] for k, v in res.items()},
-            "ek_tg_gen_tokens": m.generate(tg_prompt, max_tokens=128, temperature=0).stats.gen_tokens}
+            "ek_tg_gen_tokens": m.generate(tg_prompt, max_tokens=tg, temperature=0).stats.gen_tokens}
 
 
 def follow_up_turn(m: Any, text: str) -> dict[str, Any]:
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="layers to offload, as edgekit.load's gpu_layers (llama.cpp's n_gpu_layers, -ngl): "
                          "auto = all where the build can offload (Metal/GPU), else 0; both runtimes get the same")
     ap.add_argument("--throughput-only", action="store_true", help="skip the follow-up turn and saved-state tests")
+    ap.add_argument("--pp", type=int, default=512, help="prompt tokens of the prefill test (default: 512)")
+    ap.add_argument("--tg", type=int, default=128, help="tokens of the decode test (default: 128)")
     a = ap.parse_args(argv)
 
     import edgekit
@@ -151,12 +153,12 @@ def main(argv: list[str] | None = None) -> None:
         from edgekit.samples.assets import smollm2_gguf
 
         gguf = str(smollm2_gguf())
-    text = Path(edgekit.__file__).parent.joinpath("model.py").read_text() * 4
+    text = Path(edgekit.__file__).parent.joinpath("runtime", "model.py").read_text() * 4  # moved from edgekit/model.py
     with edgekit.load(gguf, n_ctx=N_CTX, kv_cache="f16", flash_attn=True, threads=a.threads,
                       gpu_layers=a.gpu_layers) as m:
         ll = _load_llama_cpp_python(gguf, m.threads, m.gpu_layers)
         try:
-            print(json.dumps(throughput(m, ll, text, a.rounds)))
+            print(json.dumps(throughput(m, ll, text, a.rounds, a.pp, a.tg)))
         finally:
             ll.close()
         if a.throughput_only:

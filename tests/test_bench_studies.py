@@ -15,7 +15,7 @@ STUDIES = sorted(m.name for m in pkgutil.iter_modules(edgekit.bench.studies.__pa
 
 
 def test_the_studies_are_found():
-    assert STUDIES == ["convert_bench", "engine_speed", "many_models", "prompt_cache", "quality", "quality_speed_05b",
+    assert STUDIES == ["arch_speed", "convert_bench", "engine_speed", "many_models", "prompt_cache", "quality", "quality_speed_05b",
                        "runtime_perf", "serve_bench",
                        "speculation"]
 

@@ -7,6 +7,8 @@
 - ``random_checkpoint``: a tiny Qwen3, Llama 3.x, SmolLM3, Gemma 3 or Phi-3
   checkpoint (:data:`TINY_ARCHS`) with a real vocabulary and seeded random weights,
   norms away from their defaults, each architecture's special features switched on.
+- ``bench_checkpoint``: the smallest real model of each of :data:`BENCH_ARCHS` at its real widths
+  and vocabulary, with fewer layers, for speed comparisons.
 - ``cached_checkpoint``: build one of them once per machine in the asset cache.
 
 :mod:`edgekit.samples.smollm2` recovers SmolLM2-135M-Instruct's real weights
@@ -506,3 +508,66 @@ def cached_random_checkpoint(arch: str) -> Path:
     vocab = llama_bpe_vocab() if arch == "llama3" else qwen2_vocab()
     name = f"tiny-{arch}".replace("phi3", "phi-longrope")
     return cached_checkpoint(f"{name}-r3", lambda d: random_checkpoint(d, arch, vocab))
+
+
+# Bench-size checkpoints: each architecture's smallest real model by its config.json (widths, heads, KV heads,
+# head_dim, intermediate size, vocabulary rows, rope settings), with fewer layers so its Q4_0 GGUF stays near
+# 400 MB. llama.cpp's Q4_0 stores a tied embedding as Q6_K (0.82 B/weight) and the layers as Q4_0 (0.56):
+#   Qwen3-0.6B:  embedding 128 MB + 28 layers x  8.9 MB = 375 MB (all its layers)
+#   Llama 3.2 1B: embedding 215 MB +  5 layers x 34.2 MB = 386 MB (of 16)
+#   SmolLM3-3B:  embedding 215 MB +  4 layers x 43.9 MB = 391 MB (of 36; layer 3 has no rope, as in the model)
+#   Phi-4-mini:  embedding 504 MB +  2 layers x 56.6 MB = 617 MB (of 32; its 200k x 3072 embedding alone is over 400)
+# Vocabularies: Qwen2's for Qwen3, Llama 3's for Llama 3.2 and SmolLM3 (both use it), and Qwen2's padded to
+# Phi-4-mini's 200064 rows (llama.cpp ships no o200k vocabulary; decode speed depends on the rows, not the text).
+# Gemma 3 needs no stand-in: the real 270M is edgekit.samples.gemma3.cached_gemma3_270m_checkpoint().
+BENCH_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen3": ("Qwen3-0.6B", {
+        "num_hidden_layers": 28, "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "head_dim": 128, "intermediate_size": 3072, "max_window_layers": 28, "max_position_embeddings": 40960,
+        "tie_word_embeddings": True}),
+    "llama3": ("Llama-3.2-1B", {
+        "num_hidden_layers": 5, "hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 64, "intermediate_size": 8192, "rms_norm_eps": 1e-5, "max_position_embeddings": 131072,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"}}),
+    "smollm3": ("SmolLM3-3B", {
+        "num_hidden_layers": 4, "hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 4,
+        "intermediate_size": 11008, "max_window_layers": 4, "max_position_embeddings": 65536,
+        "no_rope_layer_interval": 4, "no_rope_layers": [1, 1, 1, 0]}),
+    "phi3": ("Phi-4-mini", {
+        "num_hidden_layers": 2, "hidden_size": 3072, "num_attention_heads": 24, "num_key_value_heads": 8,
+        "intermediate_size": 8192, "rms_norm_eps": 1e-5, "vocab_size": 200064, "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096, "sliding_window": 262144,
+        # one factor per rotated dimension pair: 128 x 0.75 / 2 = 48
+        "rope_scaling": {"type": "longrope", "long_factor": [1.0 + 0.75 * i for i in range(48)],
+                         "short_factor": [1.0 + 0.02 * i for i in range(48)]}}),
+}
+
+
+def bench_checkpoint(out_dir: str | Path, arch: str, seed: int = 0) -> Path:
+    """Write a bench-size checkpoint of ``arch`` (a key of :data:`BENCH_ARCHS`): bf16, random weights.
+
+    Speed depends on shapes, not values, so this stands in for the real model in speed comparisons;
+    layers are cut (see :data:`BENCH_ARCHS`) to keep the Q4_0 file near 400 MB. A README.md says so.
+    """
+    from edgekit.samples.assets import llama_bpe_vocab, qwen2_vocab
+
+    if arch not in BENCH_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(BENCH_ARCHS)}, not {arch!r}")
+    model, overrides = BENCH_ARCHS[arch]
+    vocab = llama_bpe_vocab() if arch in ("llama3", "smollm3") else qwen2_vocab()
+    out = random_checkpoint(out_dir, arch, vocab, seed=seed, dtype="bf16", **overrides)
+    (out / "README.md").write_text(
+        f"# {model} shapes, {overrides['num_hidden_layers']} layers, random weights\n\n"
+        f"{model}'s widths, heads, vocabulary rows and rope settings with {RANDOM_NOTE}.\n"
+        "Use it to measure speed only; its text is noise.\n", encoding="utf-8")
+    return out
+
+
+def cached_bench_checkpoint(arch: str) -> Path:
+    """The bench-size checkpoint of ``arch`` (a key of :data:`BENCH_ARCHS`), built once per machine."""
+    if arch not in BENCH_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(BENCH_ARCHS)}, not {arch!r}")
+    model, overrides = BENCH_ARCHS[arch]
+    name = f"bench-{model.lower()}-{overrides['num_hidden_layers']}l"  # its general.name: never "phi3" (see above)
+    return cached_checkpoint(name, lambda d: bench_checkpoint(d, arch))

@@ -394,3 +394,79 @@ def test_a_stream_stopped_after_its_prompt_still_keeps_it(tiny, tmp_path):
     (kept,) = snapshots(tmp_path / "pc")
     assert pc.read_header(kept)[0]["tokens"][:400] == prompt(400, salt=60)
     assert greedy(tiny, prompt(400, salt=60)).stats.disk_tokens == 399
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of ``name`` in a Prometheus text page (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.mark.slow
+def test_a_restarted_server_with_two_slots_restores_and_answers_the_same(smollm2_gguf, tmp_path):
+    """Three concurrent requests on two slots share a long system prompt and differ after it. Each answer
+    equals a single-stream run with the cache off, in a first server and in a second one that restores
+    the prefix from the disk (its /metrics say so)."""
+    import threading
+
+    import httpx
+    from serve_process import ServerProcess
+
+    import edgekit
+
+    system = " ".join(f"Rule {i}: be kind to the number {i}." for i in range(40))
+    questions = ["What is rule 3?", "What is rule 17?", "Which rule mentions the number 29?"]
+    requests = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions]
+    with edgekit.load(smollm2_gguf, n_ctx=1024, slots=2, threads=2, seed=1, speculative="off",
+                      prompt_cache="off") as ref:
+        shared = len(ref.chat_tokens(requests[0][:1]))
+        assert shared > pc.MIN_TOKENS + pc.BLOCK  # above the save threshold, with room to spare
+        want = []
+        for msgs in requests:
+            ref.reset()
+            c = ref.chat(msgs, max_tokens=12, temperature=0)
+            want.append((c.text, len(c.tokens)))
+    assert all(n > 0 for _, n in want) and len({text for text, _ in want}) == len(want)
+
+    d = tmp_path / "pc"
+
+    def serve_and_ask() -> tuple[list[tuple[str, int]], str]:
+        srv = ServerProcess(smollm2_gguf, "--slots", "2", "--ctx", "1024", "--threads", "2", "--prompt-cache", str(d),
+                            home=tmp_path / "home").wait_ready()
+        try:
+            got: list[tuple[str, int] | None] = [None] * len(requests)
+            barrier = threading.Barrier(len(requests))
+            with httpx.Client(base_url=srv.url, timeout=120) as http:
+                model_id = http.get("/v1/models").json()["data"][0]["id"]
+
+                def ask(i: int) -> None:
+                    barrier.wait(60)
+                    r = http.post("/v1/chat/completions", json={"model": model_id, "messages": requests[i],
+                                                                "max_tokens": 12, "temperature": 0})
+                    assert r.status_code == 200, r.text
+                    body = r.json()
+                    got[i] = (body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"])
+
+                threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(300)
+                metrics = http.get("/metrics").text
+            assert srv.stop() == 0, srv.output()  # SIGTERM: the queued snapshots are written before it exits
+        finally:
+            srv.kill()
+        assert "PromptCacheWarning" not in srv.output()
+        return got, metrics
+
+    first, metrics = serve_and_ask()
+    assert first == want
+    assert _metric(metrics, "edgekit_prompt_cache_hits_total") == 0 and snapshots(d)
+    second, metrics = serve_and_ask()
+    assert second == want
+    # both slots started empty in the new process: each restored the shared prefix from the disk
+    assert _metric(metrics, "edgekit_prompt_cache_hits_total") >= 2
+    assert _metric(metrics, "edgekit_prompt_cache_restored_tokens_total") >= 2 * (shared - pc.BLOCK)
+    assert _metric(metrics, "edgekit_prompt_cache_read_bytes_total") > 0

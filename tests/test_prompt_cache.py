@@ -108,7 +108,7 @@ def test_exact_only_memory_restores_only_whole_snapshots(tiny, tmp_path):
     greedy(tiny, base)
     cache.flush()
     held = tiny.cached_tokens  # the snapshot holds the prompt and its answer
-    cache.trimmable = False  # as for sliding-window or recurrent memory
+    cache.cut_back = 0  # as for recurrent memory
     assert greedy(tiny, base[:300]).stats.disk_tokens == 0  # it would need the snapshot cut back
     follow = held + prompt(50, salt=5)  # a follow-up turn extends the snapshot exactly
     want = reference(tiny, follow)
@@ -470,3 +470,52 @@ def test_a_restarted_server_with_two_slots_restores_and_answers_the_same(smollm2
     assert _metric(metrics, "edgekit_prompt_cache_hits_total") >= 2
     assert _metric(metrics, "edgekit_prompt_cache_restored_tokens_total") >= 2 * (shared - pc.BLOCK)
     assert _metric(metrics, "edgekit_prompt_cache_read_bytes_total") > 0
+
+
+@pytest.mark.slow
+def test_a_sliding_window_model_restores_only_what_its_window_allows(tmp_path):
+    """Gemma 3 270M (real weights, a 512-token sliding window on five layers in six) past its window.
+
+    A sequence's saved state holds only the last window of the sliding-window layers' cells, so a snapshot
+    can be restored for a prompt that extends it, or equals it (its last token evaluated again), but not
+    cut back further. A new Model (a fresh context: the snapshot comes from the disk) answers each prompt
+    as the model with the cache off does. The last case is the one that goes wrong if the rule is broken:
+    a prompt that parts from the restored snapshot inside it, in the same slot, must not reuse its cells
+    (their window is gone) and is prefilled from the start.
+    """
+    import edgekit
+    from edgekit.samples.assets import gemma3_270m_gguf
+
+    path = gemma3_270m_gguf()
+    text = " ".join(f"Item {i} is a {('red', 'blue', 'green', 'small', 'large')[i % 5]} "
+                    f"{('cat', 'dog', 'box', 'cup', 'pen')[i * 3 % 5]} on shelf {i % 7}." for i in range(90))
+    d = tmp_path / "pc"
+    n_out = 8
+
+    def greedy_(m, tokens, reset=True):
+        if reset:
+            m.reset()
+        return m.generate(tokens, max_tokens=n_out, temperature=0, speculative="off")
+
+    with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache="off") as ref:
+        base = ref.tokenize(text)
+        question = ref.tokenize(" Question: which shelf holds item 42? Answer: item 42 is on shelf", add_special=False)
+        assert len(base) > 2 * 512
+        with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as writer:
+            assert writer.prompt_cache.n_swa == 512 and writer.prompt_cache.cut_back == 1
+            greedy_(writer, base)
+        (kept,) = snapshots(d)
+        held = pc.read_header(kept)[0]["tokens"]  # the prompt and its answer
+        cases = {"equal": held, "longer": held + question, "shorter": base[:300] + question}
+        want = {name: greedy_(ref, tokens).tokens for name, tokens in cases.items()}
+
+        with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as reader:
+            got = {name: greedy_(reader, tokens) for name, tokens in cases.items()}
+            assert {name: c.tokens for name, c in got.items()} == want
+            assert got["equal"].stats.disk_tokens == len(held) - 1  # the last token is evaluated again
+            assert got["longer"].stats.disk_tokens == len(held)
+            assert got["shorter"].stats.disk_tokens == 0  # it would need the snapshot cut back by 800 tokens
+            greedy_(reader, cases["longer"])  # the slot holds the restored snapshot (and its answer)
+            again = greedy_(reader, cases["shorter"], reset=False)
+            assert again.tokens == want["shorter"]
+            assert again.stats.cached_tokens == 0 and again.stats.disk_tokens == 0

@@ -8,6 +8,8 @@ cache differs between the two runs.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -99,6 +101,62 @@ def test_short_prompts_are_not_kept_and_the_live_kv_is_preferred(tiny, tmp_path)
     greedy(tiny, long)
     again = tiny.generate(long, max_tokens=4, temperature=0)  # same process: the slot's live KV covers it
     assert again.stats.disk_tokens == 0 and again.stats.cached_tokens == len(long) - 1
+
+
+# Python's audit events for the file operations the cache could make (the snapshot reads and writes, the
+# directory listing, renames, deletions, LRU touches); os.stat isn't audited, and the cache never needs it alone.
+FILE_EVENTS = {"open", "os.scandir", "os.listdir", "os.remove", "os.rename", "os.utime", "os.chmod", "os.mkdir",
+               "os.rmdir", "os.truncate", "tempfile.mkstemp", "shutil.rmtree"}
+_WATCHED: list[tuple[str, list]] = []  # (directory, the events seen under it) while a test watches
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _WATCHED or event not in FILE_EVENTS:
+        return
+    for arg in args[:2]:
+        if isinstance(arg, (str, bytes, os.PathLike)):
+            path = os.fsdecode(os.fspath(arg))
+            for directory, seen in _WATCHED:
+                if path.startswith(directory):
+                    seen.append((event, path))
+
+
+@contextlib.contextmanager
+def file_access(directory: Path):
+    """The file operations (Python's audit events, from any thread) on ``directory`` inside the block."""
+    if not getattr(sys, "_edgekit_test_audit", False):
+        sys.addaudithook(_audit)  # a hook can't be removed: it is added once and idles outside the block
+        sys._edgekit_test_audit = True
+    seen: list = []
+    _WATCHED.append((str(directory), seen))
+    try:
+        yield seen
+    finally:
+        _WATCHED.pop()
+
+
+def test_a_short_prompt_touches_no_file_of_the_cache(tiny, tmp_path):
+    """A run with no long prompt costs the cache one length check: no lookup, no listing, no write."""
+    d = tmp_path / "pc"
+    cache = cache_for(tiny, d)
+    long = prompt(400, salt=70)
+    greedy(tiny, long)
+    cache.flush()
+    listing = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in snapshots(d)}
+    assert len(listing) == 1
+    counters = dataclasses.replace(cache.counters)
+    with file_access(d) as seen:
+        greedy(tiny, prompt(8, salt=71))
+        # as long as a prompt may be without a lookup, and it shares the kept snapshot's first tokens
+        greedy(tiny, long[: pc.MIN_GAIN])
+        tiny.generate(long[: pc.MIN_GAIN] + prompt(pc.MIN_GAIN - 2, salt=72), max_tokens=N_OUT, temperature=0)
+        cache.flush()
+    assert seen == []
+    assert cache.counters == counters and cache.enabled
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in snapshots(d)} == listing
+    with file_access(d) as seen:  # one token longer, the prompt is looked up: the watch sees it
+        got = greedy(tiny, long[: pc.MIN_GAIN + 1])
+    assert ("os.scandir", str(d)) in seen and got.stats.disk_tokens == pc.MIN_GAIN
 
 
 @pytest.mark.slow

@@ -557,6 +557,9 @@ def test_a_sliding_window_model_restores_only_what_its_window_allows(tmp_path):
 
     with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache="off") as ref:
         base = ref.tokenize(text)
+        # the list goes on: the restored run and the prefilled one compute in other batch shapes, and this
+        # continuation's best tokens lead by more than their logits differ then (a question's may not)
+        more = ref.tokenize(" Item 90 is a red cat on shelf 6. Item 91 is a", add_special=False)
         question = ref.tokenize(" Question: which shelf holds item 42? Answer: item 42 is on shelf", add_special=False)
         assert len(base) > 2 * 512
         with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as writer:
@@ -564,7 +567,7 @@ def test_a_sliding_window_model_restores_only_what_its_window_allows(tmp_path):
             greedy_(writer, base)
         (kept,) = snapshots(d)
         held = pc.read_header(kept)[0]["tokens"]  # the prompt and its answer
-        cases = {"equal": held, "longer": held + question, "shorter": base[:300] + question}
+        cases = {"equal": held, "longer": held + more, "shorter": base[:300] + question}
         want = {name: greedy_(ref, tokens).tokens for name, tokens in cases.items()}
 
         with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as reader:

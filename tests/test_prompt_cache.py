@@ -462,6 +462,11 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
+# Six tokens: each answer's best token leads the next by at least 0.46 in log-probability (measured), far
+# more than batching several streams and restoring instead of prefilling move it; later tokens come closer.
+SERVE_OUT = 6
+
+
 @pytest.mark.slow
 def test_a_restarted_server_with_two_slots_restores_and_answers_the_same(smollm2_gguf, tmp_path):
     """Three concurrent requests on two slots share a long system prompt and differ after it. Each answer
@@ -484,7 +489,7 @@ def test_a_restarted_server_with_two_slots_restores_and_answers_the_same(smollm2
         want = []
         for msgs in requests:
             ref.reset()
-            c = ref.chat(msgs, max_tokens=12, temperature=0)
+            c = ref.chat(msgs, max_tokens=SERVE_OUT, temperature=0)
             want.append((c.text, len(c.tokens)))
     assert all(n > 0 for _, n in want) and len({text for text, _ in want}) == len(want)
 
@@ -502,7 +507,7 @@ def test_a_restarted_server_with_two_slots_restores_and_answers_the_same(smollm2
                 def ask(i: int) -> None:
                     barrier.wait(60)
                     r = http.post("/v1/chat/completions", json={"model": model_id, "messages": requests[i],
-                                                                "max_tokens": 12, "temperature": 0})
+                                                                "max_tokens": SERVE_OUT, "temperature": 0})
                     assert r.status_code == 200, r.text
                     body = r.json()
                     got[i] = (body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"])

@@ -457,17 +457,35 @@ def shared_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
     return n
 
 
-def keep_prefix(mem: Any, seq_id: int, cached: list[int], n: int) -> int:
+def keep_prefix(mem: Any, seq_id: int, cached: list[int], n: int, n_swa: int = 0) -> int:
     """Drop sequence ``seq_id``'s KV cells from position ``n`` on (and ``cached[n:]``, the list of its
     tokens); returns how many are kept. Where llama.cpp can't cut a sequence in the middle (a recurrent
-    state), the whole sequence goes and 0 are kept. Always trim: a failed or interrupted decode may have
-    left cells past the list."""
+    state), or the cells left don't reach back as far as the next token attends (:func:`window_covers`:
+    a sliding-window state restored from a file), the whole sequence goes and 0 are kept. Always trim:
+    a failed or interrupted decode may have left cells past the list."""
     L = lib()
-    if not L.llama_memory_seq_rm(mem, seq_id, n, -1):
+    if (n and not window_covers(mem, seq_id, n, n_swa)) or not L.llama_memory_seq_rm(mem, seq_id, n, -1):
         L.llama_memory_seq_rm(mem, seq_id, -1, -1)
         n = 0
     del cached[n:]
     return n
+
+
+def window_covers(mem: Any, seq_id: int, n: int, n_swa: int) -> bool:
+    """Whether sequence ``seq_id``'s KV cells still hold every position a token at position ``n`` attends
+    to (``n_swa``: the model's sliding window; 0 for none, or for recurrent and hybrid memory, whose
+    smallest position is their state's last one: always True).
+
+    A sliding-window layer's token at ``n`` attends to positions ``n - n_swa + 1 .. n`` (fewer for llama.cpp's
+    chunked windows). edgekit's contexts keep every cell (``swa_full``), so a live sequence holds all its
+    positions, but ``llama_state_seq_get_data`` writes only the last window of the sliding-window layers'
+    cells: a state restored from it holds positions from ``its length - n_swa`` on, and
+    ``llama_memory_seq_pos_min`` (the smallest position the window layers hold) says so. Cut back further
+    than one token, such a state would silently attend to less than the model should.
+    """
+    if n_swa <= 0:
+        return True
+    return lib().llama_memory_seq_pos_min(mem, seq_id) <= max(0, n - n_swa + 1)  # -1: the sequence is empty
 
 
 def log_normalizer(x: Any) -> tuple[Any, Any]:

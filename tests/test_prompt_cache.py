@@ -8,6 +8,8 @@ cache differs between the two runs.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -101,6 +103,62 @@ def test_short_prompts_are_not_kept_and_the_live_kv_is_preferred(tiny, tmp_path)
     assert again.stats.disk_tokens == 0 and again.stats.cached_tokens == len(long) - 1
 
 
+# Python's audit events for the file operations the cache could make (the snapshot reads and writes, the
+# directory listing, renames, deletions, LRU touches); os.stat isn't audited, and the cache never needs it alone.
+FILE_EVENTS = {"open", "os.scandir", "os.listdir", "os.remove", "os.rename", "os.utime", "os.chmod", "os.mkdir",
+               "os.rmdir", "os.truncate", "tempfile.mkstemp", "shutil.rmtree"}
+_WATCHED: list[tuple[str, list]] = []  # (directory, the events seen under it) while a test watches
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _WATCHED or event not in FILE_EVENTS:
+        return
+    for arg in args[:2]:
+        if isinstance(arg, (str, bytes, os.PathLike)):
+            path = os.fsdecode(os.fspath(arg))
+            for directory, seen in _WATCHED:
+                if path.startswith(directory):
+                    seen.append((event, path))
+
+
+@contextlib.contextmanager
+def file_access(directory: Path):
+    """The file operations (Python's audit events, from any thread) on ``directory`` inside the block."""
+    if not getattr(sys, "_edgekit_test_audit", False):
+        sys.addaudithook(_audit)  # a hook can't be removed: it is added once and idles outside the block
+        sys._edgekit_test_audit = True
+    seen: list = []
+    _WATCHED.append((str(directory), seen))
+    try:
+        yield seen
+    finally:
+        _WATCHED.pop()
+
+
+def test_a_short_prompt_touches_no_file_of_the_cache(tiny, tmp_path):
+    """A run with no long prompt costs the cache one length check: no lookup, no listing, no write."""
+    d = tmp_path / "pc"
+    cache = cache_for(tiny, d)
+    long = prompt(400, salt=70)
+    greedy(tiny, long)
+    cache.flush()
+    listing = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in snapshots(d)}
+    assert len(listing) == 1
+    counters = dataclasses.replace(cache.counters)
+    with file_access(d) as seen:
+        greedy(tiny, prompt(8, salt=71))
+        # as long as a prompt may be without a lookup, and it shares the kept snapshot's first tokens
+        greedy(tiny, long[: pc.MIN_GAIN])
+        tiny.generate(long[: pc.MIN_GAIN] + prompt(pc.MIN_GAIN - 2, salt=72), max_tokens=N_OUT, temperature=0)
+        cache.flush()
+    assert seen == []
+    assert cache.counters == counters and cache.enabled
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in snapshots(d)} == listing
+    with file_access(d) as seen:  # one token longer, the prompt is looked up: the watch sees it
+        got = greedy(tiny, long[: pc.MIN_GAIN + 1])
+    assert ("os.scandir", str(d)) in seen and got.stats.disk_tokens == pc.MIN_GAIN
+
+
 @pytest.mark.slow
 def test_exact_only_memory_restores_only_whole_snapshots(tiny, tmp_path):
     base = prompt(400, salt=3)
@@ -108,7 +166,7 @@ def test_exact_only_memory_restores_only_whole_snapshots(tiny, tmp_path):
     greedy(tiny, base)
     cache.flush()
     held = tiny.cached_tokens  # the snapshot holds the prompt and its answer
-    cache.trimmable = False  # as for sliding-window or recurrent memory
+    cache.cut_back = 0  # as for recurrent memory
     assert greedy(tiny, base[:300]).stats.disk_tokens == 0  # it would need the snapshot cut back
     follow = held + prompt(50, salt=5)  # a follow-up turn extends the snapshot exactly
     want = reference(tiny, follow)
@@ -396,3 +454,136 @@ def test_a_stream_stopped_after_its_prompt_still_keeps_it(tiny, tmp_path):
     (kept,) = snapshots(tmp_path / "pc")
     assert pc.read_header(kept)[0]["tokens"][:400] == prompt(400, salt=60)
     assert greedy(tiny, prompt(400, salt=60)).stats.disk_tokens == 399
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of ``name`` in a Prometheus text page (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+# Six tokens: each answer's best token leads the next by at least 0.46 in log-probability (measured), far
+# more than batching several streams and restoring instead of prefilling move it; later tokens come closer.
+SERVE_OUT = 6
+
+
+@pytest.mark.slow
+def test_a_restarted_server_with_two_slots_restores_and_answers_the_same(smollm2_gguf, tmp_path):
+    """Three concurrent requests on two slots share a long system prompt and differ after it. Each answer
+    equals a single-stream run with the cache off, in a first server and in a second one that restores
+    the prefix from the disk (its /metrics say so)."""
+    import threading
+
+    import httpx
+    from serve_process import ServerProcess
+
+    import edgekit
+
+    system = " ".join(f"Rule {i}: be kind to the number {i}." for i in range(40))
+    questions = ["What is rule 3?", "What is rule 17?", "Which rule mentions the number 29?"]
+    requests = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions]
+    with edgekit.load(smollm2_gguf, n_ctx=1024, slots=2, threads=2, seed=1, speculative="off",
+                      prompt_cache="off") as ref:
+        shared = len(ref.chat_tokens(requests[0][:1]))
+        assert shared > pc.MIN_TOKENS + pc.BLOCK  # above the save threshold, with room to spare
+        want = []
+        for msgs in requests:
+            ref.reset()
+            c = ref.chat(msgs, max_tokens=SERVE_OUT, temperature=0)
+            want.append((c.text, len(c.tokens)))
+    assert all(n > 0 for _, n in want) and len({text for text, _ in want}) == len(want)
+
+    d = tmp_path / "pc"
+
+    def serve_and_ask() -> tuple[list[tuple[str, int]], str]:
+        srv = ServerProcess(smollm2_gguf, "--slots", "2", "--ctx", "1024", "--threads", "2", "--prompt-cache", str(d),
+                            home=tmp_path / "home").wait_ready()
+        try:
+            got: list[tuple[str, int] | None] = [None] * len(requests)
+            barrier = threading.Barrier(len(requests))
+            with httpx.Client(base_url=srv.url, timeout=120) as http:
+                model_id = http.get("/v1/models").json()["data"][0]["id"]
+
+                def ask(i: int) -> None:
+                    barrier.wait(60)
+                    r = http.post("/v1/chat/completions", json={"model": model_id, "messages": requests[i],
+                                                                "max_tokens": SERVE_OUT, "temperature": 0})
+                    assert r.status_code == 200, r.text
+                    body = r.json()
+                    got[i] = (body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"])
+
+                threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(300)
+                metrics = http.get("/metrics").text
+            assert srv.stop() == 0, srv.output()  # SIGTERM: the queued snapshots are written before it exits
+        finally:
+            srv.kill()
+        assert "PromptCacheWarning" not in srv.output()
+        return got, metrics
+
+    first, metrics = serve_and_ask()
+    assert first == want
+    assert _metric(metrics, "edgekit_prompt_cache_hits_total") == 0 and snapshots(d)
+    second, metrics = serve_and_ask()
+    assert second == want
+    # both slots started empty in the new process: each restored the shared prefix from the disk
+    assert _metric(metrics, "edgekit_prompt_cache_hits_total") >= 2
+    assert _metric(metrics, "edgekit_prompt_cache_restored_tokens_total") >= 2 * (shared - pc.BLOCK)
+    assert _metric(metrics, "edgekit_prompt_cache_read_bytes_total") > 0
+
+
+@pytest.mark.slow
+def test_a_sliding_window_model_restores_only_what_its_window_allows(tmp_path):
+    """Gemma 3 270M (real weights, a 512-token sliding window on five layers in six) past its window.
+
+    A sequence's saved state holds only the last window of the sliding-window layers' cells, so a snapshot
+    can be restored for a prompt that extends it, or equals it (its last token evaluated again), but not
+    cut back further. A new Model (a fresh context: the snapshot comes from the disk) answers each prompt
+    as the model with the cache off does. The last case is the one that goes wrong if the rule is broken:
+    a prompt that parts from the restored snapshot inside it, in the same slot, must not reuse its cells
+    (their window is gone) and is prefilled from the start.
+    """
+    import edgekit
+    from edgekit.samples.assets import gemma3_270m_gguf
+
+    path = gemma3_270m_gguf()
+    text = " ".join(f"Item {i} is a {('red', 'blue', 'green', 'small', 'large')[i % 5]} "
+                    f"{('cat', 'dog', 'box', 'cup', 'pen')[i * 3 % 5]} on shelf {i % 7}." for i in range(90))
+    d = tmp_path / "pc"
+    n_out = 8
+
+    def greedy_(m, tokens, reset=True):
+        if reset:
+            m.reset()
+        return m.generate(tokens, max_tokens=n_out, temperature=0, speculative="off")
+
+    with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache="off") as ref:
+        base = ref.tokenize(text)
+        # the list goes on: the restored run and the prefilled one compute in other batch shapes, and this
+        # continuation's best tokens lead by more than their logits differ then (a question's may not)
+        more = ref.tokenize(" Item 90 is a red cat on shelf 6. Item 91 is a", add_special=False)
+        question = ref.tokenize(" Question: which shelf holds item 42? Answer: item 42 is on shelf", add_special=False)
+        assert len(base) > 2 * 512
+        with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as writer:
+            assert writer.prompt_cache.n_swa == 512 and writer.prompt_cache.cut_back == 1
+            greedy_(writer, base)
+        (kept,) = snapshots(d)
+        held = pc.read_header(kept)[0]["tokens"]  # the prompt and its answer
+        cases = {"equal": held, "longer": held + more, "shorter": base[:300] + question}
+        want = {name: greedy_(ref, tokens).tokens for name, tokens in cases.items()}
+
+        with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as reader:
+            got = {name: greedy_(reader, tokens) for name, tokens in cases.items()}
+            assert {name: c.tokens for name, c in got.items()} == want
+            assert got["equal"].stats.disk_tokens == len(held) - 1  # the last token is evaluated again
+            assert got["longer"].stats.disk_tokens == len(held)
+            assert got["shorter"].stats.disk_tokens == 0  # it would need the snapshot cut back by 800 tokens
+            greedy_(reader, cases["longer"])  # the slot holds the restored snapshot (and its answer)
+            again = greedy_(reader, cases["shorter"], reset=False)
+            assert again.tokens == want["shorter"]
+            assert again.stats.cached_tokens == 0 and again.stats.disk_tokens == 0

@@ -6,6 +6,8 @@ rejected drafts, reusing a prefix or restoring a state could compute something e
 llama.cpp's default full-size SWA cache (``swa_full``), so every layer keeps every cell and these paths
 work as on any model; the memory plan counts every layer at n_ctx, which is what llama.cpp allocates.
 The Gemma 3 tests rewind far past its 8-token window, so they would fail with a window-sized cache.
+A saved state is the exception: llama.cpp writes only the window layers' last window, so a restored
+state may be extended but not cut back (``_llama.window_covers``), which the saved-state case checks.
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ def test_speculation_follow_up_and_state_are_exact(arch, tmp_path):
         assert m.load_state(path) >= len(ids)
         again = m.generate(longer, temperature=0, max_tokens=24, speculative="off")
         assert again.stats.cached_tokens == live.stats.cached_tokens and again.tokens == live.tokens
+        # restored, then left 40 tokens back: Gemma 3's state holds only its last window, so nothing is reused
+        m.reset()
+        m.load_state(path)
+        branched = m.generate(branch, temperature=0, max_tokens=24, speculative="off")
+        assert branched.tokens == reused.tokens
+        assert branched.stats.cached_tokens == (0 if arch == "gemma3" else len(ids) - 40)
 
 
 @pytest.mark.slow

@@ -102,6 +102,7 @@ class DraftModel:
             self.close()
             raise
         self._mem = L.llama_get_memory(self._ctx)
+        self._n_swa = L.llama_model_n_swa(self._model)
         self.n_ctx: int = plan.n_ctx  # per sequence
         self.n_seq_max = n_seq_max
         self.n_vocab = L.llama_vocab_n_tokens(vocab)
@@ -197,7 +198,7 @@ class DraftModel:
         if k < 1 or not text:
             return []
         cached = self._cached.setdefault(seq_id, [])
-        n = _llama.keep_prefix(self._mem, seq_id, cached, _llama.shared_prefix(cached, text))
+        n = _llama.keep_prefix(self._mem, seq_id, cached, _llama.shared_prefix(cached, text), self._n_swa)
         if not self._decode(text[n:], n, seq_id):
             self.reset(seq_id)
             return []

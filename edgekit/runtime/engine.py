@@ -234,6 +234,8 @@ class Engine:
         self._L = L
         self._ctx = ctx
         self._mem = L.llama_get_memory(ctx)
+        # the sliding window (_llama.window_covers); recurrent and hybrid memory are cut back by other rules
+        self.n_swa = L.llama_model_n_swa(L.llama_get_model(ctx)) if rewindable else 0
         self._vocab = vocab
         self.n_ctx = n_ctx
         self.n_batch = n_batch
@@ -432,7 +434,7 @@ class Engine:
         leader, tokens = group[0], group[0].prompt_tokens
         # The free slot sharing the longest prefix (ties and no match: least recently used).
         best = max(free, key=lambda slot: (_llama.shared_prefix(slot.tokens, tokens), -slot.last_used))
-        n = _llama.keep_prefix(self._mem, best.id, best.tokens, _llama.shared_prefix(best.tokens, tokens))
+        n = _llama.keep_prefix(self._mem, best.id, best.tokens, _llama.shared_prefix(best.tokens, tokens), self.n_swa)
         others = sorted((s for s in free if s is not best), key=lambda slot: slot.last_used)
         for seq, slot in zip(group, [best, *others], strict=False):
             slot.seq, seq._slot = seq, slot

@@ -142,10 +142,12 @@ class Model:
     def attach_prompt_cache(self, cache: PromptCache | None) -> None:
         """Restore long prompts from, and keep them in, the persistent prompt cache ``cache``
         (docs/prompt-cache.md); None turns it off. Sliding-window and recurrent memory use exact
-        snapshots only. The engine reads the reference once per prompt, so it may change at any time."""
+        snapshots only (sliding-window ones may drop their last token). The engine reads the reference once
+        per prompt, so it may change at any time."""
         engine = self._check_open()
         if cache is not None:
-            cache.trimmable = self._rewindable and self._L.llama_model_n_swa(self._model) == 0
+            cache.n_swa = engine.n_swa
+            cache.cut_back = 0 if not self._rewindable else 1 if engine.n_swa else None
         old, self.prompt_cache = self.prompt_cache, cache
         engine.prompt_cache = cache
         if old is not None and old is not cache:

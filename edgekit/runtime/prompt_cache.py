@@ -233,12 +233,17 @@ class PromptCache:
     """
 
     def __init__(self, directory: Path, budget: int, key: dict, *, model_file: str = "",
-                 trimmable: bool = True) -> None:
+                 cut_back: int | None = None, n_swa: int = 0) -> None:
         self.directory = Path(directory)
         self.model_file = model_file  # for listings only: a copied or renamed model file keeps its snapshots
         self.budget = budget
         self.key = key
-        self.trimmable = trimmable  # a longer snapshot may be cut back (not for sliding-window or recurrent memory)
+        # How many tokens a restored snapshot may be cut back: None any number (a plain KV cache); 1 for
+        # sliding-window memory, whose snapshot holds only the last window of positions (its last token,
+        # evaluated again, needs no more; an earlier one would); 0 for recurrent memory. Model.attach_prompt_cache
+        # sets it, and n_swa, the window (_llama.window_covers checks each restore against it).
+        self.cut_back = cut_back
+        self.n_swa = n_swa
         self.enabled = True
         self.counters = Counters()
         self._prefix = key_hash(key) + "-"
@@ -338,11 +343,15 @@ class PromptCache:
             with self._lock:
                 self._add(Entry(e.name, [int(t) for t in header["tokens"]], size))
 
+    def _usable(self, n: int, snapshot: int) -> bool:
+        """Whether a snapshot of ``snapshot`` tokens may be restored cut back to its first ``n``."""
+        return self.cut_back is None or n >= snapshot - self.cut_back
+
     def _candidates(self, tokens: list[int], limit: int, n_ctx: int) -> list[tuple[int, Entry]]:
         """(usable prefix, entry) of the snapshots sharing the longest prefix of ``tokens[:limit]``, best first.
 
-        A snapshot is usable up to its common prefix with the prompt when it may be trimmed, else only when
-        the whole snapshot is a prefix of it; it must fit ``n_ctx``.
+        A snapshot is usable up to its common prefix with the prompt if it may be cut back that far
+        (:attr:`cut_back`); it must fit ``n_ctx``.
         """
         hashes = block_hashes(tokens[:limit])
         with self._lock:
@@ -353,7 +362,7 @@ class PromptCache:
                     if len(entry.tokens) >= n_ctx:
                         continue
                     n = min(common_prefix(entry.tokens, tokens, (depth - 1) * BLOCK), limit)
-                    if not self.trimmable and n != len(entry.tokens):
+                    if not self._usable(n, len(entry.tokens)):
                         continue
                     found.append((n, entry))
                 if found:
@@ -367,7 +376,7 @@ class PromptCache:
         with self._lock:
             for queued, _, _ in self._pending:
                 n = common_prefix(queued, tokens)
-                if self.trimmable or n == len(queued):
+                if self._usable(n, len(queued)):
                     best = max(best, n)
         return best
 
@@ -455,9 +464,10 @@ class PromptCache:
             L.llama_memory_seq_rm(mem, seq_id, -1, -1)
             self._bad(entry.name, "was refused by llama.cpp")
             return 0
-        if n < len(entry.tokens) and not L.llama_memory_seq_rm(mem, seq_id, n, -1):
+        if n < len(entry.tokens) and not (L.llama_memory_seq_rm(mem, seq_id, n, -1)
+                                          and _llama.window_covers(mem, seq_id, n, self.n_swa)):
             L.llama_memory_seq_rm(mem, seq_id, -1, -1)  # this memory can't be cut back: use exact snapshots only
-            self.trimmable = False
+            self.cut_back = 0
             return 0
         self.counters.hits += 1
         self.counters.restored_tokens += n
@@ -556,7 +566,7 @@ class PromptCache:
         with self._lock:
             self._skip.discard(name)
             self._add(Entry(name, list(tokens), size))
-            if self.trimmable:  # a snapshot that the new one extends adds nothing any more
+            if self.cut_back is None:  # a snapshot that the new one extends adds nothing any more
                 superseded = [e.name for e in self._entries.values()
                               if e.name != name and len(e.tokens) <= len(tokens) and tokens[: len(e.tokens)] == e.tokens]
         for old in superseded:

@@ -1,5 +1,5 @@
 """Real weights: the registry's Gemma 3 270M (Q4_K_M GGUF) dequantized into an HF checkpoint
-(edgekit.samples.gemma3) and converted back to F16 by edgekit, once per session.
+(edgekit.samples.gemma3) and converted back to F16 and Q8_0 by edgekit, once per session.
 
 The F16 and Q8_0 files' logits through llama.cpp are held against the numpy reference (tests/reference.py)
 of the dequantized checkpoint, and against the original Q4_K_M file run by llama.cpp; its tokens

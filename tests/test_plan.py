@@ -138,8 +138,7 @@ def test_plan_agrees_with_measured_peak_rss_on_each_architecture(arch, tmp_path)
     from edgekit.samples.checkpoints import random_checkpoint
 
     vocab = llama_bpe_vocab() if arch == "llama3" else qwen2_vocab()
-    # not named "phi3": llama.cpp treats a model so named as a real Phi-3 tokenizer (docs/models.md)
-    ckpt = random_checkpoint(tmp_path / f"kv-heavy-{arch.replace('phi3', 'phi-longrope')}", arch, vocab,
+    ckpt = random_checkpoint(tmp_path / f"kv-heavy-{arch}", arch, vocab,
                              num_hidden_layers=KV_HEAVY_LAYERS, num_key_value_heads=4,
                              max_position_embeddings=32768, **KV_HEAVY[arch])
     [f16] = convert(ckpt, out=tmp_path / "gguf", quant="f16")

@@ -18,7 +18,7 @@ import gguf
 from edgekit.atomic import atomic_output, check_free_space, check_writable, scratch_file
 from edgekit.convert.archs import Arch, arch_for, check_config
 from edgekit.convert.hparams import HParams, check_shapes, count_blocks, read_hparams
-from edgekit.convert.naming import CONVERTER, default_filename, model_metadata
+from edgekit.convert.naming import CONVERTER, default_filename, llama_cpp_name, model_metadata
 from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quantize
 from edgekit.convert.rope import rope_tensors, write_rope_keys
 from edgekit.convert.safetensors import WeightSet
@@ -212,11 +212,13 @@ def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):
     return setup
 
 
-def check_vocab(ckpt: Checkpoint) -> None:
-    """Refuse a SentencePiece vocabulary llama.cpp would tokenize differently (:mod:`edgekit.convert.vocab_check`)."""
+def check_vocab(ckpt: Checkpoint, name: str) -> None:
+    """Refuse a vocabulary llama.cpp would tokenize differently (:mod:`edgekit.convert.vocab_check`), in a
+    model named ``name`` (the output's general.name, which llama.cpp reads token attributes from)."""
     from edgekit.convert.vocab_check import check_tokenization
 
     def setup(writer: gguf.GGUFWriter) -> None:
+        writer.add_name(name)
         _write_hparams(writer, ckpt)
         write_vocab(writer, ckpt.vocab)
 
@@ -300,12 +302,12 @@ def convert(
     types = _parse_types(quant, max_kld)
     source = resolve_source(str(src), progress=progress)
     ckpt = open_checkpoint(source.path, source.repo_id, source.url)
-    check_vocab(ckpt)
-
     base = _base_type(types, ckpt.weights.dtype)
     plans = plan_tensors(ckpt, base.upper())
     n_params = sum(p.ref.n_elements for p in plans)
     meta = model_metadata(ckpt.directory, n_params, ckpt.repo_id, ckpt.url)
+    meta.name = llama_cpp_name(meta.name, ckpt.vocab)
+    check_vocab(ckpt, meta.name)
 
     out_path = Path(out) if out is not None else Path.cwd()
     if out_path.suffix == ".gguf":

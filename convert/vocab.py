@@ -80,8 +80,10 @@ class Vocab:
     # SentencePiece unigram ("t5") only: its normalizer, which llama.cpp applies as SentencePiece does.
     remove_extra_whitespaces: bool = False
     charsmap: bytes = b""
-    # The file llama.cpp's tokenization is checked against at conversion time (SentencePiece only).
+    # The file llama.cpp's tokenization is checked against at conversion time (convert/vocab_check.py).
     reference: Path | None = None
+    # Added tokens the HF tokenizer marks rstrip (it drops the whitespace after them); see naming.llama_cpp_name.
+    rstrip: frozenset[int] = frozenset()
 
 
 def _pre_steps(pre: dict | None) -> tuple[str, ...]:
@@ -203,7 +205,7 @@ def _read_source(directory: Path, tok_config: dict) -> _Source:
         pre = detect_pre(tokenizer)
         by_id = {int(i): t for t, i in tokenizer["model"].get("vocab", {}).items()}
         merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"].get("merges", [])]
-        return _Source("gpt2", pre, by_id, added, adds_bos, merges=merges)
+        return _Source("gpt2", pre, by_id, added, adds_bos, merges=merges, reference=tok_path)
     if spm_path.is_file():
         proto = vocab_spm.read_model_proto(spm_path)
         by_id, scores, types = vocab_spm.proto_pieces(proto)
@@ -303,6 +305,7 @@ def _load_vocab(directory: Path, n_vocab: int, config: dict) -> Vocab:
         scores=[src.scores.get(i, 0.0) for i in range(n_vocab)] if kind != "gpt2" else None,
         add_space_prefix=src.add_space_prefix,
         reference=src.reference,
+        rstrip=frozenset(int(a["id"]) for a in added if a.get("rstrip") is True),
         remove_extra_whitespaces=src.remove_spaces,
         charsmap=src.charsmap,
     )

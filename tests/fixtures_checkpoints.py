@@ -17,11 +17,17 @@ def tiny_qwen2_dir(tmp_path_factory, qwen2_vocab_gguf):
 
 def with_config(src, dst, **changes):
     """A copy of checkpoint ``src`` (weights symlinked) whose config.json has ``changes``."""
+    return with_edited(src, dst, "config.json", lambda config: config.update(changes))
+
+
+def with_edited(src, dst, name, edit):
+    """A copy of checkpoint ``src`` (its other files symlinked) whose JSON file ``name`` is changed in place by
+    ``edit(obj)``."""
     dst.mkdir()
     for f in src.iterdir():
-        if f.name != "config.json":
+        if f.name != name:
             (dst / f.name).symlink_to(f)
-    config = json.loads((src / "config.json").read_text())
-    config.update(changes)
-    (dst / "config.json").write_text(json.dumps(config))
+    obj = json.loads((src / name).read_text(encoding="utf-8"))
+    edit(obj)
+    (dst / name).write_text(json.dumps(obj), encoding="utf-8")
     return dst

@@ -97,6 +97,14 @@ def test_json_without_a_message_is_refused_before_loading():
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("value", ["151645", "x=100", "151645=much"])
+def test_a_bad_logit_bias_is_one_line_before_loading(value):
+    out = _run(["/nonexistent.gguf", "-p", "hi", "--logit-bias", value])
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"Bad --logit-bias '{value}'." in lines[0] and "TOKEN_ID=BIAS" in lines[0], out.stderr
+
+
 def test_offline_default_model_says_how_to_pass_a_local_model():
     out = _run(["--prompt", "hi"])
     assert out.returncode == 1, out.stdout

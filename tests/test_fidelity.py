@@ -157,6 +157,53 @@ def test_edited_tokenizer_still_converts_and_matches_hf(qwen2_f16, tmp_path):
         assert tok.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False).ids
 
 
+def _flag(token: str, **flags):
+    """An edit of tokenizer.json setting ``flags`` on the added token ``token``."""
+
+    def edit(tokenizer):
+        for added in tokenizer["added_tokens"]:
+            if added["content"] == token:
+                added.update(flags)
+
+    return edit
+
+
+def test_bpe_vocabulary_llama_cpp_cannot_reproduce_is_refused(tiny_qwen2_dir, tmp_path):
+    """Byte-level BPE vocabularies are proven at conversion time as SentencePiece ones are: an added token
+    marked rstrip (HF drops the whitespace after it; a GGUF has no such flag) is refused, naming the text."""
+    from fixtures_checkpoints import with_edited
+
+    from edgekit.errors import UnsupportedModel
+
+    edited = with_edited(tiny_qwen2_dir, tmp_path / "rstrip", "tokenizer.json", _flag("<|im_start|>", rstrip=True))
+    with pytest.raises(UnsupportedModel, match=r"tokenize '<\|im_start\|>Hello<\|im_start\|> world .*differently "
+                                               r"from the HF tokenizer"):
+        convert(edited, out=tmp_path / "out", quant="f16")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    convert(tiny_qwen2_dir, out=tmp_path / "out", quant="f16")  # the same vocabulary unedited converts
+
+
+@pytest.mark.slow
+def test_llama3_vocabulary_without_ignore_merges_is_refused(tmp_path):
+    """llama.cpp always tokenizes Llama 3's pre-tokenizer with ignore_merges (a word that is one token stays
+    one token), as Llama 3's own tokenizer.json says; a file saying otherwise tokenizes some words
+    differently in HF (found by the probes: 'пеки' is one token in llama.cpp, three by the merges)."""
+    from fixtures_checkpoints import with_edited
+
+    from edgekit.errors import UnsupportedModel
+    from edgekit.samples.checkpoints import cached_random_checkpoint
+
+    ck = cached_random_checkpoint("llama3")
+    assert json.loads((ck / "tokenizer.json").read_text())["model"]["ignore_merges"] is True
+
+    def merges_apply(tokenizer):
+        tokenizer["model"]["ignore_merges"] = False
+
+    edited = with_edited(ck, tmp_path / "merges", "tokenizer.json", merges_apply)
+    with pytest.raises(UnsupportedModel, match="differently from the HF tokenizer"):
+        convert(edited, out=tmp_path / "out", quant="f16")
+
+
 def test_end_of_generation_tokens(qwen2_f16):
     import llama_cpp
 

@@ -262,7 +262,7 @@ def _convert_vocab(files: dict[str, bytes], drop: tuple[str, ...] = ()):
 
     def read():
         ckpt = open_checkpoint(CKPT)
-        check_vocab(ckpt)
+        check_vocab(ckpt, "fuzz")
         return ckpt
 
     try:

@@ -219,6 +219,43 @@ def test_phi3_su_is_longrope(tmp_path):
     assert read_hparams(config).rope_scaling["rope_type"] == "longrope"
 
 
+PHI3_TEXT = "<|im_start|>user\n  hi<|im_end|>\n <|im_start|> assistant <|endoftext|>  end"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("directory, strips, named_phi3", [
+    ("Phi3-mini-test", False, False),  # gguf-py names it "Phi3 Mini Test": renamed "Phi 3 Mini Test"
+    ("Phi-3-mini-test", False, False),  # named "Phi 3 Mini Test": kept
+    ("Phi-3-mini-test", True, True),  # strips like real Phi-3: named "Phi-3 Mini Test", so llama.cpp strips too
+    ("Phi3-mini-test", True, True),  # kept
+])
+def test_phi3_named_checkpoint_tokenizes_as_hf_after_special_tokens(tmp_path, directory, strips, named_phi3):
+    """llama.cpp marks special tokens rstrip when general.name says Phi-3 (convert/naming.py). A tiny Phi-3
+    converted from a Phi-3-named directory, its tokenizer stripping nothing or exactly what llama.cpp's rule
+    strips (every added token but <|endoftext|>): llama.cpp tokenizes the text after a special token as HF."""
+    import gguf
+    from fixtures_checkpoints import with_edited
+    from llama_cpp import Llama
+    from tokenizers import Tokenizer
+
+    def rstrip(tokenizer):
+        for added in tokenizer["added_tokens"]:
+            added["rstrip"] = strips and added["content"] != "<|endoftext|>"
+
+    ck = with_edited(cached_random_checkpoint("phi3"), tmp_path / directory, "tokenizer.json", rstrip)
+    [f16] = convert(ck, out=tmp_path / "out", quant="f16")
+    name = str(gguf.GGUFReader(str(f16.path)).get_field("general.name").contents())
+    assert any(s in name.lower() for s in ("phi3", "phi-3")) == named_phi3, name
+    hf = Tokenizer.from_file(str(ck / "tokenizer.json")).encode(PHI3_TEXT, add_special_tokens=False).ids
+    llm = Llama(str(f16.path), vocab_only=True, verbose=False)
+    try:
+        assert llm.tokenize(PHI3_TEXT.encode(), add_bos=False, special=True) == hf
+    finally:
+        llm.close()
+    plain = Tokenizer.from_file(str(cached_random_checkpoint("phi3") / "tokenizer.json"))
+    assert (plain.encode(PHI3_TEXT, add_special_tokens=False).ids != hf) == strips  # the flags matter
+
+
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
     bad = with_config(cached_random_checkpoint("qwen3"), tmp_path / "bad", architectures=["Lfm2ForCausalLM"])
     with pytest.raises(UnsupportedModel, match="Lfm2ForCausalLM is not supported") as err:

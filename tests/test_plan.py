@@ -105,3 +105,45 @@ def test_plan_agrees_with_measured_peak_rss(n_ctx, kv, smollm2_gguf):
                          check=True, timeout=300)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(r["peak"] / r["plan"] - 1) < 0.15, r
+
+
+# Each architecture's tiny checkpoint (edgekit.samples.checkpoints.TINY_ARCHS) with 32 layers of 4 KV heads and a
+# 32k trained context, so that at n_ctx 32768 its f16 KV cache (256-512 MiB: head sizes 16 and 32) is most of
+# the plan, not the fixed overhead. Gemma 3 keeps 5 sliding-window layers in 6: llama.cpp would give them a
+# window-sized cache unless told to keep every cell (swa_full, which edgekit sets), and the plan counts them at
+# n_ctx; a plan that didn't match what llama.cpp allocates would be off by about half here.
+KV_HEAVY_LAYERS = 32
+KV_HEAVY = {
+    "qwen3": {"max_window_layers": KV_HEAVY_LAYERS},
+    "llama3": {},
+    "smollm3": {"no_rope_layers": [1, 1, 1, 0] * (KV_HEAVY_LAYERS // 4), "max_window_layers": KV_HEAVY_LAYERS},
+    "gemma3": {"layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * (KV_HEAVY_LAYERS // 6)
+               + ["sliding_attention"] * (KV_HEAVY_LAYERS % 6)},
+    "phi3": {"sliding_window": 32768},  # a window below the context is refused for phi3
+}
+
+_MEASURE_FILE = """
+import json, sys, edgekit
+m = edgekit.load(sys.argv[1], n_ctx=32768, kv_cache="f16", prompt_cache="off")
+c = m.generate("The history of the city is long. " * 70, max_tokens=8, temperature=0)  # a full 512-token ubatch
+print(json.dumps({"peak": c.stats.peak_rss, "plan": m.plan.total_bytes, "kv": m.plan.kv_bytes}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(KV_HEAVY))
+def test_plan_agrees_with_measured_peak_rss_on_each_architecture(arch, tmp_path):
+    from edgekit.convert import convert
+    from edgekit.samples.assets import llama_bpe_vocab, qwen2_vocab
+    from edgekit.samples.checkpoints import random_checkpoint
+
+    vocab = llama_bpe_vocab() if arch == "llama3" else qwen2_vocab()
+    ckpt = random_checkpoint(tmp_path / f"kv-heavy-{arch}", arch, vocab,
+                             num_hidden_layers=KV_HEAVY_LAYERS, num_key_value_heads=4,
+                             max_position_embeddings=32768, **KV_HEAVY[arch])
+    [f16] = convert(ckpt, out=tmp_path / "gguf", quant="f16")
+    out = subprocess.run([sys.executable, "-c", _MEASURE_FILE, str(f16.path)], capture_output=True, text=True,
+                         check=True, timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["kv"] > r["plan"] / 2  # the KV cache dominates the plan, so this checks its per-arch size
+    assert abs(r["peak"] / r["plan"] - 1) < 0.15, r

@@ -13,6 +13,10 @@ state may be extended but not cut back (``_llama.window_covers``), which the sav
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 from loaded_models import llama_cpp_python_greedy
@@ -126,3 +130,63 @@ def test_chat_uses_the_models_template_and_stops_at_its_end_of_turn(arch, end_of
         assert plain.finish_reason == "length"
         ended = m.chat(messages, temperature=0, max_tokens=8, logit_bias={eot: 100.0})
         assert ended.finish_reason == "eog" and ended.text == "" and eot not in ended.tokens
+
+
+# Each tiny checkpoint's own chat template (its tokenizer_config.json's: Llama 3's for the Llama 3 vocabulary,
+# the Qwen2 vocabulary's ChatML for the others), by the end-of-turn token it ends a turn with, the text it
+# starts the answer with, and a control token of the same template that does NOT end generation.
+OWN_TEMPLATE = {
+    "llama3": ("<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|start_header_id|>"),
+    **{arch: ("<|im_end|>", "<|im_start|>assistant\n", "<|im_start|>") for arch in ("qwen3", "smollm3", "gemma3", "phi3")},
+}
+
+
+def _chat_cli(arch: str, system: str, cache, *extra: str) -> dict:
+    """``edgekit chat FILE -s SYSTEM -p QUESTION --json``: the real CLI in a subprocess, greedy, 8 tokens at most."""
+    argv = [sys.executable, "-m", "edgekit", "chat", str(_gguf(arch)), "-s", system, "-p", "What is the capital of "
+            "France?", "--temp", "0", "-n", "8", "--ctx", str(N_CTX), "--prompt-cache", str(cache), "--json", *extra]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "chat template" not in out.stderr  # the model's own template: no fallback warning
+    return json.loads(out.stdout)
+
+
+def _evaluated(cache) -> list[int]:
+    """The tokens the CLI's run evaluated (its prompt and answer), from the one prompt-cache snapshot it kept."""
+    from edgekit.runtime.prompt_cache import read_header
+
+    [snapshot] = cache.glob("*.ekpc")
+    return read_header(snapshot)[0]["tokens"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_chat_cli_renders_its_own_template_and_stops_at_its_own_end_of_turn(arch, tmp_path):
+    """``edgekit chat FILE -p`` on each architecture's converted file.
+
+    What the CLI fed the model is read back from its prompt-cache snapshot (a system prompt of more than
+    256 tokens makes the CLI keep one; it holds the prompt and the answer's tokens): it must be the
+    model's own template rendered, token for token. Random weights never end a turn by themselves, so
+    ``--logit-bias`` forces the end-of-turn token as the first choice: the answer must stop there, empty,
+    with the token neither printed nor evaluated. Forcing a control token of the same template instead
+    must not stop it (the stop set is the model's end-of-generation tokens, not every special token).
+    """
+    end_of_turn, marker, control = OWN_TEMPLATE[arch]
+    system = " ".join([PROMPT] * 8)
+    with _load(arch) as m:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": "What is the capital of France?"}]
+        assert m.render_chat(messages).endswith(marker)
+        want = m.chat_tokens(messages)
+        [eot] = m.tokenize(end_of_turn, add_special=False)
+        [ctl] = m.tokenize(control, add_special=False)
+        assert m.is_eog(eot) and not m.is_eog(ctl)
+    assert len(want) > 256  # long enough for the CLI to keep a snapshot
+
+    ended = _chat_cli(arch, system, tmp_path / "ended", "--logit-bias", f"{eot}=100")
+    assert ended["finish_reason"] == "eog" and ended["answer"] == "" and ended["stats"]["gen_tokens"] == 0
+    assert _evaluated(tmp_path / "ended") == want
+
+    going = _chat_cli(arch, system, tmp_path / "going", "--logit-bias", f"{ctl}=100")
+    assert going["finish_reason"] == "length" and going["stats"]["gen_tokens"] == 8
+    assert _evaluated(tmp_path / "going")[: len(want)] == want

@@ -33,6 +33,7 @@ class ChatOptions:
     prompt_cache: str | None = None  # a directory or "off"; None = load()'s "auto"
     chat_template: str | None = None  # template text overriding the model's own
     sampling: dict[str, Any] = field(default_factory=dict)  # None values: keep the default
+    logit_bias: dict[int, float] = field(default_factory=dict)  # --logit-bias: for every turn
     prompt: str | None = None
     json: bool = False
     quiet: bool = False
@@ -117,7 +118,8 @@ def run(opts: ChatOptions) -> int:
     model = load_model(opts)
     from edgekit import Chat
 
-    chat = Chat(model, system=opts.system, **settings.kwargs())
+    bias = {"logit_bias": opts.logit_bias} if opts.logit_bias else {}
+    chat = Chat(model, system=opts.system, **bias, **settings.kwargs())
     ctx = ChatContext(model=model, chat=chat, settings=settings, err=render.stderr_console(),
                       quiet=opts.quiet, colour=render.use_colour(sys.stderr))
     note = getattr(model.plan, "note", "")

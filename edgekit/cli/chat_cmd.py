@@ -14,9 +14,11 @@ from edgekit.cli.options import (
     ChatTemplate,
     Draft,
     KvCache,
+    LogitBias,
     PromptCache,
     Speculative,
     Threads,
+    parse_logit_bias,
     read_chat_template,
 )
 
@@ -50,6 +52,7 @@ def chat(
                                                          rich_help_panel=_SAMPLING)] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed (same seed, same answer).",
                                              rich_help_panel=_SAMPLING)] = None,
+    logit_bias: LogitBias = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", "-n", min=0, help="Maximum tokens per answer "
                                                    "(default 1024; 0 = until the model stops).", show_default=False,
                                                    rich_help_panel=_SAMPLING)] = None,
@@ -74,7 +77,7 @@ def chat(
                 "repeat_penalty": repeat_penalty, "seed": seed, "max_tokens": max_tokens}
     opts = ChatOptions(model=model, system=system, n_ctx=ctx, kv_cache=kv_cache, speculative=speculative,
                        draft=draft, threads=threads, prompt_cache=prompt_cache, chat_template=template, sampling=sampling, prompt=prompt, json=json_out,
-                       quiet=quiet)
+                       quiet=quiet, logit_bias=parse_logit_bias(logit_bias or []))
     code = run(opts)
     if code:
         # SystemExit, not typer.Exit: main() reads a returned 130 as "interrupted, nothing kept",

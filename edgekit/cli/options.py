@@ -25,6 +25,25 @@ Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threa
 ChatTemplate = Annotated[Path | None, typer.Option("--chat-template", help="A Jinja chat template file to use "
                                                   "instead of the model's own, or a built-in one by name: "
                                                   f"{', '.join(TEMPLATE_NAMES)}.", show_default=False)]
+LogitBias = Annotated[list[str] | None, typer.Option("--logit-bias", metavar="TOKEN_ID=BIAS", help=(
+    "Add BIAS (-100..100) to a token's logit before sampling; repeatable. 100 forces the token, -100 bans it "
+    "(as llama.cpp's --logit-bias and the API's logit_bias)."), show_default=False, rich_help_panel="Sampling")]
+
+
+def parse_logit_bias(values: list[str]) -> dict[int, float]:
+    """``--logit-bias`` values (``ID=BIAS``, e.g. ``151645=100`` or ``13=-100``) as a logit_bias mapping."""
+    from edgekit.errors import EdgekitError
+
+    bias: dict[int, float] = {}
+    for value in values:
+        token, sep, amount = value.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            bias[int(token)] = float(amount)
+        except ValueError:
+            raise EdgekitError(f"Bad --logit-bias {value!r}.", "Write TOKEN_ID=BIAS, e.g. 151645=100 or 13=-100.") from None
+    return bias
 
 
 def read_chat_template(path: Path) -> str:

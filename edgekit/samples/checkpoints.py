@@ -500,14 +500,14 @@ def cached_full_size_qwen2_checkpoint() -> Path:
 def cached_random_checkpoint(arch: str) -> Path:
     """A tiny checkpoint of ``arch`` (a key of :data:`TINY_ARCHS`), built once per machine.
 
-    Its directory, which becomes the GGUF's ``general.name``, never contains "phi3": llama.cpp
-    marks every special token rstrip for models so named (real Phi-3 tokenizers do that).
+    Its directory becomes the GGUF's ``general.name``; Phi-3's is named ``tiny-phi-longrope``, though edgekit
+    now writes a Phi-3 name llama.cpp would misread as ``Phi 3`` (docs/models.md, "Phi-3's name").
     """
     from edgekit.samples.assets import llama_bpe_vocab, qwen2_vocab
 
     vocab = llama_bpe_vocab() if arch == "llama3" else qwen2_vocab()
     name = f"tiny-{arch}".replace("phi3", "phi-longrope")
-    return cached_checkpoint(f"{name}-r3", lambda d: random_checkpoint(d, arch, vocab))
+    return cached_checkpoint(f"{name}-r4", lambda d: random_checkpoint(d, arch, vocab))
 
 
 # Bench-size checkpoints: each architecture's smallest real model by its config.json (widths, heads, KV heads,

@@ -127,7 +127,9 @@ def tokenizer_files_from_gguf(
             "end_of_word_suffix": "",
             "fuse_unk": False,
             "byte_fallback": False,
-            "ignore_merges": False,
+            # Llama 3's own tokenizer.json says true (a word that is one token is never split), and llama.cpp
+            # ignores merges for its pre-tokenizer whatever the file says; the others say false.
+            "ignore_merges": pre in ("llama-bpe", "llama3", "llama-v3"),
             "vocab": vocab,
             "merges": merges,
         },

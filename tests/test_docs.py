@@ -31,7 +31,7 @@ OTHER_TOOLS = {
     "--tensor-type": "llama-quantize", "--kl-divergence-base": "llama-perplexity",
     "--outtype": "convert_hf_to_gguf.py",
     "--no-deps": "pip download", "--no-binary": "pip", "--no-cache-dir": "pip", "--force-reinstall": "pip",
-    "-mcpu": "the C compiler", "--target": "cmake --build",
+    "-mcpu": "the C compiler", "--target": "cmake --build", "--durations": "pytest",
 }
 OTHER_TOOL_PREFIXES = ("-DGGML_", "-DLLAMA_", "-DCMAKE_")  # cmake definitions
 

@@ -260,6 +260,7 @@ def test_existing_output_needs_force(ckpt, tmp_path):
     assert again.path == f.path
 
 
+@pytest.mark.slow
 def test_full_disk_is_refused_before_writing(ckpt, tmp_path, monkeypatch):
     import edgekit.atomic as atomic
 

@@ -168,6 +168,7 @@ def _flag(token: str, **flags):
     return edit
 
 
+@pytest.mark.slow
 def test_bpe_vocabulary_llama_cpp_cannot_reproduce_is_refused(tiny_qwen2_dir, tmp_path):
     """Byte-level BPE vocabularies are proven at conversion time as SentencePiece ones are: an added token
     marked rstrip (HF drops the whitespace after it; a GGUF has no such flag) is refused, naming the text."""

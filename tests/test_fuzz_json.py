@@ -294,11 +294,13 @@ def _without_byte_pieces(*values: int) -> bytes:
 @fuzz_settings(60)
 @given(edited(SPM_TOKENIZER))
 # Found by this test: a vocabulary without the byte piece <0x0A> made llama.cpp abort the process on "\n".
+@pytest.mark.slow
 @example(_without_byte_pieces(0x0A, 0x1A))
 def test_edited_sentencepiece_tokenizer_is_converted_or_refused(tokenizer):
     _convert_vocab({"tokenizer.json": tokenizer})
 
 
+@pytest.mark.slow
 @fuzz_settings(60)
 @given(st.one_of(mutations(SPM_MODEL), st.binary(max_size=64)))
 @example(b"")
@@ -317,6 +319,7 @@ def edited_models(draw):
     return _spm_model_bytes(edits, draw(st.integers(1, 4)), draw(st.booleans()), draw(st.booleans()))
 
 
+@pytest.mark.slow
 @fuzz_settings(60)
 @given(edited_models())
 def test_edited_tokenizer_model_is_converted_or_refused(model):

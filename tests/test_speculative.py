@@ -340,6 +340,7 @@ def test_cli_speculative_modes_give_the_same_answer_and_report_drafts(smollm2_gg
     assert answers["ngram"]["stats"]["accepted_tokens"] <= answers["ngram"]["stats"]["drafted_tokens"]
 
 
+@pytest.mark.slow
 def test_speculation_is_auto_by_default():
     """The default drafts where it pays: the adaptive rule keeps open-ended text at plain speed."""
     m = _priced_by_the_prior(smol())

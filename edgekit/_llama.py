@@ -448,10 +448,13 @@ class Batch:
             self.raw = None
 
 
-def shared_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+def shared_prefix(cached: list[int], tokens: list[int]) -> int:
     """How many leading tokens of ``tokens`` a sequence holding ``cached`` can keep: their common
     prefix, short of the last token of ``tokens`` (evaluated again for its logits)."""
-    n, limit = 0, min(len(cached), len(tokens) - 1)
+    limit = min(len(cached), len(tokens) - 1)
+    if limit > 0 and cached[:limit] == tokens[:limit]:  # the usual case (a prompt extending the cache), compared in C
+        return limit
+    n = 0
     while n < limit and cached[n] == tokens[n]:
         n += 1
     return n

@@ -91,7 +91,6 @@ class _Runner:
     """A model loaded by :func:`edgekit.load` whose context returns the scored logits of one chunk."""
 
     def __init__(self, path: Path, n_ctx: int, threads: int | None) -> None:
-        from edgekit import _llama
         from edgekit.runtime.load import load
 
         if not path.is_file():
@@ -119,8 +118,6 @@ class _Runner:
 
         ll, n, first = self._ll, self.n_ctx, self.n_ctx // 2
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
-        from edgekit import _llama
-
         tokens = list(chunk)
         if self.add_bos:
             tokens[0] = self.bos

@@ -171,13 +171,7 @@ class DraftModel:
 
     def pending(self, text: list[int], seq_id: int = 0) -> int:
         """How many tokens of ``text`` the draft would evaluate before its first guess (at least 1)."""
-        cached = self._cached.get(seq_id, [])
-        if len(cached) < len(text) and text[: len(cached)] == cached:
-            return len(text) - len(cached)
-        n, limit = 0, min(len(cached), len(text) - 1)
-        while n < limit and cached[n] == text[n]:
-            n += 1
-        return max(1, len(text) - n)
+        return max(1, len(text) - _llama.shared_prefix(self._cached.get(seq_id, []), text))
 
     def _top(self) -> tuple[int, float]:
         """The most likely next token after the last evaluated one, and its probability."""

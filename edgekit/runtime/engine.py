@@ -433,8 +433,9 @@ class Engine:
         L, now = self._L, time.perf_counter()
         leader, tokens = group[0], group[0].prompt_tokens
         # The free slot sharing the longest prefix (ties and no match: least recently used).
-        best = max(free, key=lambda slot: (_llama.shared_prefix(slot.tokens, tokens), -slot.last_used))
-        n = _llama.keep_prefix(self._mem, best.id, best.tokens, _llama.shared_prefix(best.tokens, tokens), self.n_swa)
+        shared = {slot.id: _llama.shared_prefix(slot.tokens, tokens) for slot in free}
+        best = max(free, key=lambda slot: (shared[slot.id], -slot.last_used))
+        n = _llama.keep_prefix(self._mem, best.id, best.tokens, shared[best.id], self.n_swa)
         others = sorted((s for s in free if s is not best), key=lambda slot: slot.last_used)
         for seq, slot in zip(group, [best, *others], strict=False):
             slot.seq, seq._slot = seq, slot

@@ -464,10 +464,8 @@ class PromptCache:
             L.llama_memory_seq_rm(mem, seq_id, -1, -1)
             self._bad(entry.name, "was refused by llama.cpp")
             return 0
-        if n < len(entry.tokens) and not (L.llama_memory_seq_rm(mem, seq_id, n, -1)
-                                          and _llama.window_covers(mem, seq_id, n, self.n_swa)):
-            L.llama_memory_seq_rm(mem, seq_id, -1, -1)  # this memory can't be cut back: use exact snapshots only
-            self.cut_back = 0
+        if n < len(entry.tokens) and _llama.keep_prefix(mem, seq_id, list(entry.tokens), n, self.n_swa) < n:
+            self.cut_back = 0  # keep_prefix emptied the sequence: this memory can't be cut back; exact snapshots only
             return 0
         self.counters.hits += 1
         self.counters.restored_tokens += n

@@ -216,6 +216,8 @@ class ModelDrafter:
     """One call's drafting by a :class:`DraftModel`: the text so far, and the draft model's guesses."""
 
     free = False  # every guess costs a draft-model step
+    # A small model's guesses don't come in copy runs: one pair of rates, learned in half the drafts
+    streaks = False
     level = 0
     priors = ((0.6, 0.7),)  # a draft model is chosen because it mostly agrees with the target
 

@@ -189,6 +189,7 @@ class TraceDrafter:
                 out.append(-1)
             j += 1
         shared, pending = self._pending()
+        self._costs.guesses += len(out)
         self.extra += self._costs.catch_up(pending, None) - (self.cost if out else 0.0)
         self._cache[shared:] = self.text[shared:] + out[:-1]  # it evaluates every guess but the last
         return out

@@ -18,16 +18,20 @@ one target step:
   target steps that drafting saves per token, over the tokens still expected (as many as the call has
   emitted so far, and at least :data:`HORIZON`), cover it.
 
-The draft model's first draft (once per draft model) is a probe, which times its catching up and a
-single step. From then on a drafter that can't pay even if every guess were right (its step too dear
-for this target on this device) is dropped for the call: it evaluates nothing. Otherwise it drafts when
-the measured acceptance pays, and else probes to keep the acceptance measured. A probe is as long as a
+The draft model's first drafts are probes, made on consecutive steps, whatever they cost, until it has
+guessed :data:`FIRST_GUESSES` tokens (it stops below its ``p_min``, so a probe may guess none) or made
+:data:`FIRST_PROBES` of them, once per draft model: they time its catching up and a single step (the
+draft model evaluates the last token it catches up on alone until it has timed one), and give the
+acceptance rates something to start from. Budgeted probes alone could not: a lazy draft's catching up
+grows with the tokens since its last draft as fast as the budget does. From then on a drafter that can't pay even if every guess were right (its step too dear for this
+target on this device) is dropped for the call: it evaluates nothing. Otherwise it drafts when the
+measured acceptance pays, and else probes to keep the acceptance measured. A probe may be as long as a
 draft would be if the pair agreed as well as a well-matched pair does (:data:`PROBE_ACCEPTANCE`; at
-least two guesses the first time, so a guess after a right one is measured too; one when even that
-can't pay): a probe of one guess measures only the first guess of a draft, so a pair whose long drafts
-pay would never learn that they do. A probe is priced (catching up, verifying, the draft's steps, less
-the tokens it is expected to yield at the measured acceptance), and made only when that costs at most
-:data:`PROBE_BUDGET` of the target steps decoded since the last draft. The acceptance rates and the
+least two guesses the first time, so a guess after a right one is measured too): a probe of one guess
+measures only the first guess of a draft, so a pair whose long drafts pay would never learn that they
+do. A probe is priced (catching up, verifying, the draft's steps, less the tokens it is expected to
+yield at the measured acceptance); the longest one that costs at most :data:`PROBE_BUDGET` of the target
+steps decoded since the last draft is made. The acceptance rates and the
 quiet count live on the draft model, not the call, so what one call learned about the pair holds for
 the next one. The draft stays lazy: it evaluates only when a draft is about to be asked for.
 
@@ -57,6 +61,9 @@ PRIOR_BATCH_TOKEN = 82 / 11.7 / 16
 PROBE_ACCEPTANCE = 0.9
 # The draft's step is the median of this many latest single-step timings.
 STEP_TIMINGS = 9
+# The first probes: until the draft model has guessed FIRST_GUESSES tokens, at most FIRST_PROBES of them.
+FIRST_GUESSES = 8
+FIRST_PROBES = 8
 _EMA = 0.2
 
 
@@ -80,6 +87,7 @@ class DraftCosts:
         self.rates: dict[Any, Any] = {}  # Speculation's acceptance rates, kept across calls
         self.quiet = 0  # target tokens since this draft model last drafted
         self.probes = 0
+        self.guesses = 0  # tokens the draft model has guessed (drafted), in all
         self.decodes = 0  # llama_decode calls of the draft model
         self.tokens = 0  # tokens they evaluated
 
@@ -140,11 +148,12 @@ def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: fl
     unit = getattr(cost, "one_token_s", None)
     step = costs.step(unit)
     probe_k = max(1, best_length(limit, PROBE_ACCEPTANCE, PROBE_ACCEPTANCE, cost, step))
-    if costs.probes == 0:  # the first draft ever: at least two guesses, so a single draft step gets timed
-        costs.probes, costs.quiet = 1, 0
-        return min(max(2, probe_k), limit)
-    if best_length(MAX_DRAFT, 1.0, 1.0, cost, step) == 0:
+    timed = costs.fixed is not None or costs.step_s is not None
+    if timed and best_length(MAX_DRAFT, 1.0, 1.0, cost, step) == 0:
         return -1  # even if every guess were right
+    if costs.guesses < FIRST_GUESSES and costs.probes < FIRST_PROBES:  # the first drafts: two guesses or more
+        costs.probes, costs.quiet = costs.probes + 1, 0
+        return min(max(2, probe_k), limit)
     k = best_length(limit, p_first, p_next, cost, step)  # as when drafting every step (catching up 1 token)
     if k:
         extra = costs.catch_up(pending, unit) - step  # catching up beyond the step that gives the first guess
@@ -153,11 +162,14 @@ def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: fl
             costs.quiet = 0
             return k
     costs.quiet += 1
-    # what the probe costs beyond plain decoding of the tokens it is expected to yield, in target steps
-    price = (costs.catch_up(pending, unit) + step * (probe_k - 1) + cost(probe_k + 1)
-             - expected_tokens(probe_k, p_first, p_next))
-    if costs.quiet >= QUIET and price <= PROBE_BUDGET * costs.quiet:
-        costs.probes += 1
-        costs.quiet = 0
-        return probe_k
+    if costs.quiet < QUIET:
+        return 0
+    catch_up = costs.catch_up(pending, unit)
+    for k in range(probe_k, 0, -1):  # the longest probe the budget allows
+        # what it costs beyond plain decoding of the tokens it is expected to yield, in target steps
+        price = catch_up + step * (k - 1) + cost(k + 1) - expected_tokens(k, p_first, p_next)
+        if price <= PROBE_BUDGET * costs.quiet:
+            costs.probes += 1
+            costs.quiet = 0
+            return k
     return 0

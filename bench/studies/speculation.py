@@ -196,8 +196,12 @@ class TraceDrafter:
 
 
 def simulate(data: dict[str, Any], cost_name: str | dict[int, float], draft_cost: float,
-             p_min: float, draft_token: float | None = None) -> dict[str, Any]:
+             p_min: float, draft_token: float | None = None, rounds: int = 1) -> dict[str, Any]:
     """Per set: cost-model speed ratio vs plain, acceptance, drafted and accepted tokens.
+
+    The prompts are replayed in the order ``run`` answers them (the prompt file's), ``rounds`` times, with
+    the draft's rates and cache kept throughout, as ``run`` keeps one draft model; drafted and accepted
+    tokens are counted in the first round, as ``run`` counts them.
 
     ``cost_name``: "smollm2" or "qwen05b" (the curves in :mod:`edgekit.runtime.speculative`), or a
     measured curve {batch size: time relative to one token}, such as the one ``run`` reports.
@@ -216,7 +220,9 @@ def simulate(data: dict[str, Any], cost_name: str | dict[int, float], draft_cost
     cache: list[int] = []
     per_set: dict[str, dict[str, Any]] = {s: {"plain": 0.0, "spec": 0.0, "drafted": 0, "accepted": 0, "ratios": []}
                                           for s in SETS}
-    for row in data["prompts"]:
+    order = [item["name"] for item in prompts()[1]]
+    rows = sorted(data["prompts"], key=lambda row: order.index(row["name"]) if row["name"] in order else len(order))
+    for r, row in enumerate(rows * rounds):
         output = row["output"]
         if len(output) < 2:
             continue
@@ -231,9 +237,10 @@ def simulate(data: dict[str, Any], cost_name: str | dict[int, float], draft_cost
         acc = per_set[row["set"]]
         acc["plain"] += plain
         acc["spec"] += time
-        acc["drafted"] += spec.drafted
-        acc["accepted"] += spec.accepted
-        acc["ratios"].append(round(plain / time, 3))
+        if r < len(rows):
+            acc["drafted"] += spec.drafted
+            acc["accepted"] += spec.accepted
+            acc["ratios"].append(round(plain / time, 3))
     return {s: {"ratio": round(v["plain"] / v["spec"], 3) if v["spec"] else None, "drafted": v["drafted"],
                 "accepted": v["accepted"], "acceptance": round(v["accepted"] / v["drafted"], 3) if v["drafted"] else None,
                 "per_prompt": v["ratios"]} for s, v in per_set.items()}
@@ -344,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
             if a.draft_cost is None and measured.get("measured_draft_step") is not None:
                 draft_cost = measured["measured_draft_step"]
             draft_token = measured.get("measured_draft_token")
-        print(json.dumps(simulate(data, cost, draft_cost, a.p_min if a.p_min is not None else P_MIN, draft_token)))
+        rounds = measured.get("rounds", 1) if a.measured else 1
+        print(json.dumps(simulate(data, cost, draft_cost, a.p_min if a.p_min is not None else P_MIN, draft_token,
+                                  rounds)))
     else:
         print(json.dumps(run(a.model or _default_model(), a.draft, a.mode, a.rounds, a.max_tokens, a.threads,
                              a.draft_cost, a.limit)))

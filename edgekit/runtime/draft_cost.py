@@ -62,8 +62,8 @@ PROBE_ACCEPTANCE = 0.9
 # The draft's step is the median of this many latest single-step timings.
 STEP_TIMINGS = 9
 # The first probes: until the draft model has guessed FIRST_GUESSES tokens, at most FIRST_PROBES of them.
-FIRST_GUESSES = 8
-FIRST_PROBES = 8
+FIRST_GUESSES = 16
+FIRST_PROBES = 32
 _EMA = 0.2
 
 

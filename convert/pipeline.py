@@ -23,7 +23,7 @@ from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quant
 from edgekit.convert.rope import rope_tensors, write_rope_keys
 from edgekit.convert.safetensors import WeightSet
 from edgekit.convert.vocab import Vocab, load_vocab, read_json_object, write_vocab
-from edgekit.convert.writer import TensorPlan, generated, write_gguf
+from edgekit.convert.writer import PackedArrays, TensorPlan, generated, write_gguf
 from edgekit.errors import CorruptFile, EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
 
@@ -212,9 +212,10 @@ def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):
     return setup
 
 
-def check_vocab(ckpt: Checkpoint, name: str) -> None:
+def check_vocab(ckpt: Checkpoint, name: str, packed: PackedArrays | None = None) -> None:
     """Refuse a vocabulary llama.cpp would tokenize differently (:mod:`edgekit.convert.vocab_check`), in a
-    model named ``name`` (the output's general.name, which llama.cpp reads token attributes from)."""
+    model named ``name`` (the output's general.name, which llama.cpp reads token attributes from).
+    ``packed`` keeps the vocabulary's arrays packed for the model's own files (:func:`write_gguf`)."""
     from edgekit.convert.vocab_check import check_tokenization
 
     def setup(writer: gguf.GGUFWriter) -> None:
@@ -222,7 +223,7 @@ def check_vocab(ckpt: Checkpoint, name: str) -> None:
         _write_hparams(writer, ckpt)
         write_vocab(writer, ckpt.vocab)
 
-    check_tokenization(ckpt.vocab, lambda path: write_gguf(path, setup, [], ckpt.arch.gguf_name))
+    check_tokenization(ckpt.vocab, lambda path: write_gguf(path, setup, [], ckpt.arch.gguf_name, packed=packed))
 
 
 def _parse_types(quant: str | Sequence[str], max_kld: float | None) -> list[str]:
@@ -307,7 +308,8 @@ def convert(
     n_params = sum(p.ref.n_elements for p in plans)
     meta = model_metadata(ckpt.directory, n_params, ckpt.repo_id, ckpt.url)
     meta.name = llama_cpp_name(meta.name, ckpt.vocab)
-    check_vocab(ckpt, meta.name)
+    packed: PackedArrays = {}  # the vocabulary is packed once for the check and every file written
+    check_vocab(ckpt, meta.name, packed)
 
     out_path = Path(out) if out is not None else Path.cwd()
     if out_path.suffix == ".gguf":
@@ -337,18 +339,18 @@ def convert(
         if t in FLOAT_TYPES and t != base:
             with atomic_output(targets[t]) as tmp:
                 other = plan_tensors(ckpt, t.upper())
-                write_gguf(tmp, _setup(ckpt, meta, quant_type(t).ftype), other, ckpt.arch.gguf_name, progress)
+                write_gguf(tmp, _setup(ckpt, meta, quant_type(t).ftype), other, ckpt.arch.gguf_name, progress, packed)
             finish(targets[t], t)
 
     if base in targets:
         with atomic_output(targets[base]) as tmp:
-            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress)
+            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress, packed)
         base_file = targets[base]
         finish(base_file, base)
         _quantize_all(base_file, types, targets, n_params, threads, progress, finish)
     else:
         with scratch_file(directory, f".{base}.gguf") as tmp:
-            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress)
+            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress, packed)
             _quantize_all(tmp, types, targets, n_params, threads, progress, finish)
     order = {_type_label(t): i for i, t in enumerate(types)}
     return sorted(written, key=lambda f: order[f.type])

@@ -326,6 +326,8 @@ def test_fast_bf16_to_f16_matches_numpy_for_every_bit_pattern():
     nan = np.isnan(expected)
     assert np.array_equal(np.isnan(got), nan)
     assert np.array_equal(got[~nan].view(np.uint16), expected[~nan].view(np.uint16))
+    rows = bf16_to_f16(words.reshape(256, 256))  # row chunks of a tensor are 2-D
+    assert rows.shape == (256, 256) and np.array_equal(rows.reshape(-1).view(np.uint16), got.view(np.uint16))
 
 
 @pytest.mark.slow

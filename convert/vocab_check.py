@@ -112,10 +112,8 @@ def tokenization_check(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -
     with tempfile.TemporaryDirectory(prefix="edgekit-vocab-") as tmp:
         path = Path(tmp) / "vocab.gguf"
         write_vocab_gguf(path)
-        digest = hashlib.sha256(vocab.reference.read_bytes())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        key = digest.digest()
+        # While nothing is proven (a one-off conversion) the key is only needed afterwards: hashed on the thread.
+        key = _key(vocab.reference, path) if _PROVEN else None
         if key in _PROVEN:
             yield lambda: None
             return
@@ -123,14 +121,22 @@ def tokenization_check(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -
             expected, parse_special, name = _reference_ids(vocab)
         finally:
             _return_freed_memory()  # the reference tokenizer's heap, before llama.cpp and the tensors need theirs
-        half = _LlamaHalf(vocab, path, expected, parse_special, name)
+        half = _LlamaHalf(path, expected, parse_special, name, key or (lambda: _key(vocab.reference, path)))
         half.start()
         try:
             yield half.proven
         finally:
             half.join()
         half.proven()  # the block ended without asking: its refusal is raised here
-        _PROVEN.add(key)
+        _PROVEN.add(half.key)
+
+
+def _key(reference: Path, vocab_gguf: Path) -> bytes:
+    """What a proof is kept by in :data:`_PROVEN`: the digest of the tokenizer file and the vocabulary GGUF."""
+    digest = hashlib.sha256(reference.read_bytes())
+    digest.update(b"\0")
+    digest.update(vocab_gguf.read_bytes())
+    return digest.digest()
 
 
 def _reference_ids(vocab: Vocab) -> tuple[list[tuple[str, list[int]]], bool, str]:
@@ -161,18 +167,28 @@ def _trim_heap() -> None:
             pass
 
 
-class _LlamaHalf(threading.Thread):
-    """llama.cpp's half of the check: load the vocabulary-only GGUF, tokenize the probes, compare."""
+class _LlamaHalf:
+    """llama.cpp's half of the check on its own thread: load the vocabulary-only GGUF, tokenize the probes,
+    compare."""
 
-    def __init__(self, vocab: Vocab, path: Path, expected: list[tuple[str, list[int]]], parse_special: bool,
-                 name: str) -> None:
-        super().__init__(name="edgekit-vocab-check")
+    def __init__(self, path: Path, expected: list[tuple[str, list[int]]], parse_special: bool, name: str,
+                 key: bytes | Callable[[], bytes]) -> None:
         self._path, self._expected, self._parse_special, self._name = path, expected, parse_special, name
+        self.key = key  # the proof's key in _PROVEN, or how to compute it after the comparison
         self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="edgekit-vocab-check")
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
         try:
             self._compare()
+            if callable(self.key):
+                self.key = self.key()
         except BaseException as exc:  # raised in the caller's thread by proven()
             self._error = exc
         finally:
@@ -180,7 +196,7 @@ class _LlamaHalf(threading.Thread):
 
     def proven(self) -> None:
         """Wait for the comparison; raise its refusal."""
-        self.join()
+        self._thread.join()
         if self._error is not None:
             raise self._error
 

@@ -176,15 +176,20 @@ def test_llama_cpps_refusal_leaves_no_file_and_no_thread(tmp_path, llama_spm_ggu
     import threading
 
     import edgekit.convert.pipeline as pipeline
+    from edgekit import _llama
 
     ck = random_llama_spm_checkpoint(tmp_path / "ck", llama_spm_gguf, style="metaspace", layers=1)
-    quantized = []
+    quantized, loaded_on = [], []
     monkeypatch.setattr(pipeline, "quantize", lambda *a, **k: quantized.append(a))
+    real = _llama.vocab_only
+    monkeypatch.setattr(_llama, "vocab_only", lambda path: (loaded_on.append(threading.current_thread().name),
+                                                            real(path))[1])
     out = tmp_path / "out"
     with pytest.raises(UnsupportedModel, match=r"llama\.cpp would tokenize ' Hello world' differently"):
         convert(ck, out, types)
     assert quantized == []
     assert not out.exists()  # nor the directory the conversion made for its outputs
+    assert loaded_on == ["edgekit-vocab-check"]
     assert not [t for t in threading.enumerate() if t.name == "edgekit-vocab-check"]
 
 

@@ -252,7 +252,8 @@ class ModelDrafter:
 
     def plan(self, limit: int, p_first: float, p_next: float, cost: Any) -> int:
         """Tokens to draft now, pricing the draft model's own work (:func:`draft_cost.plan`); 0 = none.
-        A draft that can't pay even with every guess right is dropped for the call (it evaluates nothing)."""
+        A draft that can't pay even with every guess right is dropped for the call (after one timed step, it
+        evaluates nothing more)."""
         if self._dropped:
             return 0
         if self.model.costs.fixed is None and self.model.costs.step_s is None:

@@ -7,15 +7,16 @@ many types are asked for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gguf
 
-from edgekit.atomic import atomic_output, check_free_space, check_writable, scratch_file
+from edgekit.atomic import atomic_output, check_free_space, check_writable, output_directory, scratch_file
 from edgekit.convert.archs import Arch, arch_for, check_config
 from edgekit.convert.hparams import HParams, check_shapes, count_blocks, read_hparams
 from edgekit.convert.naming import CONVERTER, default_filename, llama_cpp_name, model_metadata
@@ -23,7 +24,7 @@ from edgekit.convert.quantize import FLOAT_TYPES, QUANT_TYPES, quant_type, quant
 from edgekit.convert.rope import rope_tensors, write_rope_keys
 from edgekit.convert.safetensors import WeightSet
 from edgekit.convert.vocab import Vocab, load_vocab, read_json_object, write_vocab
-from edgekit.convert.writer import TensorPlan, generated, write_gguf
+from edgekit.convert.writer import PackedArrays, TensorPlan, generated, write_gguf
 from edgekit.errors import CorruptFile, EdgekitError, MissingFiles, UnsupportedModel
 from edgekit.progress import ProgressFn
 
@@ -215,14 +216,25 @@ def _setup(ckpt: Checkpoint, meta: gguf.Metadata, file_type: int):
 def check_vocab(ckpt: Checkpoint, name: str) -> None:
     """Refuse a vocabulary llama.cpp would tokenize differently (:mod:`edgekit.convert.vocab_check`), in a
     model named ``name`` (the output's general.name, which llama.cpp reads token attributes from)."""
-    from edgekit.convert.vocab_check import check_tokenization
+    with _vocab_checked(ckpt, name, None) as proven:
+        proven()
+
+
+@contextlib.contextmanager
+def _vocab_checked(ckpt: Checkpoint, name: str, packed: PackedArrays | None) -> Iterator[Callable[[], None]]:
+    """:func:`check_vocab` in two halves (:func:`~edgekit.convert.vocab_check.tokenization_check`): the
+    reference tokenizer's refusal before this yields, llama.cpp's from the yielded ``proven()``. ``packed``
+    keeps the vocabulary's arrays packed for the model's own files (:func:`write_gguf`)."""
+    from edgekit.convert.vocab_check import tokenization_check
 
     def setup(writer: gguf.GGUFWriter) -> None:
         writer.add_name(name)
         _write_hparams(writer, ckpt)
         write_vocab(writer, ckpt.vocab)
 
-    check_tokenization(ckpt.vocab, lambda path: write_gguf(path, setup, [], ckpt.arch.gguf_name))
+    with tokenization_check(ckpt.vocab, lambda path: write_gguf(path, setup, [], ckpt.arch.gguf_name,
+                                                                packed=packed)) as proven:
+        yield proven
 
 
 def _parse_types(quant: str | Sequence[str], max_kld: float | None) -> list[str]:
@@ -307,51 +319,55 @@ def convert(
     n_params = sum(p.ref.n_elements for p in plans)
     meta = model_metadata(ckpt.directory, n_params, ckpt.repo_id, ckpt.url)
     meta.name = llama_cpp_name(meta.name, ckpt.vocab)
-    check_vocab(ckpt, meta.name)
+    packed: PackedArrays = {}  # the vocabulary is packed once for the check and every file written
+    with contextlib.ExitStack() as stack:
+        # The check's llama.cpp half runs while the tensors stream; no output appears before it has passed.
+        vocab_proven = stack.enter_context(_vocab_checked(ckpt, meta.name, packed))
+        out_path = Path(out) if out is not None else Path.cwd()
+        if out_path.suffix == ".gguf":
+            if len(types) != 1:
+                raise EdgekitError(f"{out_path} names one file but {len(types)} types were asked for",
+                                   "Pass a directory with -o when converting to several types.")
+            targets = {types[0]: out_path}
+        else:
+            targets = {t: out_path / default_filename(meta, _type_label(t)) for t in types}
+        for target in targets.values():
+            check_writable(target, force)
+        directory = stack.enter_context(output_directory(next(iter(targets.values())).parent))
+        needed = sum(_estimate_bytes(n_params, t) for t in types)
+        if base not in targets:
+            needed += _estimate_bytes(n_params, base)
+        check_free_space(directory, needed)
 
-    out_path = Path(out) if out is not None else Path.cwd()
-    if out_path.suffix == ".gguf":
-        if len(types) != 1:
-            raise EdgekitError(f"{out_path} names one file but {len(types)} types were asked for",
-                               "Pass a directory with -o when converting to several types.")
-        targets = {types[0]: out_path}
-    else:
-        targets = {t: out_path / default_filename(meta, _type_label(t)) for t in types}
-    for target in targets.values():
-        check_writable(target, force)
-    directory = next(iter(targets.values())).parent
-    directory.mkdir(parents=True, exist_ok=True)
-    needed = sum(_estimate_bytes(n_params, t) for t in types)
-    if base not in targets:
-        needed += _estimate_bytes(n_params, base)
-    check_free_space(directory, needed)
+        written: list[ConvertedFile] = []
+        setup = _setup(ckpt, meta, quant_type(base).ftype)
 
-    written: list[ConvertedFile] = []
-    setup = _setup(ckpt, meta, quant_type(base).ftype)
+        def finish(path: Path, type_name: str) -> None:
+            written.append(ConvertedFile(path, _type_label(type_name), path.stat().st_size, n_params))
 
-    def finish(path: Path, type_name: str) -> None:
-        written.append(ConvertedFile(path, _type_label(type_name), path.stat().st_size, n_params))
+        # Other float types are written from the checkpoint directly, not requantized.
+        for t in types:
+            if t in FLOAT_TYPES and t != base:
+                with atomic_output(targets[t]) as tmp:
+                    other = plan_tensors(ckpt, t.upper())
+                    write_gguf(tmp, _setup(ckpt, meta, quant_type(t).ftype), other, ckpt.arch.gguf_name, progress, packed)
+                    vocab_proven()
+                finish(targets[t], t)
 
-    # Other float types are written from the checkpoint directly, not requantized.
-    for t in types:
-        if t in FLOAT_TYPES and t != base:
-            with atomic_output(targets[t]) as tmp:
-                other = plan_tensors(ckpt, t.upper())
-                write_gguf(tmp, _setup(ckpt, meta, quant_type(t).ftype), other, ckpt.arch.gguf_name, progress)
-            finish(targets[t], t)
-
-    if base in targets:
-        with atomic_output(targets[base]) as tmp:
-            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress)
-        base_file = targets[base]
-        finish(base_file, base)
-        _quantize_all(base_file, types, targets, n_params, threads, progress, finish)
-    else:
-        with scratch_file(directory, f".{base}.gguf") as tmp:
-            write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress)
-            _quantize_all(tmp, types, targets, n_params, threads, progress, finish)
-    order = {_type_label(t): i for i, t in enumerate(types)}
-    return sorted(written, key=lambda f: order[f.type])
+        if base in targets:
+            with atomic_output(targets[base]) as tmp:
+                write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress, packed)
+                vocab_proven()
+            base_file = targets[base]
+            finish(base_file, base)
+            _quantize_all(base_file, types, targets, n_params, threads, progress, finish)
+        else:
+            with scratch_file(directory, f".{base}.gguf") as tmp:
+                write_gguf(tmp, setup, plans, ckpt.arch.gguf_name, progress, packed)
+                vocab_proven()
+                _quantize_all(tmp, types, targets, n_params, threads, progress, finish)
+        order = {_type_label(t): i for i, t in enumerate(types)}
+        return sorted(written, key=lambda f: order[f.type])
 
 
 def _quantize_all(base_file: Path, types, targets, n_params, threads, progress, finish) -> None:

@@ -20,7 +20,8 @@ import gc
 import hashlib
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gguf
@@ -90,20 +91,75 @@ def check_tokenization(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -
 
     ``write_vocab_gguf(path)`` writes a GGUF with the model's header and vocabulary and no tensors.
     """
+    with tokenization_check(vocab, write_vocab_gguf) as proven:
+        proven()
+
+
+@contextlib.contextmanager
+def tokenization_check(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -> Iterator[Callable[[], None]]:
+    """:func:`check_tokenization` in two halves, the second one beside the caller's work.
+
+    The reference tokenizer is loaded (a file it can't read is refused) and tokenizes the probes before
+    this yields, so llama.cpp never loads a vocabulary the reference would refuse (llama.cpp aborts the
+    process on some). llama.cpp's half (its vocabulary-only load, ~0.5 s for Gemma 3's 262k tokens, and
+    the same probes) then runs on a thread, outside the GIL, while the caller streams tensors. The
+    yielded ``proven()`` waits for it and raises its refusal; call it before an output becomes visible.
+    Leaving the block waits for the thread in any case.
+    """
     if vocab.reference is None:
+        yield lambda: None
         return
+    with tempfile.TemporaryDirectory(prefix="edgekit-vocab-") as tmp:
+        path = Path(tmp) / "vocab.gguf"
+        write_vocab_gguf(path)
+        # While nothing is proven (a one-off conversion) the key is only needed afterwards: hashed on the thread.
+        key = _key(vocab.reference, path) if _PROVEN else None
+        if key in _PROVEN:
+            yield lambda: None
+            return
+        try:
+            expected, parse_special, name = _reference_ids(vocab)
+        finally:
+            _return_freed_memory()  # the reference tokenizer's heap, before llama.cpp and the tensors need theirs
+        half = _LlamaHalf(path, expected, parse_special, name, key or (lambda: _key(vocab.reference, path)))
+        half.start()
+        try:
+            yield half.proven
+        finally:
+            half.join()
+        half.proven()  # the block ended without asking: its refusal is raised here
+        _PROVEN.add(half.key)
+
+
+def _key(reference: Path, vocab_gguf: Path) -> bytes:
+    """What a proof is kept by in :data:`_PROVEN`: the digest of the tokenizer file and the vocabulary GGUF."""
+    digest = hashlib.sha256(reference.read_bytes())
+    digest.update(b"\0")
+    digest.update(vocab_gguf.read_bytes())
+    return digest.digest()
+
+
+def _reference_ids(vocab: Vocab) -> tuple[list[tuple[str, list[int]]], bool, str]:
+    """The probe texts with the reference tokenizer's ids, the parse_special they need, the tokenizer's name."""
+    assert vocab.reference is not None
     try:
-        _check(vocab, write_vocab_gguf)
-    finally:
-        _return_freed_memory()
+        reference, parse_special, name = _reference(vocab.reference)
+    except Exception as exc:  # the tokenizer libraries raise their own exception types on a bad file
+        raise UnsupportedModel(f"{vocab.reference.name} can't be loaded by its tokenizer library ({exc})",
+                               f"Copy {vocab.reference.name} again from the base model.") from exc
+    return [(text, reference(text)) for text in probe_texts(vocab, control=parse_special)], parse_special, name
 
 
 def _return_freed_memory() -> None:
     """Give the heap pages the check's tokenizers freed back to the OS, so the tensors converted next don't
-    add their buffers on top of them (Gemma 3's 262k-token HF tokenizer and llama.cpp vocabulary hold about
-    320 MiB while the check runs, which glibc would otherwise keep as the process's own). No library does
-    this; glibc's ``malloc_trim`` is the call, and elsewhere (macOS, musl) it is skipped."""
+    add their buffers on top of them (Gemma 3's 262k-token HF tokenizer holds about 300 MiB while it is
+    loaded, which glibc would otherwise keep as the process's own). No library does this; glibc's
+    ``malloc_trim`` is the call (it trims every thread's arena), and elsewhere (macOS, musl) it is skipped."""
     gc.collect()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None).malloc_trim(0)
@@ -111,37 +167,57 @@ def _return_freed_memory() -> None:
             pass
 
 
-def _check(vocab: Vocab, write_vocab_gguf: Callable[[Path], None]) -> None:
-    assert vocab.reference is not None
-    from edgekit import _llama
+class _LlamaHalf:
+    """llama.cpp's half of the check on its own thread: load the vocabulary-only GGUF, tokenize the probes,
+    compare."""
 
-    with tempfile.TemporaryDirectory(prefix="edgekit-vocab-") as tmp:
-        path = Path(tmp) / "vocab.gguf"
-        write_vocab_gguf(path)
-        key = hashlib.sha256(vocab.reference.read_bytes() + b"\0" + path.read_bytes()).digest()
-        if key in _PROVEN:
-            return
+    def __init__(self, path: Path, expected: list[tuple[str, list[int]]], parse_special: bool, name: str,
+                 key: bytes | Callable[[], bytes]) -> None:
+        self._path, self._expected, self._parse_special, self._name = path, expected, parse_special, name
+        self.key = key  # the proof's key in _PROVEN, or how to compute it after the comparison
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="edgekit-vocab-check")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
         try:
-            reference, parse_special, name = _reference(vocab.reference)
-        except Exception as exc:  # the tokenizer libraries raise their own exception types on a bad file
-            raise UnsupportedModel(f"{vocab.reference.name} can't be loaded by its tokenizer library ({exc})",
-                                   f"Copy {vocab.reference.name} again from the base model.") from exc
+            self._compare()
+            if callable(self.key):
+                self.key = self.key()
+        except BaseException as exc:  # raised in the caller's thread by proven()
+            self._error = exc
+        finally:
+            _trim_heap()  # llama.cpp's freed vocabulary, while the caller's tensors stream
+
+    def proven(self) -> None:
+        """Wait for the comparison; raise its refusal."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _compare(self) -> None:
+        from edgekit import _llama
+
         with contextlib.ExitStack() as stack:
             try:
-                llama_vocab = stack.enter_context(_llama.vocab_only(path))
+                llama_vocab = stack.enter_context(_llama.vocab_only(self._path))
             except ModelLoadError as exc:
                 raise UnsupportedModel(f"llama.cpp can't load the converted vocabulary ({exc.message}: "
                                        f"{exc.hint})") from exc
-            for text in probe_texts(vocab, control=parse_special):
-                ours = _llama.tokenize(llama_vocab, text, False, parse_special)
-                theirs = reference(text)
+            for text, theirs in self._expected:
+                ours = _llama.tokenize(llama_vocab, text, False, self._parse_special)
                 if ours != theirs:
-                    first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
+                    first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                                 min(len(ours), len(theirs)))
                     shown = text if len(text) <= 80 else text[:80] + "..."
                     raise UnsupportedModel(
-                        f"llama.cpp would tokenize {shown!r} differently from the {name} "
+                        f"llama.cpp would tokenize {shown!r} differently from the {self._name} "
                         f"(token {first}: {ours[first:first + 4]} instead of {theirs[first:first + 4]})",
                         "edgekit converts a vocabulary only when llama.cpp reproduces its tokenizer exactly; "
                         "docs/models.md (Tokenizers) lists the known differences.",
                     )
-        _PROVEN.add(key)

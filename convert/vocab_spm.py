@@ -112,9 +112,7 @@ def scores_from_merges(tokens: dict[str, int], merges: list[Any]) -> dict[int, f
     return scores
 
 
-def _is_byte_piece(text: str) -> bool:
-    return len(text) == 6 and text.startswith("<0x") and text.endswith(">") and all(
-        c in "0123456789ABCDEF" for c in text[3:5])
+BYTE_PIECES = frozenset(f"<0x{b:02X}>" for b in range(256))  # SentencePiece's byte pieces, <0x00> ... <0xFF>
 
 
 def added_token_text(token: dict) -> str:
@@ -139,7 +137,7 @@ def json_pieces(tokenizer: dict) -> tuple[dict[int, str], dict[int, float], dict
         by_id[i] = text
         if text == unk:
             types[i] = gguf.TokenType.UNKNOWN
-        elif _is_byte_piece(text):
+        elif text in BYTE_PIECES:
             types[i] = gguf.TokenType.BYTE
         else:
             types[i] = gguf.TokenType.NORMAL
@@ -198,8 +196,7 @@ def check_byte_pieces(tokens: list[str]) -> None:
     llama.cpp's SentencePiece tokenizer spells a character outside the vocabulary as its bytes, and
     aborts the whole process when a byte's piece is missing.
     """
-    present = set(tokens)
-    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in present]
+    missing = sorted(BYTE_PIECES.difference(tokens))
     if missing:
         raise UnsupportedModel(f"the SentencePiece vocabulary lacks {len(missing)} of the 256 byte pieces, first "
                                f"{missing[0]}; llama.cpp needs them all to spell characters outside the vocabulary",

@@ -56,6 +56,24 @@ def atomic_output(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def output_directory(directory: Path) -> Iterator[Path]:
+    """Create ``directory`` (with missing parents) for the block's outputs. If the block fails, the
+    directories it created are removed again while empty, so a refused conversion leaves nothing behind."""
+    directory = Path(directory)
+    created = [d for d in (directory, *directory.parents) if not d.exists()]  # deepest first
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        yield directory
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (someone else's file), or already gone
+                break
+        raise
+
+
+@contextlib.contextmanager
 def scratch_file(directory: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary file in ``directory`` that is removed whatever happens."""
     fd, name = tempfile.mkstemp(prefix=".edgekit-", suffix=suffix, dir=directory)

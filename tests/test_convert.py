@@ -316,6 +316,36 @@ def test_pre_tokenizer_is_read_from_its_definition_in_either_spelling():
         detect_pre(odd)
 
 
+def test_bulk_packed_metadata_is_gguf_pys_byte_for_byte(tmp_path):
+    """The writer packs big arrays in bulk, and once per conversion (the vocabulary check's GGUF, then the
+    model's): each file is byte for byte what gguf-py's own writer makes of the same metadata."""
+    from edgekit.convert.writer import write_gguf
+
+    n = 5000  # past the bulk threshold
+    tokens = [f"t{i}" if i % 3 else f"\u00fc\u2581{i}\U0001f999" for i in range(n)]
+    types, scores = [1 + i % 6 for i in range(n)], [-i / 3 for i in range(n)]
+    merges = [f"t{i} t{i + 1}" for i in range(n)]
+
+    def setup(writer):
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_scores(scores)
+        writer.add_token_merges(merges)
+        writer.add_bos_token_id(1)
+
+    ref = gguf.GGUFWriter(tmp_path / "ref.gguf", "llama")
+    setup(ref)
+    ref.write_header_to_file()
+    ref.write_kv_data_to_file()
+    ref.write_ti_data_to_file()
+    ref.close()
+    packed: dict = {}
+    for name in ("check.gguf", "model.gguf"):
+        write_gguf(tmp_path / name, setup, [], "llama", packed=packed)
+        assert (tmp_path / name).read_bytes() == (tmp_path / "ref.gguf").read_bytes(), name
+    assert len(packed) == 4  # the four arrays, packed once
+
+
 def test_fast_bf16_to_f16_matches_numpy_for_every_bit_pattern():
     from edgekit.convert.safetensors import bf16_to_f16, bf16_to_f32
 
@@ -326,6 +356,8 @@ def test_fast_bf16_to_f16_matches_numpy_for_every_bit_pattern():
     nan = np.isnan(expected)
     assert np.array_equal(np.isnan(got), nan)
     assert np.array_equal(got[~nan].view(np.uint16), expected[~nan].view(np.uint16))
+    rows = bf16_to_f16(words.reshape(256, 256))  # row chunks of a tensor are 2-D
+    assert rows.shape == (256, 256) and np.array_equal(rows.reshape(-1).view(np.uint16), got.view(np.uint16))
 
 
 @pytest.mark.slow

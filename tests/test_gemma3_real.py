@@ -201,8 +201,7 @@ def test_tokenizes_as_the_registry_gguf(gemma3_real):
 
 def _load(path):
     m = edgekit.load(path, n_ctx=512, kv_cache="f16", flash_attn=True, threads=2, n_ubatch=512, seed=1)
-    curve = speculative.CostCurve()  # drafts priced by the prior curve, not this CPU's timings
-    curve.observe = lambda n, seconds: None
+    curve = speculative.CostCurve(timed=False)  # drafts priced by the prior curve, not this CPU's timings
     m._engine.cost_curve = curve
     return m
 

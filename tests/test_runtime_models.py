@@ -45,8 +45,7 @@ def _gguf(arch: str):
 def _load(arch: str):
     m = edgekit.load(_gguf(arch), n_ctx=N_CTX, kv_cache="f16", flash_attn=True, threads=2, n_ubatch=512, seed=1)
     # price drafts by the prior curve, so drafting doesn't depend on this CPU's timings (as test_speculative.py does)
-    curve = speculative.CostCurve()
-    curve.observe = lambda n, seconds: None
+    curve = speculative.CostCurve(timed=False)
     m._engine.cost_curve = curve
     return m
 

@@ -86,7 +86,7 @@ def test_cost_curve_follows_measured_times_and_prices_untried_sizes_by_the_prior
     assert 1.2 < curve.ratio(4) < 3.0  # (a full move would be to 0.100 / 0.012 = 8.3)
     fresh = speculative.CostCurve({1: 1.0, 4: 2.0, 16: 8.0})
     fresh.observe(1, 0.010)
-    fresh.observe(4, 0.100)  # even the first timing of a size: it starts from the prior's value
+    fresh.observe(4, 0.100)  # even the first timing of a size: it starts from the curve's price (here the prior's)
     assert fresh.ratio(4) == pytest.approx(0.8 * 2.0 + 0.2 * 10.0)
     stale = speculative.CostCurve({1: 1.0, 4: 2.0, 16: 8.0})
     stale.observe(1, 0.010)
@@ -97,6 +97,40 @@ def test_cost_curve_follows_measured_times_and_prices_untried_sizes_by_the_prior
     assert stale.ratio(4) == pytest.approx(3.0, rel=1e-3)  # timings against the stale time didn't count
     long = speculative.best_length(16, 0.97, 0.97, speculative.CostCurve({1: 1.0, 16: 2.0}).ratio)
     assert long > speculative.best_length(16, 0.97, 0.97, speculative.verify_cost)  # flatter: longer drafts
+
+
+def test_cost_curve_times_a_few_sizes_directly_before_any_draft():
+    curve = speculative.CostCurve({1: 1.0, 4: 2.0, 16: 8.0})
+    assert curve.calibration == speculative.CALIBRATION_SIZES == (1, 2, 4, 8)
+    for _ in range(speculative.CALIBRATION_ROUNDS):
+        for n, seconds in ((1, 0.010), (2, 0.011), (4, 0.012), (8, 0.016)):
+            curve.calibrate(n, seconds)
+    assert curve.calibration == ()  # timed enough: prompts are evaluated whole again
+    # unlike a verification batch's first timing, a calibration replaces the prior: 4 costs 1.2, not 2.0's average
+    assert curve.ratio(4) == pytest.approx(1.2) and curve.ratio(8) == pytest.approx(1.6)
+    assert curve.ratio(6) == pytest.approx(1.4)  # between two timed sizes
+    curve.observe(6, 0.100)  # a new size's first verification starts from the curve's price for it (1.4)
+    assert curve.ratio(6) == pytest.approx(0.8 * 1.4 + 0.2 * 10.0)
+    fixed = speculative.CostCurve({1: 1.0, 16: 16.0}, timed=False)
+    fixed.calibrate(1, 0.01)
+    fixed.calibrate(8, 0.01)
+    fixed.observe(8, 0.01)
+    assert fixed.calibration == () and fixed.one_token_s is None and fixed.ratio(8) == pytest.approx(8.0)
+
+
+def test_draft_costs_take_the_median_step_and_probe_as_long_as_a_good_pair_would_draft():
+    from edgekit.runtime import draft_cost
+
+    costs = draft_cost.DraftCosts(prior=0.2)
+    for seconds in (0.004, 0.004, 0.004, 0.004, 0.030):  # one step slowed by another process
+        costs.observe(1, seconds)
+    assert costs.step_s == pytest.approx(0.004)  # a running average would have moved to 0.0084
+    flat = speculative.CostCurve({1: 1.0, 16: 2.0}, timed=False)
+    k = draft_cost.plan(costs, pending=1, limit=16, p_first=0.6, p_next=0.7, cost=flat)
+    assert k == speculative.best_length(16, draft_cost.PROBE_ACCEPTANCE, draft_cost.PROBE_ACCEPTANCE, flat,
+                                        costs.step(None)) > 2  # the first probe measures guesses after a right one
+    steep = speculative.CostCurve({1: 1.0, 16: 16.0}, timed=False)
+    assert draft_cost.plan(draft_cost.DraftCosts(prior=0.2), 1, 16, 0.6, 0.7, steep) == 2  # at least two
 
 
 def test_best_length_weighs_acceptance_against_the_batch_cost():
@@ -160,8 +194,7 @@ def _priced_by_the_prior(model):
     So the rule drafts alike on every machine: these tests are about exactness and bookkeeping, which
     never depend on the rule (test_the_engine_times_its_batches_for_the_rule covers the measuring).
     """
-    curve = speculative.CostCurve()
-    curve.observe = lambda n, seconds: None
+    curve = speculative.CostCurve(timed=False)
     model._engine.cost_curve = curve
     return model
 
@@ -379,6 +412,25 @@ def test_draft_model_greedy_output_is_identical(pair):
     # "ngram" ignores the draft model: its drafts come from the prompt
     off, on = _pair(pair, _messages(GROUNDED["repeat"]), mode="ngram", temperature=0, max_tokens=32)
     _same(off, on)
+
+
+@pytest.mark.slow
+def test_a_draft_model_has_the_target_time_its_curve_on_the_first_prompts(smollm2_gguf):
+    """With a draft model, the first prompts' last 15 tokens are evaluated in batches of 1, 2, 4 and 8 and
+    timed, so the rule knows this device's verification curve before its first draft; the output is
+    plain decoding's, and later prompts are evaluated whole."""
+    with edgekit.load(smollm2_gguf, n_ctx=1024, draft=smollm2_gguf, seed=1) as m:
+        curve = m.cost_curve
+        messages = _messages(GROUNDED["extract"])
+        assert curve.calibration and curve.measured_sizes == [1]
+        first = m.chat(messages, temperature=0, max_tokens=16)
+        assert {2, 4, 8} <= set(curve.measured_sizes) and curve.calibration  # one of two rounds
+        m.reset()
+        second = m.chat(messages, temperature=0, max_tokens=16)
+        assert curve.calibration == ()
+        m.reset()
+        off = m.chat(messages, temperature=0, max_tokens=16, speculative="off")
+        assert first.tokens == second.tokens == off.tokens
 
 
 @pytest.mark.slow

@@ -167,6 +167,50 @@ def test_a_vocabulary_llama_cpp_cant_reproduce_is_refused(tmp_path, llama_spm_gg
     assert not (tmp_path / "m.gguf").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("types", ["q8_0", "q8_0,f16"])  # from a scratch BF16 file; from the F16 output
+def test_llama_cpps_refusal_leaves_no_file_and_no_thread(tmp_path, llama_spm_gguf, monkeypatch, types):
+    """llama.cpp's half of the check runs on a thread while the tensors stream (convert/vocab_check.py).
+    Its refusal still reaches the caller, before llama.cpp's quantizer runs, with no output, partial or
+    scratch file, and no thread left behind."""
+    import threading
+
+    import edgekit.convert.pipeline as pipeline
+    from edgekit import _llama
+
+    ck = random_llama_spm_checkpoint(tmp_path / "ck", llama_spm_gguf, style="metaspace", layers=1)
+    quantized, loaded_on = [], []
+    monkeypatch.setattr(pipeline, "quantize", lambda *a, **k: quantized.append(a))
+    real = _llama.vocab_only
+    monkeypatch.setattr(_llama, "vocab_only", lambda path: (loaded_on.append(threading.current_thread().name),
+                                                            real(path))[1])
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedModel, match=r"llama\.cpp would tokenize ' Hello world' differently"):
+        convert(ck, out, types)
+    assert quantized == []
+    assert not out.exists()  # nor the directory the conversion made for its outputs
+    assert loaded_on == ["edgekit-vocab-check"]
+    assert not [t for t in threading.enumerate() if t.name == "edgekit-vocab-check"]
+
+
+@pytest.mark.slow
+def test_the_reference_refuses_before_llama_cpp_loads_anything(tmp_path, llama_spm_gguf, monkeypatch):
+    """A tokenizer.json HF tokenizers can't load (a merge of a token the vocabulary lacks) is refused by the
+    reference, and llama.cpp never loads that vocabulary (it aborts the process on some that HF refuses)."""
+    from edgekit import _llama
+
+    ck = random_llama_spm_checkpoint(tmp_path / "ck", llama_spm_gguf, layers=1)
+    tokenizer = json.loads((ck / "tokenizer.json").read_text())
+    tokenizer["model"]["merges"].insert(0, ["\u2581", "no such token"])
+    (ck / "tokenizer.json").write_text(json.dumps(tokenizer))
+    loaded = []
+    real = _llama.vocab_only
+    monkeypatch.setattr(_llama, "vocab_only", lambda path: (loaded.append(path), real(path))[1])
+    with pytest.raises(UnsupportedModel, match="tokenizer.json can't be loaded by its tokenizer library"):
+        convert(ck, tmp_path / "m.gguf", "f16")
+    assert loaded == [] and not (tmp_path / "m.gguf").exists()
+
+
 def test_a_tokenizer_model_that_isnt_sentencepiece(tmp_path, spm_model_f16):
     ck, _ = spm_model_f16
     bad = tmp_path / "ck"

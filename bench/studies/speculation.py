@@ -126,35 +126,58 @@ def trace(model: str, draft: str | None, max_tokens: int, threads: int | None, o
 # -- simulate ----------------------------------------------------------------------------------------------
 
 class TraceDrafter:
-    """A draft model replayed from a trace: its greedy guesses given the true text, stopping below ``p_min``.
+    """A draft model replayed from a trace: its greedy guesses given the true text, stopping below ``p_min``,
+    drafted when the engine's rule (:func:`edgekit.runtime.draft_cost.plan`) would draft, priced as it prices.
 
     Past the first wrong guess the real draft would continue from its own text, which the
     trace doesn't hold; those tokens are rejected anyway, so they only cost verification
-    and are modelled as continuing (the pessimistic case).
+    and are modelled as continuing (the pessimistic case). ``costs`` (the draft's prices and
+    acceptance rates) and ``cache`` (the tokens whose KV the draft model holds) are shared by the
+    prompts of a run, as the real draft model keeps them across calls. :attr:`extra` is the time the
+    draft spent beyond one step per drafted token: catching up on the text before its first guess.
     """
 
     free = False
 
-    def __init__(self, prompt: list[int], output: list[int], guess: list[int], guess_p: list[float], cost: float,
-                 p_min: float) -> None:
+    def __init__(self, prompt: list[int], output: list[int], guess: list[int], guess_p: list[float], costs: Any,
+                 p_min: float, cache: list[int]) -> None:
         from edgekit.runtime.draft import ModelDrafter
 
-        self.level, self.priors = ModelDrafter.level, ModelDrafter.priors
+        self.level, self.priors, self.streaks = ModelDrafter.level, ModelDrafter.priors, ModelDrafter.streaks
+        self.rates = costs.rates
+        self.text = list(prompt)
         self._n_prompt = len(prompt)
-        self._len = len(prompt)
         self._truth, self._guess, self._p = output, guess, guess_p
-        self.cost, self.p_min = cost, p_min
+        self._costs, self.cost, self.p_min = costs, costs.fixed, p_min
+        self._cache = cache
+        self._dropped = False
+        self.extra = 0.0
 
     def extend(self, tokens: Any) -> None:
-        for tok in tokens:
-            self.append(tok)
+        self.text.extend(tokens)
 
     def append(self, tok: int) -> None:
-        self._len += 1
+        self.text.append(tok)
+
+    def _pending(self) -> tuple[int, int]:
+        from edgekit import _llama
+
+        n = _llama.shared_prefix(self._cache, self.text)
+        return n, max(1, len(self.text) - n)
+
+    def plan(self, limit: int, p_first: float, p_next: float, cost: Any) -> int:
+        from edgekit.runtime import draft_cost
+
+        if self._dropped:
+            return 0
+        k = draft_cost.plan(self._costs, self._pending()[1], limit, p_first, p_next, cost,
+                            emitted=len(self.text) - self._n_prompt)
+        self._dropped = k < 0
+        return max(k, 0)
 
     def draft(self, k: int) -> list[int]:
         out: list[int] = []
-        j = self._len - self._n_prompt  # answer index of the token to guess
+        j = len(self.text) - self._n_prompt  # answer index of the token to guess
         on_track = True
         while len(out) < k and j < len(self._guess):
             if on_track:
@@ -165,41 +188,59 @@ class TraceDrafter:
             else:
                 out.append(-1)
             j += 1
+        shared, pending = self._pending()
+        self._costs.guesses += len(out)
+        self.extra += self._costs.catch_up(pending, None) - (self.cost if out else 0.0)
+        self._cache[shared:] = self.text[shared:] + out[:-1]  # it evaluates every guess but the last
         return out
 
 
 def simulate(data: dict[str, Any], cost_name: str | dict[int, float], draft_cost: float,
-             p_min: float) -> dict[str, Any]:
+             p_min: float, draft_token: float | None = None, rounds: int = 1) -> dict[str, Any]:
     """Per set: cost-model speed ratio vs plain, acceptance, drafted and accepted tokens.
+
+    The prompts are replayed in the order ``run`` answers them (the prompt file's), ``rounds`` times, with
+    the draft's rates and cache kept throughout, as ``run`` keeps one draft model; drafted and accepted
+    tokens are counted in the first round, as ``run`` counts them.
 
     ``cost_name``: "smollm2" or "qwen05b" (the curves in :mod:`edgekit.runtime.speculative`), or a
     measured curve {batch size: time relative to one token}, such as the one ``run`` reports.
+    ``draft_cost``: a draft step, and ``draft_token`` each further token of the draft's batches (default:
+    the rule's prior), in target steps.
     """
     from edgekit.runtime import speculative as sp
+    from edgekit.runtime.draft_cost import DraftCosts
 
     if isinstance(cost_name, dict):
-        cost = sp.CostCurve(cost_name).ratio  # sizes past the measured ones scaled by the curve's own shape
+        cost = sp.CostCurve(cost_name, timed=False)  # sizes past the measured ones scaled by the curve's own shape
     else:
-        cost = sp.interpolate(sp.SMOLLM2_COST if cost_name == "smollm2" else sp.QWEN05B_COST)
+        cost = sp.CostCurve(sp.SMOLLM2_COST if cost_name == "smollm2" else sp.QWEN05B_COST, timed=False)
+    costs = DraftCosts(draft_cost)
+    costs.fixed, costs.fixed_token = draft_cost, draft_token
+    cache: list[int] = []
     per_set: dict[str, dict[str, Any]] = {s: {"plain": 0.0, "spec": 0.0, "drafted": 0, "accepted": 0, "ratios": []}
                                           for s in SETS}
-    for row in data["prompts"]:
+    order = [item["name"] for item in prompts()[1]]
+    rows = sorted(data["prompts"], key=lambda row: order.index(row["name"]) if row["name"] in order else len(order))
+    for r, row in enumerate(rows * rounds):
         output = row["output"]
         if len(output) < 2:
             continue
         if "guess" in row:
-            drafter: Any = TraceDrafter(row["prompt_tokens"], output, row["guess"], row["guess_p"], draft_cost, p_min)
+            drafter: Any = TraceDrafter(row["prompt_tokens"], output, row["guess"], row["guess_p"], costs, p_min, cache)
         else:
             drafter = sp.NgramDrafter(row["prompt_tokens"])
         spec = sp.Speculation(drafter, cost=cost)
         time, _ = sp.simulate(spec, output)
+        time += getattr(drafter, "extra", 0.0)
         plain = float(len(output) - 1)
         acc = per_set[row["set"]]
         acc["plain"] += plain
         acc["spec"] += time
-        acc["drafted"] += spec.drafted
-        acc["accepted"] += spec.accepted
-        acc["ratios"].append(round(plain / time, 3))
+        if r < len(rows):
+            acc["drafted"] += spec.drafted
+            acc["accepted"] += spec.accepted
+            acc["ratios"].append(round(plain / time, 3))
     return {s: {"ratio": round(v["plain"] / v["spec"], 3) if v["spec"] else None, "drafted": v["drafted"],
                 "accepted": v["accepted"], "acceptance": round(v["accepted"] / v["drafted"], 3) if v["drafted"] else None,
                 "per_prompt": v["ratios"]} for s, v in per_set.items()}
@@ -242,10 +283,13 @@ def run(model: str, draft: str | None, mode: str, rounds: int, max_tokens: int, 
                     mismatches.append(item["name"])
         # what the rule priced with: to predict this run's ratio with ``simulate --measured`` on a trace
         curve = {n: round(r, 3) for n, r in m.cost_curve.measured.items()}
-        step = m.draft.costs.step(m.cost_curve.one_token_s) if m.draft is not None else None
+        unit = m.cost_curve.one_token_s
+        step = m.draft.costs.step(unit) if m.draft is not None else None
+        token = m.draft.costs.token_s / unit if m.draft is not None and m.draft.costs.token_s and unit else None
     result: dict[str, Any] = {"model": Path(model).name, "draft": Path(draft).name if draft else None, "mode": mode,
                               "draft_cost": draft_cost, "measured_curve": curve,
                               "measured_draft_step": None if step is None else round(step, 3),
+                              "measured_draft_token": None if token is None else round(token, 4),
                               "rounds": rounds, "max_tokens": max_tokens, "identical": not mismatches,
                               "mismatches": sorted(set(mismatches))}
     for s in SETS:
@@ -300,12 +344,16 @@ def main(argv: list[str] | None = None) -> None:
         data = json.loads(Path(a.trace).read_text(encoding="utf-8"))
         cost: str | dict[int, float] = a.cost
         draft_cost = a.draft_cost if a.draft_cost is not None else 0.6
+        draft_token = None
         if a.measured:
             measured = json.loads(Path(a.measured).read_text(encoding="utf-8"))
             cost = {int(n): r for n, r in measured["measured_curve"].items()}
             if a.draft_cost is None and measured.get("measured_draft_step") is not None:
                 draft_cost = measured["measured_draft_step"]
-        print(json.dumps(simulate(data, cost, draft_cost, a.p_min if a.p_min is not None else P_MIN)))
+            draft_token = measured.get("measured_draft_token")
+        rounds = measured.get("rounds", 1) if a.measured else 1
+        print(json.dumps(simulate(data, cost, draft_cost, a.p_min if a.p_min is not None else P_MIN, draft_token,
+                                  rounds)))
     else:
         print(json.dumps(run(a.model or _default_model(), a.draft, a.mode, a.rounds, a.max_tokens, a.threads,
                              a.draft_cost, a.limit)))

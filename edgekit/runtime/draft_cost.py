@@ -18,20 +18,31 @@ one target step:
   target steps that drafting saves per token, over the tokens still expected (as many as the call has
   emitted so far, and at least :data:`HORIZON`), cover it.
 
-The draft model's first draft (once per draft model) is a probe of two guesses, which times its
-catching up and a single step. From then on a drafter that can't pay even if every guess were right
-(its step too dear for this target on this device) is dropped for the call: it evaluates nothing.
-Otherwise it drafts when
-the measured acceptance pays, and else probes, as before, to keep the acceptance measured; but a
-probe is priced too (catching up, and verifying two tokens instead of one), and only made when it
-costs at most :data:`PROBE_BUDGET` of the target steps decoded since the last draft. The acceptance
-rates and the quiet count live on the draft model, not the call, so what one call learned about the
-pair holds for the next one. The draft stays lazy: it evaluates only when a draft is about to be
-asked for.
+The draft model's first drafts are probes, made on consecutive steps, whatever they cost, until it has
+guessed :data:`FIRST_GUESSES` tokens (it stops below its ``p_min``, so a probe may guess none) or made
+:data:`FIRST_PROBES` of them, once per draft model: they time its catching up and a single step (the
+draft model evaluates the last token it catches up on alone until it has timed one), and give the
+acceptance rates something to start from. Budgeted probes alone could not: a lazy draft's catching up
+grows with the tokens since its last draft as fast as the budget does. From then on a drafter that can't pay even if every guess were right (its step too dear for this
+target on this device) is dropped for the call: it evaluates nothing. Otherwise it drafts when the
+measured acceptance pays, and else probes to keep the acceptance measured. A probe may be as long as a
+draft would be if the pair agreed as well as a well-matched pair does (:data:`PROBE_ACCEPTANCE`; at
+least two guesses the first time, so a guess after a right one is measured too): a probe of one guess
+measures only the first guess of a draft, so a pair whose long drafts pay would never learn that they
+do. A probe is priced (catching up, verifying, the draft's steps, less the tokens it is expected to
+yield at the measured acceptance); the longest one that costs at most :data:`PROBE_BUDGET` of the target
+steps decoded since the last draft is made. The acceptance rates and the
+quiet count live on the draft model, not the call, so what one call learned about the pair holds for
+the next one. The draft stays lazy: it evaluates only when a draft is about to be asked for.
+
+The draft step is the median of the latest :data:`STEP_TIMINGS` timed single steps: on a busy machine
+one step can take three times the others, and a running average would let it drop the draft for a call.
 """
 
 from __future__ import annotations
 
+import collections
+import statistics
 from typing import Any
 
 from edgekit.runtime.speculative import MAX_DRAFT, QUIET, best_length, expected_tokens
@@ -45,6 +56,14 @@ HORIZON = 64
 # Prior cost of each further token of a batch, relative to one step (the prior curve's slope at 16
 # tokens: 82 ms / 16 tokens against 11.7 ms for one, speculative.SMOLLM2_COST).
 PRIOR_BATCH_TOKEN = 82 / 11.7 / 16
+# A probe drafts as long as a draft would if this share of guesses were right: how well a draft of the
+# target's own family agrees (Gemma 3 270M's Q4_K_M with its F32: 99%; SmolLM2's Q4_0 with its F32: 80%).
+PROBE_ACCEPTANCE = 0.9
+# The draft's step is the median of this many latest single-step timings.
+STEP_TIMINGS = 9
+# The first probes: until the draft model has guessed FIRST_GUESSES tokens, at most FIRST_PROBES of them.
+FIRST_GUESSES = 16
+FIRST_PROBES = 32
 _EMA = 0.2
 
 
@@ -53,19 +72,22 @@ class DraftCosts:
 
     ``prior`` is the draft's step relative to a target step before anything was timed (the
     weights' size ratio: decoding a token reads all weights once). ``fixed``, when set, replaces
-    the measured step (for studies and tests that want the same pricing on every machine).
+    the measured step, and ``fixed_token`` each further token of a batch (both in target steps; for
+    studies and tests that want the same pricing on every machine).
     """
 
     def __init__(self, prior: float) -> None:
         self.prior = prior
         self.fixed: float | None = None
-        self.step_s: float | None = None  # running average of a one-token decode
+        self.fixed_token: float | None = None
+        self._steps: collections.deque[float] = collections.deque(maxlen=STEP_TIMINGS)  # one-token decodes
         self.pick_s = 0.0  # running average of picking the top token from a logits row
         self.token_s: float | None = None  # running average of each further token of a batch
         self._early: tuple[int, float] | None = None  # a batch timed before any single step
         self.rates: dict[Any, Any] = {}  # Speculation's acceptance rates, kept across calls
         self.quiet = 0  # target tokens since this draft model last drafted
         self.probes = 0
+        self.guesses = 0  # tokens the draft model has guessed (drafted), in all
         self.decodes = 0  # llama_decode calls of the draft model
         self.tokens = 0  # tokens they evaluated
 
@@ -74,7 +96,7 @@ class DraftCosts:
         self.decodes += 1
         self.tokens += n
         if n == 1:
-            self.step_s = running_average(self.step_s, seconds, _EMA)
+            self._steps.append(seconds)
             if self._early is not None:
                 n, seconds = self._early
                 self._early = None
@@ -82,6 +104,11 @@ class DraftCosts:
             self._early = (n, seconds)  # priced once a single step is known
         elif n > 1 and self.step_s is not None:
             self.token_s = running_average(self.token_s, max(seconds - self.step_s, 0.0) / (n - 1), _EMA)
+
+    @property
+    def step_s(self) -> float | None:
+        """A one-token decode of the draft model, in seconds: the median of the latest timings (None before one)."""
+        return statistics.median(self._steps) if self._steps else None
 
     def pick(self, seconds: float) -> None:
         """Picking a guess from the logits took ``seconds``."""
@@ -100,7 +127,9 @@ class DraftCosts:
         step = self.step(unit_s)
         if m <= 1:
             return step
-        if self.token_s is not None and self.step_s and unit_s and self.fixed is None:
+        if self.fixed_token is not None:
+            per_token = self.fixed_token
+        elif self.token_s is not None and self.step_s and unit_s and self.fixed is None:
             per_token = self.token_s / unit_s
         else:
             per_token = step * PRIOR_BATCH_TOKEN
@@ -116,13 +145,15 @@ def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: fl
     ``p_first``/``p_next``: the measured acceptance; ``cost``: the target's verification cost
     (n -> relative time; a :class:`~edgekit.runtime.speculative.CostCurve` also gives its step time).
     """
-    if costs.probes == 0:  # the first draft ever: two guesses, so a single draft step gets timed
-        costs.probes, costs.quiet = 1, 0
-        return min(2, limit)
     unit = getattr(cost, "one_token_s", None)
     step = costs.step(unit)
-    if best_length(MAX_DRAFT, 1.0, 1.0, cost, step) == 0:
+    probe_k = max(1, best_length(limit, PROBE_ACCEPTANCE, PROBE_ACCEPTANCE, cost, step))
+    timed = costs.fixed is not None or costs.step_s is not None
+    if timed and best_length(MAX_DRAFT, 1.0, 1.0, cost, step) == 0:
         return -1  # even if every guess were right
+    if costs.guesses < FIRST_GUESSES and costs.probes < FIRST_PROBES:  # the first drafts: two guesses or more
+        costs.probes, costs.quiet = costs.probes + 1, 0
+        return min(max(2, probe_k), limit)
     k = best_length(limit, p_first, p_next, cost, step)  # as when drafting every step (catching up 1 token)
     if k:
         extra = costs.catch_up(pending, unit) - step  # catching up beyond the step that gives the first guess
@@ -131,9 +162,14 @@ def plan(costs: DraftCosts, pending: int, limit: int, p_first: float, p_next: fl
             costs.quiet = 0
             return k
     costs.quiet += 1
-    probe = costs.catch_up(pending, unit) + cost(2) - 1.0
-    if costs.quiet >= QUIET and probe <= PROBE_BUDGET * costs.quiet:
-        costs.probes += 1
-        costs.quiet = 0
-        return 1
+    if costs.quiet < QUIET:
+        return 0
+    catch_up = costs.catch_up(pending, unit)
+    for k in range(probe_k, 0, -1):  # the longest probe the budget allows
+        # what it costs beyond plain decoding of the tokens it is expected to yield, in target steps
+        price = catch_up + step * (k - 1) + cost(k + 1) - expected_tokens(k, p_first, p_next)
+        if price <= PROBE_BUDGET * costs.quiet:
+            costs.probes += 1
+            costs.quiet = 0
+            return k
     return 0

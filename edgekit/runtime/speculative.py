@@ -98,12 +98,17 @@ def interpolate(points: dict[int, float]) -> Callable[[int], float]:
 verify_cost = interpolate(DEFAULT_COST)
 
 # Weight of the newest timing in a batch size's running average (CostCurve). Each size's average
-# starts at the prior's value, so one slow step (a page fault, another process) moves it only part
-# of the way and can't switch drafting off on its own.
+# starts at the curve's price for it (the prior's, until neighbours are timed), so one slow step (a
+# page fault, another process) moves it only part of the way and can't switch drafting off on its own.
 _COST_EMA = 0.2
 # A single-token time older than this many steps is too stale to price batches against: the
 # context has grown since (a long copy drafts on every step).
 _STALE_STEPS = 64
+# The batch sizes a curve times directly, before any draft is verified (see CostCurve.calibration), and
+# how many timings of each it takes. A drafter whose guesses cost time can't learn the curve from its
+# own drafts: under a steep prior it never drafts, so it would never time the flatter curve it runs on.
+CALIBRATION_SIZES = (1, 2, 4, 8)
+CALIBRATION_ROUNDS = 2
 
 
 class CostCurve:
@@ -120,11 +125,14 @@ class CostCurve:
     those: measured sizes as measured, sizes between two measured ones interpolated, sizes past
     them by the prior's shape scaled to the nearest measurement. So a size the rule has not tried
     yet is priced from the ones it has: a flatter curve than the prior's leads it to try longer
-    drafts, whose times then count.
+    drafts, whose times then count; its first timing moves that price, not the prior's. Before any draft
+    is verified, a drafter that costs time has the engine time a few sizes directly (:attr:`calibration`).
     """
 
-    def __init__(self, prior: dict[int, float] | None = None) -> None:
+    def __init__(self, prior: dict[int, float] | None = None, *, timed: bool = True) -> None:
         self._prior = interpolate(prior or DEFAULT_COST)
+        self.timed = timed  # False: the prior is the curve, on every machine (studies and tests)
+        self._calibrations = 0  # prompt tails timed in CALIBRATION_SIZES pieces
         self._one: float | None = None  # running average of a single-token step, in seconds
         self._since_one = 0  # steps since the last single-token step
         self._ratio: dict[int, float] = {1: 1.0}  # per batch size: running average of time / one token's
@@ -147,14 +155,43 @@ class CostCurve:
         """Each batch size with a timing of its own, and its running average time relative to one token."""
         return dict(sorted(self._ratio.items()))
 
+    @property
+    def calibration(self) -> tuple[int, ...]:
+        """The batch sizes to time a prompt's tail in, in order (``()`` once timed enough).
+
+        A drafter that costs time (a draft model) asks for these: the engine evaluates the last
+        ``sum(sizes)`` prompt tokens in batches of these sizes, each with the logits of every token,
+        as a verification batch has them, and reports each with :meth:`calibrate`. The same tokens
+        end in the KV cache either way, and only the last one's logits are sampled.
+        """
+        return CALIBRATION_SIZES if self.timed and self._calibrations < CALIBRATION_ROUNDS else ()
+
+    def calibrate(self, n: int, seconds: float) -> None:
+        """A batch of ``n`` prompt tokens (one of :attr:`calibration`) took ``seconds``, timed on purpose.
+
+        Unlike a verification batch's timing, the first one of a size replaces the prior: it is a
+        measurement of this device, where the prior is another machine's.
+        """
+        if not self.timed:
+            return
+        if n == 1:
+            self._one, self._since_one = running_average(self._one, seconds, _COST_EMA), 0
+        elif self._one is not None:
+            self._ratio[n] = running_average(self._ratio.get(n), seconds / self._one, 0.5)
+            self._measured = None
+        if n == CALIBRATION_SIZES[-1]:
+            self._calibrations += 1
+
     def observe(self, n: int, seconds: float) -> None:
         """One sequence's batch of ``n`` tokens took ``seconds`` to evaluate."""
+        if not self.timed:
+            return
         if n == 1:
             self._one, self._since_one = running_average(self._one, seconds, _COST_EMA), 0
             return
         self._since_one += 1
         if self._one is not None and self._since_one <= _STALE_STEPS:
-            old = self._ratio.get(n, self._prior(n))
+            old = self._ratio[n] if n in self._ratio else self.ratio(n)  # a new size: what the curve says of it
             self._ratio[n] = running_average(old, seconds / self._one, _COST_EMA)
             self._measured = None
 
@@ -177,6 +214,7 @@ class Drafter(Protocol):
     """What :class:`Speculation` needs from a drafter: the text so far, and guesses at what follows."""
 
     free: bool  # guesses cost no time (so unverified ones can be scored)
+    streaks: bool  # a right guess makes the next one likelier (a copy in progress): rates per situation
     cost: float  # time to draft one token, relative to one target step
     level: int  # the evidence behind the next guess (an index into priors)
     priors: Sequence[tuple[float, float]]  # per level: expected acceptance of a draft's first and next tokens
@@ -216,6 +254,7 @@ class NgramDrafter:
     """
 
     free = True
+    streaks = True
     cost = 0.0
     # By how long the copied context matches (1, 2-3, 4-7, 8+ tokens): a long match means the text is
     # copying (on grounded answers from SmolLM2-135M, 93% of guesses after an 8-token match were right).
@@ -364,7 +403,7 @@ class Speculation:
                 self._hot = False  # nothing to copy: a copy run, if any, has ended
                 return []
             limit = len(guess)
-        key = (self.drafter.level, self._hot)
+        key = (self.drafter.level, self._hot and self.drafter.streaks)
         first, following = self.rates(*key)
         plan = getattr(self.drafter, "plan", None)  # a drafter that prices its own work (a draft model)
         if plan is not None:

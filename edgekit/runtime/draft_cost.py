@@ -20,9 +20,10 @@ one target step:
 
 The draft model's first drafts are probes, made on consecutive steps, whatever they cost, until it has
 guessed :data:`FIRST_GUESSES` tokens (it stops below its ``p_min``, so a probe may guess none) or made
-:data:`FIRST_PROBES` of them, once per draft model: they time its catching up and a single step (the
-draft model evaluates the last token it catches up on alone until it has timed one), and give the
-acceptance rates something to start from. Budgeted probes alone could not: a lazy draft's catching up
+:data:`FIRST_PROBES` of them, once per draft model: they time its catching up, and give the
+acceptance rates something to start from; their verification batches time the target's curve, each size's
+first timing replacing the prior's price (:meth:`CostCurve.observe`'s ``first_replaces``), so a target whose
+curve is flatter than the prior's is priced as it runs. Budgeted probes alone could not: a lazy draft's catching up
 grows with the tokens since its last draft as fast as the budget does. From then on a drafter that can't pay even if every guess were right (its step too dear for this
 target on this device) is dropped for the call: it evaluates nothing. Otherwise it drafts when the
 measured acceptance pays, and else probes to keep the acceptance measured. A probe may be as long as a
@@ -33,7 +34,10 @@ do. A probe is priced (catching up, verifying, the draft's steps, less the token
 yield at the measured acceptance); the longest one that costs at most :data:`PROBE_BUDGET` of the target
 steps decoded since the last draft is made. The acceptance rates and the
 quiet count live on the draft model, not the call, so what one call learned about the pair holds for
-the next one. The draft stays lazy: it evaluates only when a draft is about to be asked for.
+the next one. The draft stays lazy: it evaluates only when a draft is about to be asked for. Before
+its first probe, it times one step on the first token it hasn't seen
+(:meth:`~edgekit.runtime.draft.ModelDrafter.plan`), so a draft that can't pay is dropped before it
+evaluates a prompt: catching up on a 150-token prompt took 170 ms, 5% of four SmolLM2 answers.
 
 The draft step is the median of the latest :data:`STEP_TIMINGS` timed single steps: on a busy machine
 one step can take three times the others, and a running average would let it drop the draft for a call.

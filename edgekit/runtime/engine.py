@@ -161,7 +161,6 @@ class Sequence:
         self._n_disk = 0  # prompt tokens restored from the disk prompt cache
         self._restore_s = 0.0
         self._disk_checked = False
-        self._tail: int | None = None  # where its prompt's last tokens start, timed for the drafting rule
         self._n_sampled = 0
         self.prefill_steps = 0  # steps its prompt's prefill took (chunks)
 
@@ -504,7 +503,6 @@ class Engine:
         prefill = next((s for s in self._active if s._prefilling), None)
         room = n_batch - len(generating)
         chunk: list[int] = []
-        piece = 0  # the chunk's size when it is a timed piece of its prompt's tail (_calibration_tail)
         if prefill is not None:
             slot = prefill._slot
             assert slot is not None
@@ -513,12 +511,6 @@ class Engine:
                 self._restore(cache, prefill, slot)
             cap = room if not generating else self.chunks.cap(room)
             done = len(slot.tokens)
-            if prefill.prefill_steps == 0:
-                prefill._tail = self._calibration_tail(prefill, done)
-            limit, piece = _tail_cut(prefill._tail, done)
-            cap = min(cap, limit)
-            if generating or cap < piece:
-                piece = 0  # timed only as one sequence's whole piece
             chunk = prefill.prompt_tokens[done : done + cap]
             room -= len(chunk)
         for seq in generating:  # drafts take what is left of the batch
@@ -538,10 +530,7 @@ class Engine:
                 continue
             if seq is prefill:
                 last = len(slot.tokens) + len(chunk) == len(seq.prompt_tokens)
-                # a timed piece of the tail has every token's logits, like a verification batch
-                first_row = 0 if seq._tail is not None and len(slot.tokens) >= seq._tail else \
-                    len(chunk) - 1 if last else len(chunk)
-                row = b.add(chunk, len(slot.tokens), slot.id, logits_from=first_row)
+                row = b.add(chunk, len(slot.tokens), slot.id, logits_from=len(chunk) - 1 if last else len(chunk))
                 if last:
                     rows.append((seq, row + len(chunk) - 1))
             elif seq._next is not None:
@@ -557,7 +546,7 @@ class Engine:
             if rc != 0:
                 raise EdgekitError(f"llama.cpp failed to evaluate a batch (llama_decode returned {rc})",
                                    "The context may be full; use a larger n_ctx.")
-            self._time_step(_llama.decode_seconds(), generating, len(chunk), n, piece)
+            self._time_step(_llama.decode_seconds(), generating, len(chunk), n)
         except BaseException as exc:  # a failed decode (or a Ctrl-C raised around it) fails this batch only
             for seq in batch_seqs:
                 slot = seq._slot
@@ -598,24 +587,13 @@ class Engine:
             seq._n_cached, seq._n_disk, seq._n_new = 0, n, len(seq.prompt_tokens) - n
             seq._restore_s = time.perf_counter() - t0
 
-    def _time_step(self, seconds: float, generating: list[Sequence], chunk: int, n: int, piece: int = 0) -> None:
-        """Fold one decode of ``n`` tokens into the averages the chunk size and the drafting rule use
-        (``piece``: the step was a timed piece of a prompt's tail, alone in its batch)."""
+    def _time_step(self, seconds: float, generating: list[Sequence], chunk: int, n: int) -> None:
+        """Fold one decode of ``n`` tokens into the averages the chunk size and the drafting rule use."""
         self.chunks.observe(seconds, len(generating), chunk)
         if len(generating) == 1 and not chunk:  # one sequence's tokens, one ubatch: what the drafting rule prices
-            self.cost_curve.observe(n, seconds)
-        elif piece:
-            self.cost_curve.calibrate(piece, seconds)
-
-    def _calibration_tail(self, seq: Sequence, done: int) -> int | None:
-        """Where the timed tail of ``seq``'s prompt starts (its first ``done`` tokens are in the KV cache), or
-        None: only a sequence that drafts with a draft model times it, while the cost curve asks for it."""
-        sizes = self.cost_curve.calibration
-        drafter = seq._spec.drafter if seq._spec is not None else None
-        if not sizes or drafter is None or drafter.free:
-            return None
-        start = len(seq.prompt_tokens) - sum(sizes)
-        return start if start >= done else None
+            spec = generating[0]._spec
+            # a draft model learns the curve from its few probes, so their timings replace the prior's price
+            self.cost_curve.observe(n, seconds, first_replaces=spec is not None and not spec.drafter.free)
 
     def _prefilled(self, leader: Sequence) -> None:
         """The leader's prompt is in its slot: copy it to the waiting siblings' slots."""
@@ -817,21 +795,6 @@ class _ExclusiveHold:
         if self._request is not None:
             self._engine._stepping.release()
             self._request.released.set()
-
-
-def _tail_cut(tail: int | None, done: int) -> tuple[int, int]:
-    """(the most prompt tokens the chunk starting at token ``done`` may take, the size of the timed piece of
-    the prompt's tail it is, or 0) for a prompt whose timed tail starts at ``tail`` (None: no timed tail)."""
-    if tail is None:
-        return sys.maxsize, 0
-    if done < tail:
-        return tail - done, 0  # the tokens before the tail come first, up to its start
-    offset = done - tail
-    for size in speculative.CALIBRATION_SIZES:
-        if offset == 0:
-            return size, size
-        offset -= size
-    return sys.maxsize, 0
 
 
 def new_spec(mode: str, tokens: list[int], engine: Engine, slot: int) -> Any:

@@ -104,11 +104,6 @@ _COST_EMA = 0.2
 # A single-token time older than this many steps is too stale to price batches against: the
 # context has grown since (a long copy drafts on every step).
 _STALE_STEPS = 64
-# The batch sizes a curve times directly, before any draft is verified (see CostCurve.calibration), and
-# how many timings of each it takes. A drafter whose guesses cost time can't learn the curve from its
-# own drafts: under a steep prior it never drafts, so it would never time the flatter curve it runs on.
-CALIBRATION_SIZES = (1, 2, 4, 8)
-CALIBRATION_ROUNDS = 2
 
 
 class CostCurve:
@@ -125,14 +120,19 @@ class CostCurve:
     those: measured sizes as measured, sizes between two measured ones interpolated, sizes past
     them by the prior's shape scaled to the nearest measurement. So a size the rule has not tried
     yet is priced from the ones it has: a flatter curve than the prior's leads it to try longer
-    drafts, whose times then count; its first timing moves that price, not the prior's. Before any draft
-    is verified, a drafter that costs time has the engine time a few sizes directly (:attr:`calibration`).
+    drafts, whose times then count; its first timing moves that price, not the prior's. A drafter that
+    costs time (a draft model) verifies few batches, its first probes (:mod:`edgekit.runtime.draft_cost`),
+    so their first timing of a size replaces the price (``first_replaces``): under a prior steeper than
+    this device's curve it would otherwise stop drafting before it learnt the curve it runs on.
+
+    Prompt tokens are never evaluated in other batches than plain decoding's to time the curve: llama.cpp's
+    kernels round differently for different batch sizes, and the KV cache of a prompt split otherwise
+    changed a greedy answer (SmolLM2 Q8_0 on this study's prompts).
     """
 
     def __init__(self, prior: dict[int, float] | None = None, *, timed: bool = True) -> None:
         self._prior = interpolate(prior or DEFAULT_COST)
         self.timed = timed  # False: the prior is the curve, on every machine (studies and tests)
-        self._calibrations = 0  # prompt tails timed in CALIBRATION_SIZES pieces
         self._one: float | None = None  # running average of a single-token step, in seconds
         self._since_one = 0  # steps since the last single-token step
         self._ratio: dict[int, float] = {1: 1.0}  # per batch size: running average of time / one token's
@@ -155,35 +155,9 @@ class CostCurve:
         """Each batch size with a timing of its own, and its running average time relative to one token."""
         return dict(sorted(self._ratio.items()))
 
-    @property
-    def calibration(self) -> tuple[int, ...]:
-        """The batch sizes to time a prompt's tail in, in order (``()`` once timed enough).
-
-        A drafter that costs time (a draft model) asks for these: the engine evaluates the last
-        ``sum(sizes)`` prompt tokens in batches of these sizes, each with the logits of every token,
-        as a verification batch has them, and reports each with :meth:`calibrate`. The same tokens
-        end in the KV cache either way, and only the last one's logits are sampled.
-        """
-        return CALIBRATION_SIZES if self.timed and self._calibrations < CALIBRATION_ROUNDS else ()
-
-    def calibrate(self, n: int, seconds: float) -> None:
-        """A batch of ``n`` prompt tokens (one of :attr:`calibration`) took ``seconds``, timed on purpose.
-
-        Unlike a verification batch's timing, the first one of a size replaces the prior: it is a
-        measurement of this device, where the prior is another machine's.
-        """
-        if not self.timed:
-            return
-        if n == 1:
-            self._one, self._since_one = running_average(self._one, seconds, _COST_EMA), 0
-        elif self._one is not None:
-            self._ratio[n] = running_average(self._ratio.get(n), seconds / self._one, 0.5)
-            self._measured = None
-        if n == CALIBRATION_SIZES[-1]:
-            self._calibrations += 1
-
-    def observe(self, n: int, seconds: float) -> None:
-        """One sequence's batch of ``n`` tokens took ``seconds`` to evaluate."""
+    def observe(self, n: int, seconds: float, *, first_replaces: bool = False) -> None:
+        """One sequence's batch of ``n`` tokens took ``seconds`` to evaluate (``first_replaces``: a size's
+        first timing is its price, instead of moving the curve's price part of the way)."""
         if not self.timed:
             return
         if n == 1:
@@ -191,8 +165,12 @@ class CostCurve:
             return
         self._since_one += 1
         if self._one is not None and self._since_one <= _STALE_STEPS:
-            old = self._ratio[n] if n in self._ratio else self.ratio(n)  # a new size: what the curve says of it
-            self._ratio[n] = running_average(old, seconds / self._one, _COST_EMA)
+            ratio = seconds / self._one
+            if n not in self._ratio and first_replaces:
+                self._ratio[n] = ratio
+            else:  # a new size starts from what the curve says of it
+                old = self._ratio[n] if n in self._ratio else self.ratio(n)
+                self._ratio[n] = running_average(old, ratio, _COST_EMA)
             self._measured = None
 
     def __call__(self, n: int) -> float:

@@ -48,11 +48,32 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         ll.eval(pp_tokens)
         return len(pp_tokens) / (time.perf_counter() - t)
 
+    # Each decode test also times every llama_decode call (one C function for both runtimes), so what each
+    # runtime spends per token outside it (sampling, bookkeeping, thread handoffs) is measured apart from
+    # llama.cpp's own time, which drifts by several percent between rounds on a busy machine.
+    from edgekit import _llama
+
+    L, in_decode = _llama.lib(), []
+    real_decode = L.llama_decode
+
+    def clocked(ctx: Any, batch: Any) -> int:
+        t = time.perf_counter()
+        rc = real_decode(ctx, batch)
+        in_decode.append(time.perf_counter() - t)
+        return rc
+
+    outside: dict[str, list[float]] = {"ek_tg": [], "ll_tg": []}
+
     def ek_tg(n: int = tg) -> float:
         m.reset()
+        in_decode.clear()
         # greedy, at most n tokens; ek_tg_gen_tokens (in the result) shows an early stop at an end-of-generation token
         # no speculation: llama-cpp-python decodes one token at a time (prompt lookup would change the work)
-        return m.generate(tg_prompt, max_tokens=n, temperature=0, speculative="off").stats.decode_tps
+        st = m.generate(tg_prompt, max_tokens=n, temperature=0, speculative="off").stats
+        steps = in_decode[1:]  # the first call is the prompt's
+        if steps and st.gen_tokens > 1:
+            outside["ek_tg"].append(st.decode_s / (st.gen_tokens - 1) - sum(steps) / len(steps))
+        return st.decode_tps
 
     def ll_tg(n: int = tg) -> float:
         ll.reset()
@@ -62,9 +83,13 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
             k += 1
             if t0 is None:
                 t0 = time.perf_counter()
+                in_decode.clear()
             if k == n:
                 break
-        return (k - 1) / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        if in_decode and k > 1:
+            outside["ll_tg"].append(wall / (k - 1) - sum(in_decode) / len(in_decode))
+        return (k - 1) / wall
 
     from edgekit import _compute
 
@@ -74,10 +99,14 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         return lambda: _compute.run(fn)
 
     res: dict[str, list[float]] = {"ek_pp": [], "ll_pp": [], "ek_tg": [], "ll_tg": []}
-    for _ in range(rounds):
-        for name, fn in (("ek_pp", ek_pp), ("ll_pp", on_compute(ll_pp)), ("ek_tg", ek_tg),
-                         ("ll_tg", on_compute(ll_tg))):
-            res[name].append(fn())
+    L.llama_decode = clocked
+    try:
+        for _ in range(rounds):
+            for name, fn in (("ek_pp", ek_pp), ("ll_pp", on_compute(ll_pp)), ("ek_tg", ek_tg),
+                             ("ll_tg", on_compute(ll_tg))):
+                res[name].append(fn())
+    finally:
+        L.llama_decode = real_decode
     med = {k: statistics.median(v) for k, v in res.items()}
     best = {k: max(v) for k, v in res.items()}  # best-of: least disturbed by other processes
     return {"test": "throughput", "model": Path(m.path).name, "threads": m.threads, "pp": len(pp_tokens), "tg": tg,
@@ -86,6 +115,9 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
             "best_pp_ratio": round(best["ek_pp"] / best["ll_pp"], 3),
             "best_tg_ratio": round(best["ek_tg"] / best["ll_tg"], 3),
             "all": {k: [round(x, 1) for x in v] for k, v in res.items()},
+            # per token, outside llama_decode, in ms (medians over the rounds)
+            "ek_tg_outside_ms": round(statistics.median(outside["ek_tg"]) * 1e3, 3) if outside["ek_tg"] else None,
+            "ll_tg_outside_ms": round(statistics.median(outside["ll_tg"]) * 1e3, 3) if outside["ll_tg"] else None,
             "ek_tg_gen_tokens": m.generate(tg_prompt, max_tokens=tg, temperature=0, speculative="off").stats.gen_tokens}
 
 

@@ -8,7 +8,9 @@ of every other model sleep on a futex. Running every ``llama_decode`` on this on
 pool (one OpenMP team) in the process however many models, drafts or studies decode, so the
 models share the cores like one runtime: their batches take turns instead of competing.
 
-:func:`run` hands a call over and waits for it. The handoff is a queue put and a lock the caller
+:func:`run` hands a call over and waits for it. A model's engine hands over a run of whole steps
+(decode, sample, hand out the tokens) and its decodes then run inline; it ends the run when
+:func:`pending` says another caller waits, so models take turns step by step. The handoff is a queue put and a lock the caller
 blocks on (both C-implemented in CPython; tens of microseconds, against milliseconds per decode;
 ``python -m edgekit.bench.studies.many_models --handoff`` measures it). Details:
 
@@ -157,6 +159,11 @@ def last_seconds() -> float:
 def calls() -> int:
     """How many calls the compute thread has run in this process (inline calls not counted)."""
     return _worker.calls
+
+
+def pending() -> bool:
+    """Whether calls are queued for the compute thread (a long call may end early to let them run)."""
+    return not _worker.jobs.empty()
 
 
 def is_compute_thread() -> bool:

@@ -169,7 +169,8 @@ def test_close_while_streams_run(smollm2_gguf):
 
 def test_close_reached_from_the_engine_thread_by_a_gc_pass_there(smollm2_gguf):
     """A model dropped without close() while its streams are mid-answer, collected by a GC pass that the
-    engine thread's own allocations trigger: Model.__del__ closes it on the engine thread itself."""
+    engine's own allocations trigger: Model.__del__ closes it on the thread running the engine's steps
+    (the compute thread; the engine thread between two runs of steps), which must not wait for itself."""
     before = engine_threads()
     m = load(smollm2_gguf)
     solo = solo_runs(m, LONG, logit_bias=no_eog(m))
@@ -199,7 +200,7 @@ def test_close_reached_from_the_engine_thread_by_a_gc_pass_there(smollm2_gguf):
         gc.set_threshold(*threshold)
         gc.enable()
     assert got, "the model was never collected"
-    assert closed_on == ["edgekit-engine"]
+    assert closed_on in (["edgekit-compute"], ["edgekit-engine"])
     for seq, it, first, solo_steps in zip(seqs, its, firsts, solo, strict=True):
         steps, error = [first], None
         try:

@@ -12,7 +12,7 @@ import pytest
 from loaded_models import smol, tiny_qwen2_gguf
 
 import edgekit
-from edgekit import _compute
+from edgekit import _compute, _llama
 from edgekit.runtime import speculative
 
 pytestmark = pytest.mark.slow  # several models and threads per test: about 6 s in all on an idle 2-core machine
@@ -112,11 +112,20 @@ def test_new_models_start_no_openmp_threads(smollm2_gguf):
             m.close()
 
 
-def test_every_decode_runs_on_the_compute_thread(models):
+def test_every_decode_runs_on_the_compute_thread(models, monkeypatch):
+    """The engine's steps run on the compute thread, so its decodes are inline calls there: each is
+    recorded with the thread it ran on (the real llama_decode still computes)."""
     ms, _ = models
-    calls = _compute.calls()
+    L = _llama.lib()
+    real, on_compute = L.llama_decode, []
+
+    def recorded(ctx, batch):
+        on_compute.append(_compute.is_compute_thread())
+        return real(ctx, batch)
+
+    monkeypatch.setattr(L, "llama_decode", recorded)
     c = ms[2].generate(PROMPTS[2], temperature=0, max_tokens=5, speculative="off")
-    assert c.tokens and _compute.calls() - calls >= len(c.tokens)  # a prefill, and a decode per further token
+    assert c.tokens and len(on_compute) >= len(c.tokens) and all(on_compute)  # a prefill, a decode per further token
 
 
 def test_a_draft_that_cannot_pay_evaluates_one_token_and_never_the_prompt(smollm2_gguf):

@@ -13,7 +13,10 @@ end of that queue.
 Why a thread: a served client that reads slowly must not stall the others, and
 ``Model.generate`` from several threads must batch instead of queueing on a lock. The
 thread holds no reference to the :class:`~edgekit.Model`, only to the engine, so an
-unclosed model is still collected (and its ``__del__`` stops the thread).
+unclosed model is still collected (and its ``__del__`` stops the thread). The steps themselves
+run on the process's compute thread (:mod:`edgekit._compute`), many in a row (:meth:`Engine._steps`),
+so a token costs no handoff between threads (docs/architecture.md, "One OpenMP team"); the engine
+thread admits requests and grants exclusive holds between two runs of steps.
 
 Who frees what, and when: the engine owns the llama.cpp handles its thread uses (its batch,
 the draft model, and through ``release`` the model's context and weights). :meth:`Engine.close`
@@ -53,7 +56,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from edgekit import _llama
+from edgekit import _compute, _llama
 from edgekit.errors import EdgekitError
 from edgekit.runtime import speculative
 from edgekit.runtime.sampling import Sampling
@@ -134,6 +137,7 @@ class Sequence:
         self.index = index  # among the n sequences of one start() call
         self.completion: Completion | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._quiet = False  # the consumer waits for the end only (wait): no Step events
         self._cancel = False
         self._ended = False  # the consumer saw the end
         self._over = False  # the engine is done with it (completion or error queued)
@@ -184,6 +188,17 @@ class Sequence:
                 pass
         except EdgekitError:  # it failed or the model closed: either way it is over
             pass
+
+    def wait(self) -> Completion:
+        """Wait for the end without taking the steps: from now on the engine queues no :class:`Step` for
+        this sequence (their text is in ``completion.text``), so the waiting thread wakes once, not once per
+        token, and leaves the cores to the decoding. Raises what iterating would (an error, a closed model);
+        an exception in the waiting thread (Ctrl-C) cancels the sequence."""
+        self._quiet = True
+        for _ in self:
+            pass
+        assert self.completion is not None
+        return self.completion
 
     def __iter__(self):
         try:
@@ -338,8 +353,10 @@ class Engine:
             self._closing = True
             self._cv.notify_all()
             thread = self._thread
-        # While the interpreter finalizes, a daemon thread can't run again, so joining it would hang.
-        if thread is not None and thread is not threading.current_thread() and not sys.is_finalizing():
+        # While the interpreter finalizes, a daemon thread can't run again, so joining it would hang; on the
+        # compute thread (a GC pass during a step), the engine thread may be waiting for it.
+        if (thread is not None and thread is not threading.current_thread() and not _compute.is_compute_thread()
+                and not sys.is_finalizing()):
             thread.join()
         self._free_when_unused()
 
@@ -381,12 +398,10 @@ class Engine:
                     exclusive.granted.set()
                     exclusive.released.wait()
                     continue
-                with self._stepping:
-                    try:
-                        self._reap()
-                        if self._active:
-                            self._step()
-                    except BaseException as exc:  # a bug must not kill the thread: fail what ran, keep serving
+                try:
+                    _compute.run(self._steps)
+                except BaseException as exc:  # a bug must not kill the thread: fail what ran, keep serving
+                    with self._stepping:
                         for seq in list(self._active):
                             slot = seq._slot
                             if slot is not None:
@@ -406,6 +421,19 @@ class Engine:
             with self._cv:
                 self._exited = True
             self._free_when_unused()
+
+    def _steps(self) -> None:
+        """Steps one after another on the compute thread (see the module docstring), until no sequence
+        runs, a request or an exclusive hold waits to be admitted, the engine closes, or another caller
+        waits for the compute thread (another model's decode gets its turn between two steps)."""
+        while True:
+            with self._stepping:
+                self._reap()
+                if not self._active:
+                    return
+                self._step()
+            if self._queue or self._closing or _compute.pending():
+                return
 
     def _admit(self) -> _Exclusive | None:
         """Start queued requests while slots are free (FIFO). Called with the lock held."""
@@ -609,7 +637,9 @@ class Engine:
                 return
             seq._out.append(tok)
             piece = self._pieces(tok)
-            seq._put(Step(tok, piece, seq._stream.push(piece), lp, top))
+            text = seq._stream.push(piece)
+            if not seq._quiet:
+                seq._put(Step(tok, piece, text, lp, top))
             if seq._stream.stopped:
                 self._finish(seq, "stop")
                 return
@@ -655,7 +685,7 @@ class Engine:
         if seq._draft:
             self._drop_draft(seq)
         tail = seq._stream.finish()
-        if tail:
+        if tail and not seq._quiet:
             seq._put(Step(TAIL, b"", tail))
         self._end(seq, reason)
 

@@ -270,19 +270,12 @@ class Model:
 
     def generate(self, prompt: str | list[int], sampling: Sampling | None = None, **kwargs: Any) -> Completion:
         """Complete ``prompt`` (text, or token ids used as is). See :class:`Sampling` for the options."""
-        chunks: list[str] = []
-        gen = self.generation(prompt, resolve(self.defaults, sampling, kwargs))
-        completion = None
-        while True:
-            try:
-                item = next(gen)
-            except StopIteration as stop:
-                completion = stop.value
-                break
-            if isinstance(item, str):
-                chunks.append(item)
-        assert completion is not None and "".join(chunks) == completion.text
-        return completion
+        gen = self.generation(prompt, resolve(self.defaults, sampling, kwargs), steps=False)
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+        raise AssertionError("generation(steps=False) yields no text")
 
     def stream(self, prompt: str | list[int], sampling: Sampling | None = None,
                **kwargs: Any) -> Iterator[str | Stats]:
@@ -347,10 +340,12 @@ class Model:
                                   "Shorten the prompt or load the model with a larger n_ctx.",
                                   needed=len(tokens) + 1, available=self.n_ctx)
 
-    def generation(self, prompt: str | list[int], s: Sampling) -> Generator[str, None, Completion]:
+    def generation(self, prompt: str | list[int], s: Sampling, *,
+                   steps: bool = True) -> Generator[str, None, Completion]:
         """The generation loop every text API shares: yields text chunks; its return value
         (``StopIteration.value``) is the :class:`Completion`. :meth:`generate`, :meth:`stream` and
-        :class:`edgekit.Chat` build on it; it consumes one :meth:`start` sequence.
+        :class:`edgekit.Chat` build on it; it consumes one :meth:`start` sequence. ``steps=False`` yields
+        nothing and waits for the end (:meth:`Sequence.wait`: no wake-up per token).
 
         Closing the generator (or an exception in the consumer, like Ctrl-C) cancels the sequence.
         """
@@ -365,7 +360,9 @@ class Model:
         try:
             (seq,) = self.start(prompt, s)
             try:
-                for step in seq:
+                if not steps:
+                    seq.wait()
+                for step in seq:  # (after wait(): already at its end)
                     if step.text:
                         yield step.text
             finally:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
 pytest_plugins = ["fixtures_checkpoints"]  # the Hugging Face checkpoint fixtures
+
+# A shell without job control starts a background command with SIGINT ignored, and an ignored signal is
+# inherited by every process it starts: the Ctrl-C tests' children would never see their Ctrl-C. A handler
+# is not inherited (exec resets it to the default), so installing Python's own gives them the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

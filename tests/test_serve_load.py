@@ -150,8 +150,9 @@ def test_a_draft_model_serves_the_same_greedy_text(smollm2_gguf, tmp_path):
             body = {"model": model_id, "messages": messages, "max_tokens": 24, "temperature": 0}
             served = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
             assert served == plain
-            assert _metric(http, "edgekit_drafted_tokens_total") > 0  # the draft model proposed tokens
-            assert _metric(http, "edgekit_accepted_tokens_total") > 0
+            # a model drafting for itself can't pay (a guess costs a target step): the rule times one of its
+            # steps and drops it for the call, so nothing is drafted (tests/test_many_models.py counts its decodes)
+            assert _metric(http, "edgekit_drafted_tokens_total") == 0
     finally:
         srv.kill()
 

@@ -188,34 +188,33 @@ class DraftModel:
         self.costs.pick(time.perf_counter() - t0)
         return top, p
 
+    def _catch_up(self, text: list[int], seq_id: int, most: int | None = None) -> int | None:
+        """Evaluate the tokens of ``text`` the draft hasn't seen (at most ``most``) on ``seq_id``, after the
+        prefix its cache shares with ``text``: how many, or None if llama.cpp failed (the sequence is reset)."""
+        cached = self._cached.setdefault(seq_id, [])
+        n = _llama.keep_prefix(self._mem, seq_id, cached, _llama.shared_prefix(cached, text), self._n_swa)
+        new = text[n:] if most is None else text[n : n + most]
+        if not self._decode(new, n, seq_id):
+            self.reset(seq_id)
+            return None
+        cached.extend(new)
+        return len(new)
+
     def time_step(self, text: list[int], seq_id: int = 0) -> bool:
         """Evaluate the first token of ``text`` the draft hasn't seen, alone: a timed single step, and part of
         catching up on ``text`` (False if there is none, or it failed)."""
         if not self._ctx:
             raise EdgekitError("the draft model is closed")
-        cached = self._cached.setdefault(seq_id, [])
-        n = _llama.keep_prefix(self._mem, seq_id, cached, _llama.shared_prefix(cached, text), self._n_swa)
-        if n >= min(len(text), self.n_ctx):
-            return False
-        if not self._decode(text[n : n + 1], n, seq_id):
-            self.reset(seq_id)
-            return False
-        cached.append(text[n])
-        return True
+        return bool(self._catch_up(text[: self.n_ctx], seq_id, most=1))
 
     def draft(self, text: list[int], k: int, seq_id: int = 0) -> list[int]:
         """Up to ``k`` greedy guesses to follow ``text`` on sequence ``seq_id`` ([] if the draft can't help)."""
         if not self._ctx:
             raise EdgekitError("the draft model is closed")
         k = min(k, self.n_ctx - len(text))
-        if k < 1 or not text:
+        if k < 1 or not text or self._catch_up(text, seq_id) is None:
             return []
-        cached = self._cached.setdefault(seq_id, [])
-        n = _llama.keep_prefix(self._mem, seq_id, cached, _llama.shared_prefix(cached, text), self._n_swa)
-        if not self._decode(text[n:], n, seq_id):
-            self.reset(seq_id)
-            return []
-        cached.extend(text[n:])
+        cached = self._cached[seq_id]
         out: list[int] = []
         while True:
             tok, p = self._top()

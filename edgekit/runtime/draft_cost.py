@@ -25,7 +25,7 @@ acceptance rates something to start from; their verification batches time the ta
 first timing replacing the prior's price (:meth:`CostCurve.observe`'s ``first_replaces``), so a target whose
 curve is flatter than the prior's is priced as it runs. Budgeted probes alone could not: a lazy draft's catching up
 grows with the tokens since its last draft as fast as the budget does. From then on a drafter that can't pay even if every guess were right (its step too dear for this
-target on this device) is dropped for the call: it evaluates nothing. Otherwise it drafts when the
+target on this device) is dropped for the call: it evaluates nothing more. Otherwise it drafts when the
 measured acceptance pays, and else probes to keep the acceptance measured. A probe may be as long as a
 draft would be if the pair agreed as well as a well-matched pair does (:data:`PROBE_ACCEPTANCE`; at
 least two guesses the first time, so a guess after a right one is measured too): a probe of one guess

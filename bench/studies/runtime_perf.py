@@ -1,7 +1,7 @@
 """Side-by-side: edgekit vs llama-cpp-python's Llama on the same GGUF, threads and KV settings.
 
 Run: python -m edgekit.bench.studies.runtime_perf [GGUF] [--rounds 3] [--threads N] [--gpu-layers auto]
-                                                  [--throughput-only] [--pp 512] [--tg 128]
+                                                  [--throughput-only] [--pp 512] [--tg 128] [--llama-cpp-python-first]
 Prints JSON lines; interleaves the two so machine noise hits both alike. Then, unless
 --throughput-only, times a follow-up chat turn against a cold prefill, and a saved-state
 reload against re-prefilling about 8k tokens.
@@ -63,6 +63,7 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         return rc
 
     outside: dict[str, list[float]] = {"ek_tg": [], "ll_tg": []}
+    inside: dict[str, list[float]] = {"ek_tg": [], "ll_tg": []}  # median llama_decode time per token, per round
 
     def ek_tg(n: int = tg) -> float:
         m.reset()
@@ -73,6 +74,7 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         steps = in_decode[1:]  # the first call is the prompt's
         if steps and st.gen_tokens > 1:
             outside["ek_tg"].append(st.decode_s / (st.gen_tokens - 1) - sum(steps) / len(steps))
+            inside["ek_tg"].append(statistics.median(steps))
         return st.decode_tps
 
     def ll_tg(n: int = tg) -> float:
@@ -89,6 +91,7 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         wall = time.perf_counter() - t0
         if in_decode and k > 1:
             outside["ll_tg"].append(wall / (k - 1) - sum(in_decode) / len(in_decode))
+            inside["ll_tg"].append(statistics.median(in_decode))
         return (k - 1) / wall
 
     from edgekit import _compute
@@ -101,10 +104,12 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
     res: dict[str, list[float]] = {"ek_pp": [], "ll_pp": [], "ek_tg": [], "ll_tg": []}
     L.llama_decode = clocked
     try:
-        for _ in range(rounds):
-            for name, fn in (("ek_pp", ek_pp), ("ll_pp", on_compute(ll_pp)), ("ek_tg", ek_tg),
-                             ("ll_tg", on_compute(ll_tg))):
-                res[name].append(fn())
+        for r in range(rounds):
+            pairs = [(("ek_pp", ek_pp), ("ll_pp", on_compute(ll_pp))), (("ek_tg", ek_tg), ("ll_tg", on_compute(ll_tg)))]
+            for pair in pairs:
+                # alternate who goes first, so a drift within a round (or a cost of following the other) falls on both
+                for name, fn in pair if r % 2 == 0 else pair[::-1]:
+                    res[name].append(fn())
     finally:
         L.llama_decode = real_decode
     med = {k: statistics.median(v) for k, v in res.items()}
@@ -114,10 +119,15 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
             "pp_ratio": round(med["ek_pp"] / med["ll_pp"], 3), "tg_ratio": round(med["ek_tg"] / med["ll_tg"], 3),
             "best_pp_ratio": round(best["ek_pp"] / best["ll_pp"], 3),
             "best_tg_ratio": round(best["ek_tg"] / best["ll_tg"], 3),
+            # the median of each round's own ratio: rounds are paired, so drift between rounds cancels
+            "paired_tg_ratio": round(statistics.median([e / x for e, x in zip(res["ek_tg"], res["ll_tg"], strict=True)]), 3),
             "all": {k: [round(x, 1) for x in v] for k, v in res.items()},
             # per token, outside llama_decode, in ms (medians over the rounds)
             "ek_tg_outside_ms": round(statistics.median(outside["ek_tg"]) * 1e3, 3) if outside["ek_tg"] else None,
             "ll_tg_outside_ms": round(statistics.median(outside["ll_tg"]) * 1e3, 3) if outside["ll_tg"] else None,
+            # per token, inside llama_decode (the same C function on both sides), in ms
+            "ek_tg_decode_ms": round(statistics.median(inside["ek_tg"]) * 1e3, 3) if inside["ek_tg"] else None,
+            "ll_tg_decode_ms": round(statistics.median(inside["ll_tg"]) * 1e3, 3) if inside["ll_tg"] else None,
             "ek_tg_gen_tokens": m.generate(tg_prompt, max_tokens=tg, temperature=0, speculative="off").stats.gen_tokens}
 
 
@@ -177,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--throughput-only", action="store_true", help="skip the follow-up turn and saved-state tests")
     ap.add_argument("--pp", type=int, default=512, help="prompt tokens of the prefill test (default: 512)")
     ap.add_argument("--tg", type=int, default=128, help="tokens of the decode test (default: 128)")
+    ap.add_argument("--llama-cpp-python-first", action="store_true",
+                    help="load llama-cpp-python's model before edgekit's (default: edgekit's first)")
     a = ap.parse_args(argv)
 
     import edgekit
@@ -187,12 +199,26 @@ def main(argv: list[str] | None = None) -> None:
 
         gguf = str(smollm2_gguf())
     text = Path(edgekit.__file__).parent.joinpath("runtime", "model.py").read_text() * 4  # moved from edgekit/model.py
+    from edgekit.gguf_check import check
+    from edgekit.llama_facts import physical_cores, resolve_gpu_layers
+
+    # both sides get the same explicit threads and layers
+    threads = a.threads or physical_cores()
+    layers = a.gpu_layers if a.gpu_layers == "auto" else int(a.gpu_layers)
+    gpu_layers = resolve_gpu_layers(layers, check(gguf).n_layer)
+    # The model loaded second in a process often prefills and decodes a few percent faster, whichever runtime
+    # it is (where its buffers land): a fair comparison runs both orders (arch_speed does).
+    if a.llama_cpp_python_first:
+        ll = _load_llama_cpp_python(gguf, threads, gpu_layers)
     # no disk prompt cache: the prefill test must prefill its 512 tokens every round, not restore them
-    with edgekit.load(gguf, n_ctx=N_CTX, kv_cache="f16", flash_attn=True, threads=a.threads,
-                      gpu_layers=a.gpu_layers, prompt_cache="off") as m:
-        ll = _load_llama_cpp_python(gguf, m.threads, m.gpu_layers)
+    m = edgekit.load(gguf, n_ctx=N_CTX, kv_cache="f16", flash_attn=True, threads=threads, gpu_layers=gpu_layers,
+                     prompt_cache="off")
+    if not a.llama_cpp_python_first:
+        ll = _load_llama_cpp_python(gguf, threads, gpu_layers)
+    with m:
         try:
-            print(json.dumps(throughput(m, ll, text, a.rounds, a.pp, a.tg)))
+            print(json.dumps({**throughput(m, ll, text, a.rounds, a.pp, a.tg),
+                              "loaded_first": "llama-cpp-python" if a.llama_cpp_python_first else "edgekit"}))
         finally:
             ll.close()
         if a.throughput_only:

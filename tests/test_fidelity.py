@@ -169,19 +169,37 @@ def _flag(token: str, **flags):
 
 
 @pytest.mark.slow
-def test_bpe_vocabulary_llama_cpp_cannot_reproduce_is_refused(tiny_qwen2_dir, tmp_path):
+@pytest.mark.parametrize("flag", ["rstrip", "lstrip"])
+def test_bpe_vocabulary_llama_cpp_cannot_reproduce_is_refused(tiny_qwen2_dir, tmp_path, flag):
     """Byte-level BPE vocabularies are proven at conversion time as SentencePiece ones are: an added token
-    marked rstrip (HF drops the whitespace after it; a GGUF has no such flag) is refused, naming the text."""
+    marked rstrip or lstrip (HF drops the whitespace after or before it; a GGUF has no such flag) is refused,
+    naming the text."""
     from fixtures_checkpoints import with_edited
 
     from edgekit.errors import UnsupportedModel
 
-    edited = with_edited(tiny_qwen2_dir, tmp_path / "rstrip", "tokenizer.json", _flag("<|im_start|>", rstrip=True))
-    with pytest.raises(UnsupportedModel, match=r"tokenize '<\|im_start\|>Hello<\|im_start\|> world .*differently "
-                                               r"from the HF tokenizer"):
+    edited = with_edited(tiny_qwen2_dir, tmp_path / flag, "tokenizer.json", _flag("<|im_start|>", **{flag: True}))
+    with pytest.raises(UnsupportedModel, match=r"tokenize '.*<\|im_start\|>.*differently from the HF tokenizer"):
         convert(edited, out=tmp_path / "out", quant="f16")
     assert not (tmp_path / "out").exists()  # refused before anything is written
     convert(tiny_qwen2_dir, out=tmp_path / "out", quant="f16")  # the same vocabulary unedited converts
+
+
+def test_bpe_normalizer_other_than_nfc_is_refused_naming_it(tiny_qwen2_dir, tmp_path):
+    """A byte-level BPE tokenizer.json whose normalizer llama.cpp doesn't apply (only NFC is) is refused by
+    name before anything is written."""
+    from fixtures_checkpoints import with_edited
+
+    from edgekit.errors import UnsupportedModel
+
+    def nfkc(tokenizer):
+        tokenizer["normalizer"] = {"type": "NFKC"}
+
+    edited = with_edited(tiny_qwen2_dir, tmp_path / "nfkc", "tokenizer.json", nfkc)
+    with pytest.raises(UnsupportedModel, match="tokenizer.json normalizer 'NFKC' is not supported") as err:
+        convert(edited, out=tmp_path / "out", quant="f16")
+    assert "\n" not in err.value.message
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -505,6 +505,7 @@ def test_cli_draft_and_set_speculative(smollm2_gguf):
     plain = _chat(str(smollm2_gguf), "--speculative", "off", "-s", SYSTEM, "-p", GROUNDED["repeat"],
                   "--temp", "0", "-n", "24", "--json")
     assert json.loads(out.stdout)["answer"] == json.loads(plain.stdout)["answer"]
+    assert json.loads(out.stdout)["draft_model"] == str(smollm2_gguf) and json.loads(plain.stdout)["draft_model"] is None
     # a model drafting for itself can't pay (a guess costs a target step): timed once, dropped, no draft
     assert json.loads(out.stdout)["stats"]["drafted_tokens"] == 0
 

@@ -29,6 +29,8 @@ def run(ctx: ChatContext, text: str, as_json: bool) -> int:
     stats = result.stats
     payload = {
         "model": str(ctx.model.path),
+        # the draft model loaded for speculative decoding (None: none); stats.drafted_tokens says whether it drafted
+        "draft_model": str(ctx.model.draft.path) if ctx.model.draft is not None else None,
         "answer": result.text,
         "finish_reason": stats.finish_reason if stats is not None else "interrupted",
         "stats": stats.as_dict() if stats is not None else None,

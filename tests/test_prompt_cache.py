@@ -406,6 +406,24 @@ def test_a_new_process_restores_and_answers_the_same(tiny, tmp_path):
     assert "PromptCacheWarning" not in err
 
 
+def test_a_server_and_a_one_slot_chat_keep_their_snapshots_apart(tmp_path):
+    """llama.cpp refuses a sequence state written by a context with another slot count. A 2-slot model (a
+    server) and a 1-slot one (chat) sharing a directory each keep and restore their own snapshots: neither
+    is shown, refuses or deletes the other's."""
+    import edgekit
+
+    _, path = tiny_qwen2_gguf()
+    d, base = tmp_path / "pc", prompt(400, salt=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptCacheWarning)  # a refused snapshot warns: fail on it
+        for slots, restored in ((2, 0), (1, 0), (2, 399), (1, 399)):
+            with edgekit.load(path, n_ctx=1024, slots=slots, seed=1, speculative="off", prompt_cache=d) as m:
+                out = m.generate(base, max_tokens=N_OUT, temperature=0)
+                m.prompt_cache.flush()
+            assert out.stats.disk_tokens == restored, (slots, restored)
+    assert len(snapshots(d)) == 2  # one per slot count, both kept
+
+
 @pytest.mark.slow
 def test_two_processes_share_one_directory(tiny, tmp_path):
     d = tmp_path / "pc"

@@ -141,7 +141,7 @@ def _prompt_cache(path: Path, p: Plan, setting: str | Path | None, size: int | s
     budget = parse_size(size, directory)
     rope = {"scaling": rope_scaling, "n_ctx": p.n_ctx} if rope_scaling else None
     try:
-        key = identity_key(path, type_k=p.type_k, type_v=p.type_v, flash_attn=p.flash_attn, rope=rope)
+        key = identity_key(path, type_k=p.type_k, type_v=p.type_v, flash_attn=p.flash_attn, rope=rope, slots=p.slots)
         cache = PromptCache(directory, budget, key, model_file=path.name)
     except EdgekitError as exc:
         warnings.warn(f"prompt cache turned off: {exc}", PromptCacheWarning, stacklevel=3)

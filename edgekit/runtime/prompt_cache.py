@@ -470,7 +470,7 @@ class PromptCache:
         self.counters.hits += 1
         self.counters.restored_tokens += n
         try:
-            os.utime(self.directory / entry.name)  # the last use, for LRU eviction
+            mark_used(self.directory / entry.name)
         except OSError:
             pass
         return n
@@ -557,6 +557,7 @@ class PromptCache:
                 f.write(header)
                 f.write(payload)
             os.chmod(tmp, 0o600)
+            mark_used(tmp)
         size = _PREFIX.size + len(header) + len(payload)
         self.counters.bytes_written += size
         self.counters.snapshots_written += 1
@@ -598,6 +599,14 @@ class FileInfo:
     path: Path
     size: int
     last_use: float  # the file's mtime: set when it is written and when it is restored
+
+
+def mark_used(path: Path) -> None:
+    """Set ``path``'s mtime, its last use for LRU eviction, to now from the process's clock: the kernel
+    stamps writes and a bare ``os.utime`` with its coarse clock (a tick of several ms), so a snapshot used
+    within one tick of another's write would tie with it and the eviction order would be the names'."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
 
 
 def files(directory: Path) -> list[FileInfo]:
@@ -674,12 +683,19 @@ def describe(directory: Path) -> list[dict]:
     return out
 
 
-def identity_key(model_path: Path, *, type_k: str, type_v: str, flash_attn: bool, rope: dict | None = None) -> dict:
+def identity_key(model_path: Path, *, type_k: str, type_v: str, flash_attn: bool, rope: dict | None = None,
+                 slots: int = 1) -> dict:
     """What a snapshot must have been made with to be used: the one model-identity rule of
-    :func:`edgekit.gguf_check.model_identity`, the KV types, flash attention, RoPE scaling, and the llama.cpp
-    build (:func:`edgekit.profile.build_identity`)."""
+    :func:`edgekit.gguf_check.model_identity`, the KV types, flash attention, RoPE scaling, the llama.cpp
+    build (:func:`edgekit.profile.build_identity`) and the context's slots.
+
+    Slots, because llama.cpp writes a sequence's state with its context's stream count (one per slot) and
+    refuses it in a context with another: a server's snapshots and a one-slot chat's sharing a directory
+    would each be refused, deleted and written again by the other. Keyed apart, each keeps its own.
+    """
     from edgekit.gguf_check import model_identity
     from edgekit.profile import device_and_build
 
     _, build = device_and_build()
-    return {"model": model_identity(model_path), "type_k": type_k, "type_v": type_v, "flash_attn": bool(flash_attn), "rope": rope or {}, "build": dict(build)}
+    return {"model": model_identity(model_path), "type_k": type_k, "type_v": type_v, "flash_attn": bool(flash_attn),
+            "rope": rope or {}, "build": dict(build), "slots": int(slots)}

@@ -209,6 +209,11 @@ def test_state_loads_into_a_slot_that_later_prompts_reuse(m4, tmp_path):
     n = m4.load_state(tmp_path / "s.kv")
     c = m4.generate(prefix + "what is two plus two?", temperature=0, max_tokens=4)
     assert c.stats.cached_tokens >= n - 4 > 0
+    # llama.cpp would refuse it in a context with another slot count: edgekit says so first, naming the fix
+    with edgekit.load(m4.path, n_ctx=1024, prompt_cache="off") as one:
+        with pytest.raises(EdgekitError, match="saved from a model with 4 slots, this one has 1") as err:
+            one.load_state(tmp_path / "s.kv")
+        assert err.value.hint == "Load the model with slots=4."
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ def write(model: Model, path: Path, tokens: list[int], data: memoryview) -> Path
 
     header = json.dumps({
         "format": FORMAT, "model": model_identity(model.path), "model_file": model.path.name, "n_ctx": model.n_ctx,
-        "type_k": model.type_k, "type_v": model.type_v, "tokens": tokens,
+        "type_k": model.type_k, "type_v": model.type_v, "slots": model.slots, "tokens": tokens,
     }).encode()
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<I", len(header)) + header + struct.pack("<Q", len(data)))
@@ -69,6 +69,12 @@ def read(model: Model, path: Path) -> tuple[list[int], Any]:
     if kv != (model.type_k, model.type_v):
         raise EdgekitError(f"{path.name} holds a {kv[0]}/{kv[1]} KV cache but the model uses "
                            f"{model.type_k}/{model.type_v}", f"Load the model with kv_cache='{kv[0]}/{kv[1]}'.")
+    # llama.cpp writes a sequence's state with its context's stream count (one per slot) and refuses it in a
+    # context with another (files written before the field was kept are left to llama.cpp)
+    slots = header.get("slots")
+    if slots is not None and slots != model.slots:
+        raise EdgekitError(f"{path.name} was saved from a model with {slots} slot{'s' * (slots != 1)}, "
+                           f"this one has {model.slots}", f"Load the model with slots={slots}.")
     tokens = [int(t) for t in header.get("tokens", [])]
     if len(tokens) >= model.n_ctx:
         raise EdgekitError(f"{path.name} holds {len(tokens)} tokens, more than the context of {model.n_ctx}",

@@ -481,8 +481,9 @@ def window_covers(mem: Any, seq_id: int, n: int, n_swa: int) -> bool:
 
     A sliding-window layer's token at ``n`` attends to positions ``n - n_swa + 1 .. n`` (fewer for llama.cpp's
     chunked windows). edgekit's contexts keep every cell (``swa_full``), so a live sequence holds all its
-    positions, but ``llama_state_seq_get_data`` writes only the last window of the sliding-window layers'
-    cells: a state restored from it holds positions from ``its length - n_swa`` on, and
+    positions, but ``llama_state_seq_get_data`` writes only the last window of one sequence's
+    sliding-window cells (a one-slot context saves the whole context instead: ``Engine.whole_states``): a
+    state restored from it holds positions from ``its length - n_swa`` on, and
     ``llama_memory_seq_pos_min`` (the smallest position the window layers hold) says so. Cut back further
     than one token, such a state would silently attend to less than the model should.
     """

@@ -556,15 +556,17 @@ def test_a_restarted_server_with_two_slots_restores_and_answers_the_same(smollm2
 
 
 @pytest.mark.slow
-def test_a_sliding_window_model_restores_only_what_its_window_allows(tmp_path):
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_sliding_window_model_restores_what_its_saved_cells_allow(tmp_path, slots):
     """Gemma 3 270M (real weights, a 512-token sliding window on five layers in six) past its window.
 
-    A sequence's saved state holds only the last window of the sliding-window layers' cells, so a snapshot
-    can be restored for a prompt that extends it, or equals it (its last token evaluated again), but not
-    cut back further. A new Model (a fresh context: the snapshot comes from the disk) answers each prompt
-    as the model with the cache off does. The last case is the one that goes wrong if the rule is broken:
-    a prompt that parts from the restored snapshot inside it, in the same slot, must not reuse its cells
-    (their window is gone) and is prefilled from the start.
+    With several slots a snapshot is the slot's sequence, which llama.cpp saves with only the last window
+    of the sliding-window layers' cells: it can be restored for a prompt that extends it, or equals it (its
+    last token evaluated again), but not cut back further. A one-slot context saves the whole context
+    (every cell), which any prefix can use. A new Model (a fresh context: the snapshot comes from the disk)
+    answers each prompt as the model with the cache off does. The last case is the one that goes wrong if
+    the rule is broken: a prompt that parts from the restored snapshot inside it, in the same slot, must
+    not reuse cells that aren't there (with several slots it is prefilled from the start).
     """
     import edgekit
     from edgekit.samples.assets import gemma3_270m_gguf
@@ -587,21 +589,24 @@ def test_a_sliding_window_model_restores_only_what_its_window_allows(tmp_path):
         more = ref.tokenize(" Item 90 is a red cat on shelf 6. Item 91 is a", add_special=False)
         question = ref.tokenize(" Question: which shelf holds item 42? Answer: item 42 is on shelf", add_special=False)
         assert len(base) > 2 * 512
-        with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as writer:
-            assert writer.prompt_cache.n_swa == 512 and writer.prompt_cache.cut_back == 1
+        load = {"n_ctx": 2048, "slots": slots, "seed": 1, "speculative": "off", "prompt_cache": d}
+        with edgekit.load(path, **load) as writer:
+            assert writer.prompt_cache.n_swa == 512
+            assert writer.prompt_cache.cut_back == (None if slots == 1 else 1)
             greedy_(writer, base)
         (kept,) = snapshots(d)
         held = pc.read_header(kept)[0]["tokens"]  # the prompt and its answer
         cases = {"equal": held, "longer": held + more, "shorter": base[:300] + question}
         want = {name: greedy_(ref, tokens).tokens for name, tokens in cases.items()}
 
-        with edgekit.load(path, n_ctx=2048, seed=1, speculative="off", prompt_cache=d) as reader:
+        with edgekit.load(path, **load) as reader:
             got = {name: greedy_(reader, tokens) for name, tokens in cases.items()}
             assert {name: c.tokens for name, c in got.items()} == want
             assert got["equal"].stats.disk_tokens == len(held) - 1  # the last token is evaluated again
             assert got["longer"].stats.disk_tokens == len(held)
-            assert got["shorter"].stats.disk_tokens == 0  # it would need the snapshot cut back by 800 tokens
+            # cut back by 800 tokens: only a whole state holds the window layers' cells that far back
+            assert got["shorter"].stats.disk_tokens == (300 if slots == 1 else 0)
             greedy_(reader, cases["longer"])  # the slot holds the restored snapshot (and its answer)
             again = greedy_(reader, cases["shorter"], reset=False)
             assert again.tokens == want["shorter"]
-            assert again.stats.cached_tokens == 0 and again.stats.disk_tokens == 0
+            assert again.stats.cached_tokens == (300 if slots == 1 else 0) and again.stats.disk_tokens == 0

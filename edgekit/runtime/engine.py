@@ -285,6 +285,22 @@ class Engine:
         """The ``llama_context*``: for :meth:`exclusive` holders (valid while they hold the engine)."""
         return self._ctx
 
+    @property
+    def whole_states(self) -> bool:
+        """Whether a slot's saved state (the prompt cache's snapshots, ``Model.save_state``) is the whole
+        context's (llama.cpp's sequence -1) rather than the slot's sequence.
+
+        llama.cpp saves one sequence of sliding-window memory without the cells its window masks, so a
+        state restored from it can't be cut back to a shorter prefix (:func:`_llama.window_covers`). In a
+        one-slot context every cell is the slot's: the whole state restores into the slot with every
+        position held, and any prefix of it is usable. Several slots keep the sequence's own state.
+        """
+        return self.n_swa > 0 and len(self.slots) == 1
+
+    def state_seq(self, slot: _Slot) -> int:
+        """The sequence id to save ``slot``'s state under (:attr:`whole_states`)."""
+        return -1 if self.whole_states else slot.id
+
     def submit(self, group: list[Sequence]) -> None:
         """Queue the sequences of one request (FIFO); they start when len(group) slots are free."""
         for seq in group:
@@ -490,7 +506,7 @@ class Engine:
             cache = self.prompt_cache
             if cache is not None and not (seq._prefilling or seq._waiting):
                 # its prompt was prefilled (a client that left after the first tokens): keep it all the same
-                cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
+                cache.offer(self._ctx, self.state_seq(slot), slot.tokens, len(seq.prompt_tokens), self.n_ctx)
             self._L.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
             slot.tokens = []
             self._end(seq, "cancelled")
@@ -715,7 +731,7 @@ class Engine:
         # by the cache's own thread, which the interpreter waits for).
         cache = self.prompt_cache
         if cache is not None and slot is not None and reason != "cancelled":
-            cache.offer(self._ctx, slot.id, slot.tokens, len(seq.prompt_tokens), self.n_ctx)
+            cache.offer(self._ctx, self.state_seq(slot), slot.tokens, len(seq.prompt_tokens), self.n_ctx)
         seq._put(_END)
 
     def _fail(self, seq: Sequence, exc: BaseException) -> None:

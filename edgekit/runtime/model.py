@@ -141,13 +141,14 @@ class Model:
 
     def attach_prompt_cache(self, cache: PromptCache | None) -> None:
         """Restore long prompts from, and keep them in, the persistent prompt cache ``cache``
-        (docs/prompt-cache.md); None turns it off. Sliding-window and recurrent memory use exact
-        snapshots only (sliding-window ones may drop their last token). The engine reads the reference once
+        (docs/prompt-cache.md); None turns it off. Recurrent memory uses exact snapshots only, and
+        sliding-window memory in a context of several slots too (they may drop their last token). The engine reads the reference once
         per prompt, so it may change at any time."""
         engine = self._check_open()
         if cache is not None:
             cache.n_swa = engine.n_swa
-            cache.cut_back = 0 if not self._rewindable else 1 if engine.n_swa else None
+            # a sliding-window slot's own state can't be cut back; a one-slot context's whole state can
+            cache.cut_back = 0 if not self._rewindable else 1 if engine.n_swa and not engine.whole_states else None
         old, self.prompt_cache = self.prompt_cache, cache
         engine.prompt_cache = cache
         if old is not None and old is not cache:
@@ -414,9 +415,10 @@ class Model:
         """
         with self._check_open().exclusive() as engine:
             L, slot = self._L, engine.recent
-            size = L.llama_state_seq_get_size(engine.ctx, slot.id)
+            seq = engine.state_seq(slot)
+            size = L.llama_state_seq_get_size(engine.ctx, seq)
             buf = (ctypes.c_uint8 * size)()
-            n = L.llama_state_seq_get_data(engine.ctx, buf, size, slot.id)
+            n = L.llama_state_seq_get_data(engine.ctx, buf, size, seq)
             if n == 0 and slot.tokens:
                 raise EdgekitError("llama.cpp could not copy the KV cache state")
             return kv_file.write(self, Path(path), list(slot.tokens), memoryview(buf)[:n])

@@ -238,9 +238,10 @@ class PromptCache:
         self.model_file = model_file  # for listings only: a copied or renamed model file keeps its snapshots
         self.budget = budget
         self.key = key
-        # How many tokens a restored snapshot may be cut back: None any number (a plain KV cache); 1 for
-        # sliding-window memory, whose snapshot holds only the last window of positions (its last token,
-        # evaluated again, needs no more; an earlier one would); 0 for recurrent memory. Model.attach_prompt_cache
+        # How many tokens a restored snapshot may be cut back: None any number (a plain KV cache, or
+        # sliding-window memory saved whole); 1 for a sliding-window sequence's own state, which holds only
+        # the last window of positions (its last token, evaluated again, needs no more; an earlier one
+        # would); 0 for recurrent memory. Model.attach_prompt_cache
         # sets it, and n_swa, the window (_llama.window_covers checks each restore against it).
         self.cut_back = cut_back
         self.n_swa = n_swa
@@ -479,7 +480,7 @@ class PromptCache:
 
     def offer(self, ctx: Any, seq_id: int, tokens: list[int], prompt_len: int, n_ctx: int) -> bool:
         """Keep a snapshot of sequence ``seq_id`` (whose KV holds exactly ``tokens``, a prompt of
-        ``prompt_len`` tokens and its answer) if the prompt has at least :data:`MIN_TOKENS` tokens no
+        ``prompt_len`` tokens and its answer; -1: the whole context, see ``Engine.whole_states``) if the prompt has at least :data:`MIN_TOKENS` tokens no
         kept snapshot covers. Copies the state out of llama.cpp here (the caller's thread owns the
         context); the file is written by the writer thread. Returns whether a snapshot was queued.
 

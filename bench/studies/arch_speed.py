@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgekit.bench.studies.runtime_perf import paired_ratio
+
 ARCHS = ("qwen3", "llama3", "smollm3", "gemma3", "phi3")
 
 
@@ -62,8 +64,8 @@ def pooled(runs: list[dict]) -> dict:
     the rounds' own ratios (each round measures both runtimes side by side, while the two processes may
     run at different speeds), and each process's own."""
     def paired(test: str) -> float:
-        rounds = [e / x for r in runs for e, x in zip(r["all"][f"ek_{test}"], r["all"][f"ll_{test}"], strict=True)]
-        return round(statistics.median(rounds), 3)
+        return paired_ratio([x for r in runs for x in r["all"][f"ek_{test}"]],
+                            [x for r in runs for x in r["all"][f"ll_{test}"]])
 
     return {"tg_ratio": paired("tg"), "pp_ratio": paired("pp"),
             "tg_ratio_by_order": {r["loaded_first"]: r["tg_ratio"] for r in runs},

@@ -62,8 +62,13 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         in_decode.append(time.perf_counter() - t)
         return rc
 
+    # per round: each side's time per token outside llama_decode, and its median llama_decode time per token
     outside: dict[str, list[float]] = {"ek_tg": [], "ll_tg": []}
-    inside: dict[str, list[float]] = {"ek_tg": [], "ll_tg": []}  # median llama_decode time per token, per round
+    inside: dict[str, list[float]] = {"ek_tg": [], "ll_tg": []}
+
+    def split(name: str, per_token_s: float, steps: list[float]) -> None:
+        outside[name].append(per_token_s - sum(steps) / len(steps))
+        inside[name].append(statistics.median(steps))
 
     def ek_tg(n: int = tg) -> float:
         m.reset()
@@ -73,8 +78,7 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         st = m.generate(tg_prompt, max_tokens=n, temperature=0, speculative="off").stats
         steps = in_decode[1:]  # the first call is the prompt's
         if steps and st.gen_tokens > 1:
-            outside["ek_tg"].append(st.decode_s / (st.gen_tokens - 1) - sum(steps) / len(steps))
-            inside["ek_tg"].append(statistics.median(steps))
+            split("ek_tg", st.decode_s / (st.gen_tokens - 1), steps)
         return st.decode_tps
 
     def ll_tg(n: int = tg) -> float:
@@ -90,8 +94,7 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
                 break
         wall = time.perf_counter() - t0
         if in_decode and k > 1:
-            outside["ll_tg"].append(wall / (k - 1) - sum(in_decode) / len(in_decode))
-            inside["ll_tg"].append(statistics.median(in_decode))
+            split("ll_tg", wall / (k - 1), in_decode)
         return (k - 1) / wall
 
     from edgekit import _compute
@@ -102,10 +105,10 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
         return lambda: _compute.run(fn)
 
     res: dict[str, list[float]] = {"ek_pp": [], "ll_pp": [], "ek_tg": [], "ll_tg": []}
+    pairs = [(("ek_pp", ek_pp), ("ll_pp", on_compute(ll_pp))), (("ek_tg", ek_tg), ("ll_tg", on_compute(ll_tg)))]
     L.llama_decode = clocked
     try:
         for r in range(rounds):
-            pairs = [(("ek_pp", ek_pp), ("ll_pp", on_compute(ll_pp))), (("ek_tg", ek_tg), ("ll_tg", on_compute(ll_tg)))]
             for pair in pairs:
                 # alternate who goes first, so a drift within a round (or a cost of following the other) falls on both
                 for name, fn in pair if r % 2 == 0 else pair[::-1]:
@@ -119,16 +122,23 @@ def throughput(m: Any, ll: Any, text: str, rounds: int, pp: int = 512, tg: int =
             "pp_ratio": round(med["ek_pp"] / med["ll_pp"], 3), "tg_ratio": round(med["ek_tg"] / med["ll_tg"], 3),
             "best_pp_ratio": round(best["ek_pp"] / best["ll_pp"], 3),
             "best_tg_ratio": round(best["ek_tg"] / best["ll_tg"], 3),
-            # the median of each round's own ratio: rounds are paired, so drift between rounds cancels
-            "paired_tg_ratio": round(statistics.median([e / x for e, x in zip(res["ek_tg"], res["ll_tg"], strict=True)]), 3),
+            "paired_tg_ratio": paired_ratio(res["ek_tg"], res["ll_tg"]),
             "all": {k: [round(x, 1) for x in v] for k, v in res.items()},
-            # per token, outside llama_decode, in ms (medians over the rounds)
-            "ek_tg_outside_ms": round(statistics.median(outside["ek_tg"]) * 1e3, 3) if outside["ek_tg"] else None,
-            "ll_tg_outside_ms": round(statistics.median(outside["ll_tg"]) * 1e3, 3) if outside["ll_tg"] else None,
-            # per token, inside llama_decode (the same C function on both sides), in ms
-            "ek_tg_decode_ms": round(statistics.median(inside["ek_tg"]) * 1e3, 3) if inside["ek_tg"] else None,
-            "ll_tg_decode_ms": round(statistics.median(inside["ll_tg"]) * 1e3, 3) if inside["ll_tg"] else None,
+            # per token, in ms (medians over the rounds): outside llama_decode, and inside it (the same C
+            # function on both sides)
+            **{f"{k}_outside_ms": ms(v) for k, v in outside.items()},
+            **{f"{k}_decode_ms": ms(v) for k, v in inside.items()},
             "ek_tg_gen_tokens": m.generate(tg_prompt, max_tokens=tg, temperature=0, speculative="off").stats.gen_tokens}
+
+
+def paired_ratio(ek: list[float], ll: list[float]) -> float:
+    """The median of each round's own ratio ``ek / ll``: rounds are paired, so drift between rounds cancels."""
+    return round(statistics.median([e / x for e, x in zip(ek, ll, strict=True)]), 3)
+
+
+def ms(seconds: list[float]) -> float | None:
+    """The median of ``seconds`` in ms, or None if there are none."""
+    return round(statistics.median(seconds) * 1e3, 3) if seconds else None
 
 
 def follow_up_turn(m: Any, text: str) -> dict[str, Any]:
